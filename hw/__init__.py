@@ -1,0 +1,1 @@
+"""Hardware adapters: identify LED (GPIO or kernel LED), later D-Bus host and netlink."""

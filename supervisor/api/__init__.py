@@ -1,0 +1,44 @@
+"""The device API (spec §1): a Flask app factory with one blueprint per API version."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from flask import Flask, g, request
+
+from . import auth, errors, v1, v2
+
+if TYPE_CHECKING:
+    from ..runtime import Supervisor
+
+log = logging.getLogger("supervisor.api")
+
+MAX_BODY_BYTES = 10 * 1024 * 1024  # the reference's body-parser limit
+
+
+def create_app(supervisor: Supervisor) -> Flask:
+    """Build the API for one supervisor; tests build as many as they like."""
+    app = Flask("supervisor.api")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # keep the reference's field order in JSON bodies
+    app.json.compact = True
+    app.extensions["supervisor"] = supervisor
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _log_request(response):  # type: ignore[no-untyped-def]
+        # The path only: the query string may carry an API key, which must never be logged.
+        elapsed = (time.monotonic() - g.get("started", time.monotonic())) * 1000
+        log.info("%s %s %s - %.1f ms", request.method, request.path, response.status_code, elapsed)
+        return response
+
+    auth.install(app)
+    errors.install(app)
+    app.register_blueprint(v1.bp)
+    app.register_blueprint(v2.bp)
+    return app

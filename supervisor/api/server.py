@@ -1,0 +1,50 @@
+"""Serving the Flask app with waitress in a thread we can stop.
+
+waitress runs an asyncore loop until its socket map is empty; to stop promptly we ask the loop
+itself (through its trigger) to close every channel, so ``run()`` returns without waiting for its
+poll timeout, then shut the worker pool down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from flask import Flask
+
+log = logging.getLogger(__name__)
+
+
+class ApiServer:
+    def __init__(self, app: Flask, host: str, port: int, threads: int = 8) -> None:
+        from waitress.server import create_server
+
+        self._server = create_server(
+            app, host=host, port=port, threads=threads, ident="supervisor",
+            clear_untrusted_proxy_headers=True,
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.effective_port  # type: ignore[attr-defined,no-any-return]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        self._thread.start()
+        log.info("Supervisor API listening on port %s", self.port)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        from waitress import wasyncore
+
+        server = self._server
+        if self._thread is None or not self._thread.is_alive():
+            server.close()
+            return
+        # Run the close inside the loop thread: closing sockets from here would race its poll.
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # type: ignore[attr-defined]
+        self._thread.join(timeout)
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)  # type: ignore[attr-defined]

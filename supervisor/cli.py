@@ -1,0 +1,103 @@
+"""``python -m supervisor``: parse settings, start, and stop cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from . import __version__
+from .config import ConfigError
+from .runtime import DEFAULT_BLINK_SECONDS, Settings
+
+log = logging.getLogger("supervisor")
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"supervisor: environment variable {name} must be an integer, got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m supervisor",
+        description="A device supervisor, wire-compatible with the balena Supervisor. Without a "
+        "config.json the device is unmanaged: local mode, no cloud, no API key needed.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--root", default=os.environ.get("SUPERVISOR_ROOT"),
+        help="prefix for every balenaOS host path: the config is ROOT/mnt/boot/config.json, "
+        "locks live in ROOT/tmp/balena-supervisor (env SUPERVISOR_ROOT; default /)",
+    )
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("SUPERVISOR_DATA_DIR"),
+        help="where the SQLite database lives (env SUPERVISOR_DATA_DIR; default "
+        "ROOT/mnt/data/resin-data/balena-supervisor, or ~/.local/share/pysupervisor when the "
+        "default root is not a balenaOS device)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=_env_int("SUPERVISOR_LISTEN_PORT"),
+        help="API port (env SUPERVISOR_LISTEN_PORT; default config.json listenPort, else 48484)",
+    )
+    parser.add_argument("--host", default=os.environ.get("SUPERVISOR_LISTEN_HOST", "0.0.0.0"),
+                        help="API bind address (env SUPERVISOR_LISTEN_HOST; default 0.0.0.0)")
+    parser.add_argument(
+        "--led", default=os.environ.get("SUPERVISOR_LED"),
+        help="identify LED: gpio:PIN, file:/sys/class/leds/NAME/brightness, or none "
+        "(env SUPERVISOR_LED; default LED_FILE, else ROOT/sys/class/leds/led0 if present)",
+    )
+    parser.add_argument(
+        "--blink-seconds", type=float,
+        default=float(os.environ.get("SUPERVISOR_BLINK_SECONDS", DEFAULT_BLINK_SECONDS)),
+        help="how long POST /v1/blink blinks (env SUPERVISOR_BLINK_SECONDS; default 15)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("SUPERVISOR_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (env SUPERVISOR_LOG_LEVEL; default info)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s",
+    )
+    if args.port is not None and not 0 <= args.port < 65536:
+        print(f"supervisor: --port must be 0-65535, got {args.port}", file=sys.stderr)
+        return 2
+    settings = Settings(root=args.root, data_dir=args.data_dir, port=args.port, host=args.host,
+                        led=args.led, blink_seconds=args.blink_seconds)
+
+    from .runtime import Supervisor
+
+    try:
+        supervisor = Supervisor(settings)
+    except (ConfigError, ValueError) as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("Received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    supervisor.start()
+    while not stop.wait(1.0):
+        pass
+    supervisor.stop()
+    log.info("Supervisor stopped")
+    return 0

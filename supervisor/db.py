@@ -1,0 +1,120 @@
+"""SQLite storage with a versioned schema (spec §12).
+
+Table and column names are the reference's, so a database can be read by either implementation.
+One connection, serialised by a lock: the supervisor writes rarely, and a single writer avoids
+``database is locked`` surprises between subsystem threads. WAL with ``synchronous=FULL`` keeps
+committed transactions across power loss.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# Each entry moves the schema from version N to N+1; never edit one that has shipped.
+MIGRATIONS: list[str] = [
+    # 1: the reference's final schema (after its migration M00012)
+    """
+    CREATE TABLE config (key TEXT PRIMARY KEY NOT NULL, value TEXT);
+    CREATE TABLE deviceConfig (targetValues TEXT NOT NULL DEFAULT '{}');
+    INSERT INTO deviceConfig (targetValues) VALUES ('{}');
+    CREATE TABLE app (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, releaseId INTEGER, "commit" TEXT,
+        appId INTEGER, services TEXT, networks TEXT, volumes TEXT, source TEXT,
+        uuid TEXT UNIQUE, class TEXT DEFAULT 'fleet', isHost INTEGER DEFAULT 0,
+        rejected INTEGER DEFAULT 0
+    );
+    CREATE TABLE image (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, appId INTEGER, serviceId INTEGER,
+        serviceName TEXT, imageId INTEGER, releaseId INTEGER, dockerImageId TEXT,
+        appUuid TEXT, "commit" TEXT
+    );
+    CREATE TABLE apiSecret (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, appId INTEGER, key TEXT, scopes TEXT,
+        serviceName TEXT, UNIQUE (appId, serviceName)
+    );
+    CREATE TABLE currentCommit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, appId INTEGER NOT NULL UNIQUE, "commit" TEXT NOT NULL
+    );
+    CREATE TABLE engineSnapshot (snapshot TEXT, timestamp TEXT);
+    CREATE TABLE logsChannelSecret (backend TEXT, secret TEXT);
+    """,
+]
+
+
+class Database:
+    """The supervisor's SQLite database; all access is serialised through one lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        """Apply the pending migrations, each in its own transaction with its version bump."""
+        with self._lock:
+            version = self.schema_version
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path}: schema version {version} is newer than this supervisor "
+                    f"knows ({len(MIGRATIONS)}); refusing to touch it"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                # executescript commits first, so wrap the script and the bump in one BEGIN..COMMIT
+                self._conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+                )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; rolled back on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[Any, ...] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # the config table ------------------------------------------------------------------------
+    def get_config(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM config WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_config(self, values: Mapping[str, str | None]) -> None:
+        """Upsert (None deletes) in one transaction; unchanged values are not rewritten."""
+        with self.transaction() as conn:
+            for key, value in values.items():
+                row = conn.execute("SELECT value FROM config WHERE key = ?", (key,)).fetchone()
+                if value is None:
+                    if row is not None:
+                        conn.execute("DELETE FROM config WHERE key = ?", (key,))
+                elif row is None:
+                    conn.execute("INSERT INTO config (key, value) VALUES (?, ?)", (key, value))
+                elif row["value"] != value:
+                    conn.execute("UPDATE config SET value = ? WHERE key = ?", (value, key))

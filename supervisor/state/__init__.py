@@ -1,0 +1,1 @@
+"""State engine: target state model, planner (pure) and executor (Docker)."""

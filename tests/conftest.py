@@ -1,0 +1,3 @@
+"""Shared fixtures: a device root and supervisor process, the Docker engine and a loopback registry."""
+
+from tests.fixtures.device import *  # noqa: F403

@@ -1,0 +1,190 @@
+"""The core endpoints over real HTTP, with the reference's auth rules (spec §1.2-1.4)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from supervisor.runtime import Settings, Supervisor
+from supervisor.subsystem import Subsystem
+from tests.fixtures.device import free_port, global_api_key, write_config_json
+
+MANAGED = {"uuid": "b" * 32, "apiEndpoint": "https://api.example", "deviceApiKey": "d" * 32}
+
+
+@pytest.fixture
+def managed(device_root: Path, start_supervisor):
+    write_config_json(device_root, MANAGED)
+    sup = start_supervisor(device_root)
+    sup.key = global_api_key(device_root)
+    return sup
+
+
+@pytest.fixture
+def unmanaged(device_root: Path, start_supervisor):
+    return start_supervisor(device_root)
+
+
+def test_ping_and_healthy_need_no_key(managed) -> None:
+    for path in ("/ping", "/v1/healthy"):
+        response = managed.get(path)
+        assert (response.status_code, response.text) == (200, "OK")
+
+
+def test_version(managed) -> None:
+    response = managed.get("/v2/version", params={"apikey": managed.key})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "success" and re.match(r"^\d+\.\d+\.\d+", body["version"])
+
+
+def test_global_key_is_32_hex(managed) -> None:
+    assert re.fullmatch(r"[0-9a-f]{32}", managed.key)
+
+
+@pytest.mark.parametrize(
+    ("how", "ok"),
+    [
+        ("none", False),
+        ("query", True),
+        ("query-wrong", False),
+        ("query-wrong-name", False),  # ?ApiKey= is not the parameter's name
+        ("apikey-header", True),
+        ("bearer-header", True),
+        ("lowercase-scheme", True),
+        ("unknown-scheme", False),
+        ("bad-chars", False),
+    ],
+)
+def test_auth_rules_when_managed(managed, how: str, ok: bool) -> None:
+    key = managed.key
+    kwargs = {
+        "none": {},
+        "query": {"params": {"apikey": key}},
+        "query-wrong": {"params": {"apikey": "0" * 32}},
+        "query-wrong-name": {"params": {"ApiKey": key}},
+        "apikey-header": {"headers": {"Authorization": f"ApiKey {key}"}},
+        "bearer-header": {"headers": {"Authorization": f"Bearer {key}"}},
+        "lowercase-scheme": {"headers": {"Authorization": f"bEaReR {key}"}},
+        "unknown-scheme": {"headers": {"Authorization": f"Basic {key}"}},
+        "bad-chars": {"headers": {"Authorization": f"Bearer {key}-x"}},
+    }[how]
+    response = managed.get("/v2/version", **kwargs)
+    if ok:
+        assert response.status_code == 200
+    else:
+        assert (response.status_code, response.text) == (401, "Unauthorized")
+
+
+def test_unmanaged_needs_no_key(unmanaged) -> None:
+    assert unmanaged.get("/v2/version").status_code == 200
+    assert unmanaged.post("/v1/blink").status_code == 200
+
+
+def test_local_mode_needs_no_key_even_when_managed(device_root: Path, start_supervisor) -> None:
+    write_config_json(device_root, MANAGED)
+    first = start_supervisor(device_root)
+    assert first.get("/v2/version").status_code == 401
+    first.stop()
+    db = device_root / "mnt/data/resin-data/balena-supervisor/database.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO config (key, value) VALUES ('localMode', 'true')")
+    second = start_supervisor(device_root)
+    assert second.get("/v2/version").status_code == 200
+
+
+def test_unknown_route_is_404_json_but_only_with_a_key(managed) -> None:
+    assert managed.get("/v2/nope").status_code == 401
+    response = managed.get("/v2/nope", params={"apikey": managed.key})
+    assert response.status_code == 404
+    assert response.json() == {"status": "failed", "message": "Cannot GET /v2/nope"}
+
+
+def test_regenerate_api_key(managed) -> None:
+    old = managed.key
+    response = managed.post("/v1/regenerate-api-key", headers={"Authorization": f"Bearer {old}"})
+    assert response.status_code == 200
+    new = response.text
+    assert re.fullmatch(r"[0-9a-f]{32}", new) and new != old
+    assert managed.get("/v2/version", params={"apikey": old}).status_code == 401
+    assert managed.get("/v2/version", params={"apikey": new}).status_code == 200
+    assert global_api_key(managed.root) == new
+    assert old not in managed.output() and new not in managed.output()  # keys never logged
+
+
+def test_regenerate_without_a_key_in_local_mode_is_a_clear_400(unmanaged) -> None:
+    response = unmanaged.post("/v1/regenerate-api-key")
+    assert response.status_code == 400
+    assert "No API key" in response.json()["message"]
+
+
+def test_blink_returns_at_once_and_blinks(device_root: Path, start_supervisor, tmp_path: Path) -> None:
+    led = tmp_path / "brightness"
+    led.write_text("0")
+    sup = start_supervisor(device_root, "--led", f"file:{led}", "--blink-seconds", "0.8")
+    started = time.monotonic()
+    assert sup.post("/v1/blink").text == "OK"
+    assert time.monotonic() - started < 0.5
+    seen: set[str] = set()
+    while time.monotonic() - started < 0.6:
+        seen.add(led.read_text())
+        time.sleep(0.01)
+    assert seen == {"0", "1"}
+    time.sleep(0.8)
+    assert led.read_text() == "0"
+
+
+def test_blink_without_led_is_still_200(unmanaged) -> None:
+    response = unmanaged.post("/v1/blink")
+    assert (response.status_code, response.text) == (200, "OK")
+
+
+# /v1/healthy reflects the subsystem threads: run a supervisor in-process so a test can break one.
+
+class _Stuck(Subsystem):
+    """A subsystem whose loop blocks without beating, as a hung Docker call would."""
+
+    name = "stuck"
+    stuck_after = 0.3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def run(self) -> None:
+        self.release.wait()
+
+    def on_stop(self) -> None:
+        self.release.set()
+
+
+@pytest.fixture
+def in_process(device_root: Path):
+    sup = Supervisor(Settings(root=str(device_root), port=free_port(), host="127.0.0.1", led="none"))
+    sup.start()
+    sup.url = f"http://127.0.0.1:{sup.server.port}"
+    yield sup
+    sup.stop()
+
+
+def test_healthy_500_when_a_subsystem_thread_died(in_process) -> None:
+    assert requests.get(in_process.url + "/v1/healthy", timeout=5).text == "OK"
+    in_process.blinker.stop()
+    response = requests.get(in_process.url + "/v1/healthy", timeout=5)
+    assert (response.status_code, response.text) == (500, "Unhealthy")
+
+
+def test_healthy_500_when_a_subsystem_is_stuck(in_process) -> None:
+    stuck = _Stuck()
+    in_process.subsystems.append(stuck)
+    stuck.start()
+    assert requests.get(in_process.url + "/v1/healthy", timeout=5).status_code == 200
+    time.sleep(0.5)
+    response = requests.get(in_process.url + "/v1/healthy", timeout=5)
+    assert (response.status_code, response.text) == (500, "Unhealthy")
