@@ -24,7 +24,9 @@ def _env_int(name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise SystemExit(f"supervisor: environment variable {name} must be an integer, got {value!r}") from None
+        raise SystemExit(
+            f"supervisor: environment variable {name} must be an integer, got {value!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

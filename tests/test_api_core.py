@@ -188,3 +188,9 @@ def test_healthy_500_when_a_subsystem_is_stuck(in_process) -> None:
     time.sleep(0.5)
     response = requests.get(in_process.url + "/v1/healthy", timeout=5)
     assert (response.status_code, response.text) == (500, "Unhealthy")
+
+
+def test_wrong_method_is_405_json(unmanaged) -> None:
+    response = unmanaged.post("/ping")
+    assert response.status_code == 405
+    assert response.json()["status"] == "failed"
