@@ -114,3 +114,30 @@ def test_listen_port_comes_from_config_json(device_root: Path, tmp_path: Path) -
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_plain_run_uses_the_user_data_dir(tmp_path: Path) -> None:
+    """The README's ``python -m supervisor``: no root, no config.json -> unmanaged, data in XDG dir."""
+    import requests
+
+    from tests.fixtures.device import free_port
+
+    port = free_port()
+    env = {**__import__("os").environ, "XDG_DATA_HOME": str(tmp_path / "xdg"),
+           "SUPERVISOR_LISTEN_PORT": str(port), "SUPERVISOR_LISTEN_HOST": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/v2/version", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "did not start"
+                time.sleep(0.05)
+        assert response.status_code == 200  # unmanaged: no key needed
+        assert (tmp_path / "xdg/pysupervisor/database.sqlite").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
