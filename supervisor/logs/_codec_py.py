@@ -1,0 +1,267 @@
+"""Pure-Python twin of ``supervisor._logcodec`` (the Docker log stream codec).
+
+It is the reference that the compiled module is tested against, the baseline of
+``tests/bench/bench_logcodec.py``, and the fallback when the extension is not built.
+Both modules must behave identically, byte for byte; change them together.
+
+Defined behaviour beyond the obvious (shared by both implementations):
+
+* Frames of type 0 (stdin) count as stdout and type 3 (daemon error) as stderr, like Docker's stdcopy.
+* A line longer than ``max_line`` bytes is cut into ``max_line``-byte pieces. Only the first piece
+  has a timestamp prefix. The other pieces get the first piece's timestamp and keep all their bytes.
+  Only the final piece has its ``\\r`` stripped. Each piece is decoded on its own, so a cut inside a
+  UTF-8 sequence gives U+FFFD on both sides.
+* ``encode`` never raises for a lone surrogate. It outputs ``?`` in its place, like
+  ``str.encode("utf-8", "replace")`` would.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+from collections.abc import Callable, Iterable
+
+__all__ = ["Demuxer", "LogStreamError", "encode", "encode_many", "parse_timestamp"]
+
+_MAX_TS_LEN = 35  # "YYYY-MM-DDTHH:MM:SS.nnnnnnnnn+HH:MM"
+_TS_RE = re.compile(rb"(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d\d):(\d\d))")
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_LINE_START = object()  # _cont_ts value: the next piece starts a new line
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class LogStreamError(ValueError):
+    """A corrupt multiplexed stream: a frame header that Docker would never send.
+
+    ``records`` holds the records that the failing ``feed()`` call had already completed,
+    so a caller can still forward them.
+    """
+
+    def __init__(self, message: str, records: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.records: list[dict] = records if records is not None else []
+
+
+def _default_now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 in the proleptic Gregorian calendar (valid for year 0 too)."""
+    if month <= 2:
+        year -= 1
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+@functools.lru_cache(maxsize=64)
+def _civil_seconds(stamp: bytes) -> int | None:
+    """Epoch seconds of "YYYY-MM-DDTHH:MM:SS" (digits already checked), None if out of range.
+
+    Cached because consecutive log lines nearly always share their second.
+    """
+    year, month, day = int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10])
+    hour, minute, second = int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19])
+    if not 1 <= month <= 12 or day < 1 or hour > 23 or minute > 59 or second > 59:
+        return None
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if day > _DAYS_IN_MONTH[month] + (month == 2 and leap):
+        return None
+    return _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+
+
+def parse_timestamp(value: bytes) -> int | None:
+    """Parse Docker's RFC 3339 (nano) timestamp into epoch milliseconds, rounded down.
+
+    Returns None instead of raising: a line whose prefix is not a timestamp is still a valid line.
+    """
+    m = _TS_RE.fullmatch(value)
+    if m is None:
+        return None
+    seconds = _civil_seconds(bytes(m[1]))
+    if seconds is None:
+        return None
+    if m[3] is not None:
+        off_h, off_m = int(m[4]), int(m[5])
+        if off_h > 23 or off_m > 59:
+            return None
+        offset = off_h * 3600 + off_m * 60
+        seconds -= offset if m[3] == b"+" else -offset
+    frac = m[2]
+    return seconds * 1000 + (int((frac + b"00")[:3]) if frac else 0)
+
+
+class Demuxer:
+    """Incremental demultiplexer + line splitter for ONE container's Docker log/attach stream."""
+
+    __slots__ = (
+        "_service_id",
+        "_multiplexed",
+        "_timestamps",
+        "_max_line",
+        "_now_ms",
+        "_header",
+        "_remaining",
+        "_stream",
+        "_partial",
+        "_cont_ts",
+        "_error",
+    )
+
+    def __init__(
+        self,
+        service_id: int | None = None,
+        *,
+        multiplexed: bool = True,
+        timestamps: bool = True,
+        max_line: int = 65536,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self._service_id = service_id
+        self._multiplexed = bool(multiplexed)
+        self._timestamps = bool(timestamps)
+        self._max_line = int(max_line)
+        self._now_ms = now_ms if now_ms is not None else _default_now_ms
+        self._header = bytearray()  # a frame header split across chunks
+        self._remaining = 0  # payload bytes of the current frame not seen yet
+        self._stream = 0  # 0 stdout, 1 stderr
+        self._partial = (bytearray(), bytearray())  # unterminated line per stream, <= max_line
+        self._cont_ts: list = [_LINE_START, _LINE_START]  # timestamp of a line cut by max_line
+        self._error: str | None = None
+
+    def feed(self, chunk: bytes) -> list[dict]:
+        """Consume one chunk; return a record for every line it completes."""
+        if self._error is not None:
+            raise LogStreamError(self._error)
+        out: list[dict] = []
+        if type(chunk) is not bytes:
+            chunk = memoryview(chunk).tobytes()  # any bytes-like object, never an int
+        if not self._multiplexed:
+            self._consume(0, chunk, out)
+            return out
+        pos, end = 0, len(chunk)
+        while pos < end:
+            if self._remaining:
+                take = min(self._remaining, end - pos)
+                self._consume(self._stream, chunk[pos : pos + take], out)
+                self._remaining -= take
+                pos += take
+                continue
+            need = 8 - len(self._header)
+            self._header += chunk[pos : pos + need]
+            pos += need
+            if len(self._header) < 8:
+                break
+            header = bytes(self._header)
+            self._header.clear()
+            self._check_header(header, out)
+            self._stream = 1 if header[0] >= 2 else 0
+            self._remaining = int.from_bytes(header[4:8], "big")
+        return out
+
+    def close(self) -> list[dict]:
+        """Flush unterminated final lines (stdout first); drop an incomplete frame; reset."""
+        out: list[dict] = []
+        for stream in (0, 1):
+            buf = self._partial[stream]
+            if buf:
+                self._emit(stream, bytes(buf), True, out)
+                buf.clear()
+            self._cont_ts[stream] = _LINE_START
+        self._header.clear()
+        self._remaining = 0
+        return out
+
+    def _check_header(self, header: bytes, out: list[dict]) -> None:
+        if header[0] > 3:
+            problem = f"unknown stream type {header[0]}"
+        elif header[1:4] != b"\0\0\0":
+            problem = f"nonzero padding bytes {header[1:4].hex(' ')}"
+        else:
+            return
+        self._error = f"corrupt log stream: {problem} in frame header {header.hex(' ')}"
+        raise LogStreamError(self._error, out)
+
+    def _consume(self, stream: int, data: bytes, out: list[dict]) -> None:
+        """Split one stream's payload bytes into lines, carrying the partial line over."""
+        buf = self._partial[stream]
+        max_line = self._max_line
+        start, end = 0, len(data)
+        while start < end:
+            nl = data.find(b"\n", start)
+            stop = end if nl < 0 else nl
+            if buf:
+                room = max_line - len(buf)
+                if stop - start > room:  # the buffered line overflows: cut it
+                    buf += data[start : start + room]
+                    start += room
+                    self._emit(stream, bytes(buf), False, out)
+                    buf.clear()
+                elif nl < 0:
+                    buf += data[start:]
+                    return
+                else:
+                    buf += data[start:nl]
+                    self._emit(stream, bytes(buf), True, out)
+                    buf.clear()
+                    start = nl + 1
+                    continue
+            while stop - start > max_line:
+                self._emit(stream, data[start : start + max_line], False, out)
+                start += max_line
+            if nl < 0:
+                buf += data[start:]
+                return
+            self._emit(stream, data[start:nl], True, out)
+            start = nl + 1
+
+    def _emit(self, stream: int, raw: bytes, final: bool, out: list[dict]) -> None:
+        """Turn one line (or a max_line piece of one) into a record."""
+        if final and raw.endswith(b"\r"):
+            raw = raw[:-1]
+        timestamp = self._cont_ts[stream]
+        if timestamp is _LINE_START:
+            timestamp = None
+            if self._timestamps:
+                space = raw.find(b" ", 0, _MAX_TS_LEN + 1)
+                if space >= 0:
+                    timestamp = parse_timestamp(raw[:space])
+                if timestamp is not None:
+                    raw = raw[space + 1 :]
+                else:
+                    timestamp = self._now_ms()
+            else:
+                timestamp = self._now_ms()
+            if not final:
+                self._cont_ts[stream] = timestamp
+        elif final:
+            self._cont_ts[stream] = _LINE_START
+        out.append(
+            {
+                "message": raw.decode("utf-8", "replace"),
+                "isStdErr": stream == 1,
+                "timestamp": timestamp,
+                "serviceId": self._service_id,
+            }
+        )
+
+
+def encode(record: dict) -> bytes:
+    """One NDJSON line, byte-identical to compact ``json.dumps(ensure_ascii=False)``."""
+    return _json_encode(record).encode("utf-8", "replace") + b"\n"
+
+
+def encode_many(records: Iterable[dict]) -> bytes:
+    """The concatenation of ``encode()`` of each record, built in one go."""
+    parts = [_json_encode(r) for r in records]
+    if not parts:
+        return b""
+    parts.append("")
+    return "\n".join(parts).encode("utf-8", "replace")

@@ -1,0 +1,40 @@
+"""Docker log stream codec: demux + line split + NDJSON encode (public entry point).
+
+It uses the compiled ``supervisor._logcodec``. The pure-Python twin is used only when the
+extension is not installed at all, for example in a source checkout that was never built.
+The fallback logs a warning because it is several times slower. A broken build (one whose
+import fails for any other reason) still raises, so it cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+try:
+    from supervisor._logcodec import Demuxer, LogStreamError, encode, encode_many, parse_timestamp
+
+    IMPLEMENTATION = "compiled"
+except ModuleNotFoundError as exc:
+    if exc.name != "supervisor._logcodec":
+        raise
+    from supervisor.logs._codec_py import (
+        Demuxer,
+        LogStreamError,
+        encode,
+        encode_many,
+        parse_timestamp,
+    )
+
+    IMPLEMENTATION = "python"
+    logging.getLogger(__name__).warning(
+        "compiled log codec supervisor._logcodec is not built; using the slower pure-Python twin"
+    )
+
+__all__ = [
+    "IMPLEMENTATION",
+    "Demuxer",
+    "LogStreamError",
+    "encode",
+    "encode_many",
+    "parse_timestamp",
+]

@@ -1,0 +1,539 @@
+"""Docker log stream codec: compiled module vs pure-Python twin vs an independent oracle."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import json
+import re
+import struct
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from supervisor.logs import _codec_py as twin
+
+NOW = 4242
+SERVICE = 17
+
+
+def _compiled():
+    """The extension itself; raises (so tests fail, never skip) when it is not built."""
+    return importlib.import_module("supervisor._logcodec")
+
+
+@pytest.fixture(params=["compiled", "python"])
+def mod(request):
+    return _compiled() if request.param == "compiled" else twin
+
+
+def frame(stream_type: int, payload: bytes) -> bytes:
+    return struct.pack(">BxxxL", stream_type, len(payload)) + payload
+
+
+def dumps_line(record) -> bytes:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def run(module, chunks, **kwargs) -> list[dict]:
+    kwargs.setdefault("now_ms", lambda: NOW)
+    demuxer = module.Demuxer(SERVICE, **kwargs)
+    records = []
+    for chunk in chunks:
+        records += demuxer.feed(chunk)
+    return records + demuxer.close()
+
+
+def typed_items(records):
+    """Records with key order and value types made explicit (True == 1 in a plain comparison)."""
+    return [[(k, type(v), v) for k, v in r.items()] for r in records]
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent oracle: whole stream at once, one byte at a time, datetime for the calendar
+# ---------------------------------------------------------------------------------------------
+
+_ORACLE_TS = re.compile(
+    rb"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|([+-])(\d\d):(\d\d))"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CYCLE_MS = 146097 * 86400 * 1000  # the Gregorian calendar repeats every 400 years
+
+
+def oracle_ts(value: bytes) -> int | None:
+    m = _ORACLE_TS.fullmatch(value)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    shift = 0
+    if year == 0:  # datetime starts at year 1
+        year, shift = 400, -_CYCLE_MS
+    frac = (m.group(7) or b"").decode()
+    if m.group(9):
+        off_h, off_m = int(m.group(10)), int(m.group(11))
+        if off_m > 59:
+            return None
+        sign = 1 if m.group(9) == b"+" else -1
+        try:
+            tz = timezone(sign * timedelta(hours=off_h, minutes=off_m))
+        except ValueError:
+            return None
+    else:
+        tz = UTC
+    try:
+        dt = datetime(year, month, day, hour, minute, second, int((frac + "000000")[:6]), tz)
+    except ValueError:
+        return None
+    return (dt - _EPOCH) // timedelta(milliseconds=1) + shift
+
+
+def oracle(stream: bytes, *, multiplexed=True, timestamps=True, max_line=65536, close=True) -> list[dict]:
+    segments = []
+    if multiplexed:
+        pos = 0
+        while pos + 8 <= len(stream):
+            length = int.from_bytes(stream[pos + 4 : pos + 8], "big")
+            segments.append((1 if stream[pos] >= 2 else 0, stream[pos + 8 : pos + 8 + length]))
+            pos += 8 + length
+    else:
+        segments.append((0, stream))
+
+    records = []
+    cont: list[int | None] = [None, None]
+
+    def emit(s: int, raw: bytes, final: bool) -> None:
+        if final and raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if cont[s] is not None:
+            ts = cont[s]
+            if final:
+                cont[s] = None
+        else:
+            ts = None
+            if timestamps:
+                prefix = raw.split(b" ", 1)[0]
+                if len(prefix) < len(raw) and len(prefix) <= 35:
+                    ts = oracle_ts(prefix)
+                    if ts is not None:
+                        raw = raw[len(prefix) + 1 :]
+            if ts is None:
+                ts = NOW
+            if not final:
+                cont[s] = ts
+        records.append(
+            {
+                "message": raw.decode("utf-8", "replace"),
+                "isStdErr": s == 1,
+                "timestamp": ts,
+                "serviceId": SERVICE,
+            }
+        )
+
+    bufs = [bytearray(), bytearray()]
+    for s, payload in segments:
+        for byte in payload:
+            if byte == 0x0A:
+                emit(s, bytes(bufs[s]), True)
+                bufs[s].clear()
+            else:
+                bufs[s].append(byte)
+                if len(bufs[s]) > max_line:
+                    emit(s, bytes(bufs[s][:max_line]), False)
+                    del bufs[s][:max_line]
+    for s in (0, 1):
+        if bufs[s] and close:
+            emit(s, bytes(bufs[s]), True)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategies
+# ---------------------------------------------------------------------------------------------
+
+
+@st.composite
+def valid_timestamps(draw) -> bytes:
+    dt = draw(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)))
+    ndigits = draw(st.integers(0, 9))
+    frac = "".join(draw(st.lists(st.sampled_from("0123456789"), min_size=ndigits, max_size=ndigits)))
+    zone = draw(
+        st.one_of(
+            st.sampled_from(["Z", "z"]),
+            st.builds(
+                lambda sign, h, m: f"{sign}{h:02d}:{m:02d}",
+                st.sampled_from("+-"),
+                st.integers(0, 23),
+                st.integers(0, 59),
+            ),
+        )
+    )
+    sep = draw(st.sampled_from("Tt"))
+    text = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}{sep}{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    if ndigits:
+        text += "." + frac
+    return (text + zone).encode()
+
+
+@st.composite
+def mutated_timestamps(draw) -> bytes:
+    ts = bytearray(draw(valid_timestamps()))
+    pos = draw(st.integers(0, len(ts) - 1))
+    action = draw(st.sampled_from(["replace", "delete", "insert", "truncate"]))
+    byte = draw(st.sampled_from(b"0123456789:-+.TZ x\xff"))
+    if action == "replace":
+        ts[pos] = byte
+    elif action == "delete":
+        del ts[pos]
+    elif action == "insert":
+        ts.insert(pos, byte)
+    else:
+        del ts[pos:]
+    return bytes(ts)
+
+
+timestamps = st.one_of(valid_timestamps(), mutated_timestamps())
+messages = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=30).map(lambda s: s.encode("utf-8")),  # any unicode, controls included
+    st.sampled_from([b"\xff", b"\xc3", b"\xe2\x82", b"\xf0\x9f\x98", b"\xed\xa0\x80", b"\xc0\xaf"]),
+    st.sampled_from([b'say "hi"', b"C:\\path", b"a\tb", b"\x7f\x1b[0m", b"caf\xc3\xa9 \xe2\x82\xac"]),
+)
+line_ends = st.sampled_from([b"\n", b"\r\n", b""])
+fragments = st.one_of(
+    st.builds(lambda ts, msg, end: ts + b" " + msg + end, timestamps, messages, line_ends),
+    messages,
+    st.sampled_from([b"\n", b"\r\n", b"\r", b" ", b"\n\n", b"\r\r\n"]),
+)
+payloads = st.lists(fragments, max_size=8).map(b"".join)
+frames = st.lists(st.tuples(st.integers(0, 3), payloads), max_size=12)
+max_lines = st.sampled_from([1, 3, 8, 36, 40, 65536])
+
+
+def split(data: bytes, cuts: list[int], kinds: list[int]) -> list:
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    wrap = (bytes, bytearray, memoryview)
+    return [wrap[kinds[i % len(kinds)]](c) for i, c in enumerate(chunks)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Differential tests
+# ---------------------------------------------------------------------------------------------
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(
+    frames=frames,
+    multiplexed=st.booleans(),
+    with_ts=st.booleans(),
+    max_line=max_lines,
+    truncate=st.booleans(),
+    data=st.data(),
+)
+def test_demux_matches_twin_and_oracle(frames, multiplexed, with_ts, max_line, truncate, data):
+    if multiplexed:
+        stream = b"".join(frame(t, p) for t, p in frames)
+        if truncate and stream:  # an incomplete final frame (header or payload)
+            stream = stream[: data.draw(st.integers(0, len(stream) - 1), label="truncate at")]
+    else:
+        stream = b"".join(p for _, p in frames)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20), label="cuts")
+    kinds = data.draw(st.lists(st.integers(0, 2), min_size=1, max_size=3), label="chunk types")
+    chunks = split(stream, cuts, kinds)
+    kwargs = {"multiplexed": multiplexed, "timestamps": with_ts, "max_line": max_line}
+
+    compiled = run(_compiled(), chunks, **kwargs)
+    python = run(twin, chunks, **kwargs)
+    expected = oracle(stream, **kwargs)
+
+    assert typed_items(compiled) == typed_items(python) == typed_items(expected)
+    encoded = b"".join(dumps_line(r) for r in expected)
+    assert _compiled().encode_many(compiled) == twin.encode_many(python) == encoded
+    assert b"".join(_compiled().encode(r) for r in compiled) == encoded
+
+
+@FAST
+@given(frames=frames, bad=st.sampled_from([b"\x04\0\0\0", b"\xff\0\0\0", b"\x01\0\x01\0"]), data=st.data())
+def test_corrupt_header_matches(frames, bad, data):
+    good = b"".join(frame(t, p) for t, p in frames)
+    stream = good + bad + b"\0\0\0\x05hello"
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=10), label="cuts")
+    chunks = split(stream, cuts, [0])
+    results = []
+    for module in (_compiled(), twin):
+        demuxer = module.Demuxer(SERVICE, now_ms=lambda: NOW)
+        records = []
+        with pytest.raises(module.LogStreamError) as info:
+            for chunk in chunks:
+                records += demuxer.feed(chunk)
+        records += info.value.records
+        results.append((typed_items(records), str(info.value)))
+    assert results[0] == results[1]
+    assert results[0][0] == typed_items(oracle(good, close=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(timestamps, st.binary(max_size=36)))
+def test_parse_timestamp_matches(value):
+    expected = oracle_ts(value)
+    assert _compiled().parse_timestamp(value) == twin.parse_timestamp(value) == expected
+
+
+any_char = st.one_of(st.characters(), st.characters(categories=["Cs"]))  # lone surrogates too
+json_scalars = st.one_of(
+    st.lists(any_char, max_size=20).map("".join),
+    st.booleans(),
+    st.none(),
+    st.integers(),
+    st.integers(min_value=-(2**64), max_value=2**64),
+)
+json_values = st.one_of(
+    json_scalars,
+    st.floats(allow_nan=False),
+    st.lists(json_scalars, max_size=3),
+    st.dictionaries(st.text(max_size=5), json_scalars, max_size=3),
+)
+
+
+def reference_line(record) -> bytes:
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "replace") + b"\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(st.text(max_size=10), json_values, max_size=5), max_size=5))
+def test_encode_matches_json(records):
+    expected = b"".join(reference_line(r) for r in records)
+    for module in (_compiled(), twin):
+        assert module.encode_many(records) == expected
+        assert b"".join(module.encode(r) for r in records) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples
+# ---------------------------------------------------------------------------------------------
+
+
+def test_package_uses_compiled_module():
+    from supervisor.logs import codec
+
+    compiled = _compiled()  # ImportError here means the extension was not built: a failure
+    assert codec.IMPLEMENTATION == "compiled"
+    assert codec.Demuxer is compiled.Demuxer
+    assert codec.encode_many is compiled.encode_many
+    assert compiled.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    assert compiled.LogStreamError is twin.LogStreamError
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"1970-01-01T00:00:00Z", 0),
+        (b"2024-03-01T12:34:56.123456789Z", 1709296496123),
+        (b"2024-03-01T12:34:56.1Z", 1709296496100),
+        (b"2024-03-01T12:34:56.12Z", 1709296496120),
+        (b"2024-03-01T12:34:56.999999999Z", 1709296496999),
+        (b"2024-03-01t12:34:56z", 1709296496000),
+        (b"2024-03-01T13:34:56+01:00", 1709296496000),
+        (b"2024-03-01T07:04:56.5-05:30", 1709296496500),
+        (b"2024-03-01T12:34:56-00:00", 1709296496000),
+        (b"1969-12-31T23:59:59.9995Z", -1),  # floor, not truncation
+        (b"2024-02-29T00:00:00Z", 1709164800000),
+        (b"2000-02-29T00:00:00Z", 951782400000),
+        (b"0000-01-01T00:00:00Z", -62167219200000),
+        (b"9999-12-31T23:59:59.999999999+23:59", 253402214459999),
+        (b"2024-03-01T12:34:56.1234567890Z", None),  # 10 fraction digits
+        (b"2024-03-01T12:34:56.Z", None),
+        (b"2024-03-01T12:34:56", None),
+        (b"2024-03-01 12:34:56Z", None),
+        (b"2024-13-01T12:34:56Z", None),
+        (b"2023-02-29T12:34:56Z", None),
+        (b"1900-02-29T12:34:56Z", None),
+        (b"2024-04-31T12:34:56Z", None),
+        (b"2024-03-01T24:00:00Z", None),
+        (b"2024-03-01T12:60:00Z", None),
+        (b"2024-03-01T12:34:60Z", None),
+        (b"2024-03-01T12:34:56+24:00", None),
+        (b"2024-03-01T12:34:56+01:60", None),
+        (b"2024-03-01T12:34:56+0100", None),
+        (b"2024-03-01T12:34:56Zx", None),
+        (b" 2024-03-01T12:34:56Z", None),
+        (b"2024-03-01T12:34:5\xd9\xa1Z", None),
+        (b"", None),
+        (b"hello", None),
+    ],
+)
+def test_parse_timestamp(mod, value, expected):
+    assert mod.parse_timestamp(value) == expected
+
+
+def test_line_format_and_order(mod):
+    stream = (
+        frame(1, b"2024-03-01T12:34:56.123456789Z hello world\n")
+        + frame(2, b"2024-03-01T12:34:57Z oops\r\n")
+        + frame(0, b"2024-03-01T12:34:58Z from stdin\n")
+        + frame(3, b"daemon error\n")
+    )
+    records = run(mod, [stream])
+    assert [list(r) for r in records] == [["message", "isStdErr", "timestamp", "serviceId"]] * 4
+    assert records == [
+        {"message": "hello world", "isStdErr": False, "timestamp": 1709296496123, "serviceId": 17},
+        {"message": "oops", "isStdErr": True, "timestamp": 1709296497000, "serviceId": 17},
+        {"message": "from stdin", "isStdErr": False, "timestamp": 1709296498000, "serviceId": 17},
+        {"message": "daemon error", "isStdErr": True, "timestamp": NOW, "serviceId": 17},
+    ]
+
+
+def test_crlf_strips_one_cr_and_empty_lines_count(mod):
+    records = run(mod, [frame(1, b"a\r\nb\r\r\n\n\r\n")], timestamps=False)
+    assert [r["message"] for r in records] == ["a", "b\r", "", ""]
+
+
+def test_line_spanning_frames_and_chunks(mod):
+    stream = frame(1, b"2024-03-01T12:34:56Z par") + frame(2, b"err\n") + frame(1, b"t\xc3")
+    stream += frame(1, b"\xa9\n")
+    chunks = [stream[i : i + 1] for i in range(len(stream))]  # splits the header and the UTF-8
+    records = run(mod, chunks)
+    assert [(r["message"], r["isStdErr"]) for r in records] == [("err", True), ("parté", False)]
+    assert records[1]["timestamp"] == 1709296496000
+
+
+def test_close_flushes_stdout_then_stderr(mod):
+    demuxer = mod.Demuxer(1, now_ms=lambda: NOW)
+    assert demuxer.feed(frame(2, b"2024-03-01T12:34:56Z err tail") + frame(1, b"out tail\r")) == []
+    records = demuxer.close()
+    assert [(r["message"], r["isStdErr"], r["timestamp"]) for r in records] == [
+        ("out tail", False, NOW),
+        ("err tail", True, 1709296496000),
+    ]
+    assert demuxer.close() == []
+
+
+def test_close_discards_incomplete_frame(mod):
+    demuxer = mod.Demuxer(now_ms=lambda: NOW)
+    assert demuxer.feed(frame(1, b"done\n") + b"\x01\0\0") == [
+        {"message": "done", "isStdErr": False, "timestamp": NOW, "serviceId": None}
+    ]
+    assert demuxer.close() == []
+
+
+def test_unparsable_prefix_keeps_whole_line(mod):
+    records = run(mod, [frame(1, b"2024-03-01T12:34:56Zgarbage x\nno-space\n")])
+    assert [(r["message"], r["timestamp"]) for r in records] == [
+        ("2024-03-01T12:34:56Zgarbage x", NOW),
+        ("no-space", NOW),
+    ]
+
+
+def test_timestamps_disabled_keeps_prefix(mod):
+    records = run(mod, [frame(1, b"2024-03-01T12:34:56Z hi\n")], timestamps=False)
+    assert (records[0]["message"], records[0]["timestamp"]) == ("2024-03-01T12:34:56Z hi", NOW)
+
+
+def test_default_clock(mod):
+    before = time.time_ns() // 1_000_000
+    (record,) = mod.Demuxer().feed(frame(1, b"no timestamp\n"))
+    assert before <= record["timestamp"] <= time.time_ns() // 1_000_000
+
+
+def test_max_line_cuts_long_lines(mod):
+    line = b"2024-03-01T12:34:56Z " + b"x" * 25 + b"\r\n"
+    chunks = [frame(1, line[:10]), frame(1, line[10:])]
+    records = run(mod, chunks, max_line=10)
+    # the first 10 bytes hold only part of the timestamp, so it gets now_ms for all pieces
+    assert [r["message"] for r in records] == ["2024-03-01", "T12:34:56Z", " xxxxxxxxx", "x" * 10, "xxxxxx"]
+    assert {r["timestamp"] for r in records} == {NOW}
+    records = run(mod, [frame(1, line)], max_line=30)
+    assert [(r["message"], r["timestamp"]) for r in records] == [
+        ("xxxxxxxxx", 1709296496000),  # 30 bytes minus the 21-byte prefix
+        ("x" * 16, 1709296496000),  # continuation inherits the timestamp, \r stripped at the end
+    ]
+
+
+def test_max_line_bounds_unterminated_buffer(mod):
+    demuxer = mod.Demuxer(now_ms=lambda: NOW, timestamps=False, max_line=4)
+    assert [r["message"] for r in demuxer.feed(frame(1, b"abcdefghij"))] == ["abcd", "efgh"]
+    assert [r["message"] for r in demuxer.close()] == ["ij"]
+
+
+def test_invalid_utf8_is_replaced(mod):
+    raw = b"bad \xff\xfe \xed\xa0\x80 \xf0\x9f\x98 ok \xe2\x82\xac"
+    (record,) = run(mod, [frame(2, raw + b"\n")])
+    assert record["message"] == raw.decode("utf-8", "replace")
+
+
+def test_tty_mode_is_raw_stdout(mod):
+    raw = b"\x02\0\0\0\0\0\0\x03abc\n2024-03-01T12:34:56Z tty\n"
+    records = run(mod, [raw[:5], raw[5:]], multiplexed=False)
+    assert [(r["message"], r["isStdErr"]) for r in records] == [
+        ("\x02\0\0\0\0\0\0\x03abc", False),
+        ("tty", False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (b"\x04\0\0\0\0\0\0\x01", "unknown stream type 4"),
+        (b"\x01\0\x07\0\0\0\0\x01", "nonzero padding bytes 00 07 00"),
+    ],
+)
+def test_corrupt_header_raises(mod, header, problem):
+    demuxer = mod.Demuxer(now_ms=lambda: NOW)
+    with pytest.raises(mod.LogStreamError, match=problem) as info:
+        demuxer.feed(frame(1, b"kept\n") + header + b"x")
+    assert isinstance(info.value, ValueError)
+    assert [r["message"] for r in info.value.records] == ["kept"]
+    with pytest.raises(mod.LogStreamError, match=problem):
+        demuxer.feed(frame(1, b"more\n"))
+
+
+def test_max_line_must_be_positive(mod):
+    with pytest.raises(ValueError):
+        mod.Demuxer(max_line=0)
+
+
+def test_encode_keeps_key_order(mod):
+    system = {"message": 'Pulling "main"', "isSystem": True, "timestamp": 1700000000000}
+    local = {
+        "serviceName": "main",
+        "message": "tab\there \\ é ✓ \x00\x1f\x7f",
+        "isStdErr": False,
+        "timestamp": 1700000000000,
+        "serviceId": 123,
+    }
+    assert mod.encode(system) == (
+        b'{"message":"Pulling \\"main\\"","isSystem":true,"timestamp":1700000000000}\n'
+    )
+    assert mod.encode(local) == dumps_line(local)
+    assert mod.encode_many([system, local]) == dumps_line(system) + dumps_line(local)
+    assert mod.encode_many(iter([system])) == dumps_line(system)
+    assert mod.encode_many([]) == b""
+
+
+def test_encode_fallback_and_surrogates(mod):
+    odd = {"f": 1.5, "n": {"a": [1, None]}, 3: "int key", "big": -(2**70), "s": "a\ud800b\udfff"}
+    assert mod.encode(odd) == reference_line(odd)
+    assert b'"s":"a?b?"' in mod.encode(odd)
+    assert mod.encode({"message": "\ud83d"}) == b'{"message":"?"}\n'
+
+
+def test_longest_timestamp_prefix(mod):
+    longest = b"2024-03-01T13:34:56.123456789+01:00"  # 35 bytes: the longest valid prefix
+    records = run(mod, [frame(1, longest + b" max\n" + longest + b"0 x\n")])
+    assert [(r["message"], r["timestamp"]) for r in records] == [
+        ("max", 1709296496123),
+        (longest.decode() + "0 x", NOW),  # a 36-byte prefix is never a timestamp
+    ]
+
+
+def test_reusable_after_close(mod):
+    demuxer = mod.Demuxer(now_ms=lambda: NOW, max_line=4)
+    assert [r["message"] for r in demuxer.feed(frame(1, b"abcdef"))] == ["abcd"]
+    assert [r["message"] for r in demuxer.close()] == ["ef"]
+    assert [r["message"] for r in demuxer.feed(bytearray(frame(2, b"gh\n")))] == ["gh"]
