@@ -14,6 +14,9 @@ from .apikeys import ApiKeys
 from .config import Config, ConfigJson
 from .db import Database
 from .paths import Paths
+from .state.device_config import with_defaults
+from .state.store import LOCAL_SOURCE, TargetStore
+from .state.target import from_v2_local, thaw
 from .subsystem import Subsystem
 
 log = logging.getLogger("supervisor")
@@ -59,6 +62,7 @@ class Supervisor:
         self.config.initialise()
         self.api_keys = ApiKeys(self.config.db)
         self.api_keys.global_key()
+        self.targets = TargetStore(self.config.db)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
 
@@ -99,3 +103,40 @@ class Supervisor:
         new_key = self.api_keys.regenerate(presented)
         log.info("API key regenerated")  # never the key itself
         return new_key
+
+    @property
+    def target_source(self) -> str:
+        """Whose target the engine follows: local mode's, or the cloud's (keyed by apiEndpoint)."""
+        return LOCAL_SOURCE if self.config.local_mode else self.config.api_endpoint
+
+    def set_local_target(self, body: dict) -> None:
+        """POST /v2/local/target-state: validate the whole v2 body, then store it in one transaction."""
+        device = from_v2_local(body, current_name=self.config.get_db("name"))
+        self.targets.set_target(device, LOCAL_SOURCE)
+        log.info("Local target state set (%d apps)", len(device.apps))
+
+    def local_target_view(self) -> dict:
+        """GET /v2/local/target-state: the target as the engine sees it (spec §1.4)."""
+        device = self.targets.get_target(self.target_source)
+        apps = {}
+        for app in device.apps.values():
+            release = app.release
+            volumes = release.volumes.items() if release else ()
+            networks = release.networks.items() if release else ()
+            services = [
+                {"serviceName": name, "serviceId": svc.id, "imageId": svc.image_id, "appId": app.id,
+                 "appUuid": app.uuid, "releaseId": release.id, "commit": release.commit,
+                 **{k: v for k, v in svc.to_v3().items() if k not in ("id", "image_id")}}
+                for name, svc in (release.services.items() if release else ())
+            ]
+            apps[str(app.id)] = {
+                "appId": app.id, "appUuid": app.uuid, "appName": app.name,
+                "commit": release.commit if release else None,
+                "releaseId": release.id if release else None,
+                "source": self.target_source, "isHost": app.is_host,
+                "services": services,
+                "volumes": [{"name": n, "config": thaw(c)} for n, c in volumes],
+                "networks": [{"name": n, "config": thaw(c)} for n, c in networks],
+            }
+        config = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
+        return {"local": {"name": device.name, "config": config, "apps": apps}}

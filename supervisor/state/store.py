@@ -1,0 +1,114 @@
+"""The stored target state (spec §2.2 "setTarget"): the ``app`` and ``deviceConfig`` tables.
+
+A target is written in ONE transaction before anything is applied, so a crash at any point
+leaves either the previous target or the new one, and the reconcile loop resumes from it.
+Rows use the reference's columns, so either implementation can read the other's database.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..db import Database
+from .device_config import format_config_keys
+from .target import TargetApp, TargetDevice, parse_target_device, thaw
+
+LOCAL_SOURCE = "local"
+
+
+def _service_row(app: TargetApp, name: str, service: Any) -> dict[str, Any]:
+    release = app.release
+    assert release is not None
+    return {
+        **service.to_v3(),
+        "appId": app.id,
+        "appUuid": app.uuid,
+        "releaseId": release.id,
+        "commit": release.commit,
+        "imageId": service.image_id,
+        "serviceId": service.id,
+        "serviceName": name,
+    }
+
+
+def _app_from_row(row: Any) -> tuple[str, dict[str, Any]]:
+    """Rebuild the v3 wire form of one app row (releases only when commit and releaseId are set)."""
+    app: dict[str, Any] = {"id": row["appId"], "name": row["name"] or "", "class": row["class"] or "fleet"}
+    if row["isHost"]:
+        app["is_host"] = True
+    if row["commit"] and row["releaseId"] is not None:
+        services = {}
+        for svc in json.loads(row["services"] or "[]"):
+            name = svc["serviceName"]
+            services[name] = {key: svc[key] for key in (
+                "id", "image_id", "image", "environment", "labels", "running", "contract", "composition",
+            ) if key in svc}
+        app["releases"] = {row["commit"]: {
+            "id": row["releaseId"],
+            "services": services,
+            "volumes": json.loads(row["volumes"] or "{}"),
+            "networks": json.loads(row["networks"] or "{}"),
+        }}
+    return row["uuid"], app
+
+
+class TargetStore:
+    """Read and write the target state in SQLite."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def set_target(self, device: TargetDevice, source: str) -> None:
+        """Store ``device`` as the target of ``source`` (``'local'`` or the apiEndpoint)."""
+        config = format_config_keys(device.config)
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO config (key, value) VALUES ('name', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (device.name,),
+            )
+            conn.execute("UPDATE deviceConfig SET targetValues = ?", (json.dumps(config, sort_keys=True),))
+            wanted = set(device.apps)
+            for (uuid,) in conn.execute("SELECT uuid FROM app WHERE source = ?", (source,)).fetchall():
+                if uuid not in wanted:
+                    conn.execute("DELETE FROM app WHERE uuid = ?", (uuid,))
+            for uuid, app in device.apps.items():
+                release = app.release
+                items = release.services.items() if release else ()
+                services = [_service_row(app, name, svc) for name, svc in items]
+                values = {
+                    "appId": app.id, "uuid": uuid, "source": source, "isHost": int(app.is_host),
+                    "rejected": 0, "class": app.app_class, "name": app.name,
+                    "releaseId": release.id if release else None,
+                    "commit": release.commit if release else None,
+                    "services": json.dumps(services),
+                    "networks": json.dumps(thaw(release.networks) if release else {}),
+                    "volumes": json.dumps(thaw(release.volumes) if release else {}),
+                }
+                columns = ", ".join(f'"{c}"' for c in values)
+                updates = ", ".join(f'"{c}" = excluded."{c}"' for c in values if c != "uuid")
+                conn.execute(
+                    f"INSERT INTO app ({columns}) VALUES ({', '.join('?' * len(values))}) "
+                    f"ON CONFLICT(uuid) DO UPDATE SET {updates}",
+                    tuple(values.values()),
+                )
+            conn.execute(
+                "INSERT INTO config (key, value) VALUES ('targetStateSet', 'true') "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+            )
+
+    def get_target(self, source: str) -> TargetDevice:
+        """The stored target of ``source`` (plus every non-fleet app, as the reference reads it)."""
+        rows = self.db.query(
+            'SELECT * FROM app WHERE source = ? OR class != \'fleet\' ORDER BY id', (source,)
+        )
+        name = self.db.get_config("name") or "local"
+        (config_row,) = self.db.query("SELECT targetValues FROM deviceConfig LIMIT 1")
+        apps = dict(_app_from_row(row) for row in rows)
+        return parse_target_device(
+            {"name": name, "config": json.loads(config_row["targetValues"] or "{}"), "apps": apps}
+        )
+
+    def target_config(self) -> dict[str, str]:
+        (row,) = self.db.query("SELECT targetValues FROM deviceConfig LIMIT 1")
+        return json.loads(row["targetValues"] or "{}")
