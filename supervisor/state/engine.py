@@ -1,0 +1,234 @@
+"""Read the engine (and the supervisor's own records) into the planner's :class:`CurrentState`.
+
+One list call per resource kind (containers, networks, volumes, images). The network, volume and
+image listings carry everything needed; a container listing does not (no env, binds, host config),
+so each *supervised* container is inspected, and only those. Objects the compose layer cannot read
+back (a hand-made container wearing the supervised label, a network with a foreign name) are
+skipped with a warning rather than failing the whole read: one stray object must not stop updates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final
+
+from supervisor.compose import ComposeError, Network, Service, Volume
+from supervisor.state.current import App, CurrentState
+
+if TYPE_CHECKING:
+    import docker
+
+    from supervisor.db import Database
+    from supervisor.state.executor import LockRegistry
+    from supervisor.state.images import ImageManager
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_SUPERVISOR_NETWORK",
+    "EXTRA_FIRMWARE_VOLUME",
+    "SUPERVISED_LABELS",
+    "EngineReader",
+    "SupervisorNetwork",
+    "current_commits",
+    "is_supervised",
+]
+
+SUPERVISED_LABELS: Final = ("io.balena.supervised", "io.resin.supervised")
+EXTRA_FIRMWARE_VOLUME: Final = "extra-firmware"
+_APP_LABELS: Final = ("io.balena.app-uuid", "io.balena.app-id", "io.resin.app-id")
+BRIDGE_NAME_OPTION: Final = "com.docker.network.bridge.name"
+
+
+@dataclass(frozen=True)
+class SupervisorNetwork:
+    """The ``supervisor0`` bridge services reach the supervisor API on (§3.2).
+
+    Configurable so tests on a shared engine can use a name and subnet nothing else uses;
+    ``labels`` are added at creation (the reference sets none).
+    """
+
+    name: str = "supervisor0"
+    bridge_name: str = "supervisor0"
+    subnet: str = "10.114.104.0/25"
+    gateway: str = "10.114.104.1"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, entry: Mapping[str, Any]) -> bool:
+        """Whether an engine network (list or inspect JSON) is this network, correctly set up."""
+        if entry.get("Name") != self.name:
+            return False
+        options = entry.get("Options") or {}
+        pools = (entry.get("IPAM") or {}).get("Config") or []
+        return (
+            options.get(BRIDGE_NAME_OPTION) == self.bridge_name
+            and bool(pools)
+            and pools[0].get("Subnet") == self.subnet
+            and pools[0].get("Gateway") == self.gateway
+        )
+
+    def create_body(self) -> dict[str, Any]:
+        """The POST /networks/create body."""
+        return {
+            "Name": self.name,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
+            "Options": {BRIDGE_NAME_OPTION: self.bridge_name},
+            "IPAM": {"Driver": "default", "Config": [{"Subnet": self.subnet, "Gateway": self.gateway}]},
+            "Labels": dict(self.labels),
+        }
+
+
+#: The device's real supervisor0 (what the reader checks unless told otherwise).
+DEFAULT_SUPERVISOR_NETWORK: Final = SupervisorNetwork()
+
+
+def is_supervised(labels: Mapping[str, str] | None) -> bool:
+    """Carries ``io.balena.supervised`` (or the legacy ``io.resin.supervised``)."""
+    return any(key in (labels or {}) for key in SUPERVISED_LABELS)
+
+
+def current_commits(db: Database) -> dict[int, str]:
+    """appId -> the release the app last settled on (the ``currentCommit`` table)."""
+    return {row["appId"]: row["commit"] for row in db.query('SELECT appId, "commit" FROM currentCommit')}
+
+
+@dataclass
+class _Group:
+    app_id: int
+    uuid: str | None = None
+    services: list[Service] = field(default_factory=list)
+    networks: list[Network] = field(default_factory=list)
+    volumes: list[Volume] = field(default_factory=list)
+
+    def note_uuid(self, uuid: str | None) -> None:
+        if uuid and self.uuid is None:
+            self.uuid = uuid
+
+
+class EngineReader:
+    """Builds a :class:`CurrentState` from the engine, the ``image``/``currentCommit`` tables, the
+    image manager's downloads and the lock registry.
+
+    ``supervisor_network=None`` skips the supervisor0 check (reported ready), as does
+    ``extra_firmware=None`` for the extra-firmware one; otherwise ``extra_firmware`` returns
+    config.json's ``os.kernel.extraFirmwareVol``. ``locks`` must be the executor's registry.
+    ``volatile`` gives statuses the executor is in the middle of (container id -> ``Stopping``),
+    which override the engine's (§3.10).
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        db: Database,
+        images: ImageManager,
+        *,
+        locks: LockRegistry | None = None,
+        supervisor_network: SupervisorNetwork | None = DEFAULT_SUPERVISOR_NETWORK,
+        extra_firmware: Callable[[], str | None] | None = None,
+        volatile: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
+        self.api = client.api
+        self.db = db
+        self.images = images
+        self.locks = locks
+        self.supervisor_network = supervisor_network
+        self.extra_firmware = extra_firmware
+        self.volatile = volatile
+
+    def read(self, *, apps: Collection[str] | None = None) -> CurrentState:
+        """The device as the planner sees it. ``apps`` (uuids or str app ids) limits the apps
+        reported, for callers that own only some of the engine's apps (tests on a shared engine)."""
+        containers = self.api.containers(all=True)
+        networks = self.api.networks()
+        volumes = (self.api.volumes() or {}).get("Volumes") or []
+        listing = self.api.images()
+        records = self.images.records()
+
+        groups: dict[int, _Group] = {}
+        volatile = dict(self.volatile()) if self.volatile is not None else {}
+        for svc in self._services(containers, apps):
+            if svc.container_id in volatile:
+                svc = replace(svc, status=volatile[svc.container_id])
+            group = groups.setdefault(svc.app_id, _Group(svc.app_id))
+            group.note_uuid(svc.app_uuid)
+            group.services.append(svc)
+        supervised_volumes = [v for v in volumes if is_supervised(v.get("Labels"))]
+        supervised_networks = [n for n in networks if is_supervised(n.get("Labels"))]
+        for vol in _read_all(Volume.from_docker, supervised_volumes, "volume"):
+            group = groups.setdefault(vol.app_id, _Group(vol.app_id))
+            group.note_uuid(vol.app_uuid)
+            group.volumes.append(vol)
+        for net in _read_all(Network.from_docker, supervised_networks, "network"):
+            group = groups.setdefault(net.app_id, _Group(net.app_id))
+            group.note_uuid(net.app_uuid)
+            group.networks.append(net)
+
+        commits = current_commits(self.db)
+        current_apps: dict[str, App] = {}
+        for group in groups.values():
+            key = group.uuid or str(group.app_id)
+            if apps is not None and key not in apps and str(group.app_id) not in apps:
+                continue
+            current_apps[key] = App(
+                app_id=group.app_id,
+                app_uuid=group.uuid or str(group.app_id),
+                commit=commits.get(group.app_id),
+                # Containers of one app share its uuid, even those that predate uuids.
+                services=tuple(
+                    s if s.app_uuid or not group.uuid else replace(s, app_uuid=group.uuid)
+                    for s in group.services
+                ),
+                networks=tuple(group.networks),
+                volumes=tuple(group.volumes),
+            )
+
+        volume_names = {v.get("Name") for v in volumes}
+        return CurrentState(
+            apps=current_apps,
+            available_images=tuple(self.images.available(records, listing)),
+            downloading=self.images.downloading(),
+            locks_held=self.locks.held() if self.locks is not None else frozenset(),
+            lock_leftovers=self.locks.leftovers() if self.locks is not None else frozenset(),
+            supervisor_network_ready=self.supervisor_network is None
+            or any(self.supervisor_network.matches(n) for n in networks),
+            extra_firmware_ready=self.extra_firmware is None
+            or (self.extra_firmware() == EXTRA_FIRMWARE_VOLUME and EXTRA_FIRMWARE_VOLUME in volume_names),
+            cleanup_needed=bool(self.images.cleanup_candidates(listing, containers, records)),
+        )
+
+    def _services(
+        self, containers: Iterable[Mapping[str, Any]], apps: Collection[str] | None
+    ) -> list[Service]:
+        """Inspect and read back each supervised container (of ``apps`` only, when given); one
+        that vanished since the listing is skipped."""
+        import docker.errors
+
+        services: list[Service] = []
+        for entry in containers:
+            labels = entry.get("Labels") or {}
+            if not is_supervised(labels):
+                continue
+            if apps is not None and not any(labels.get(key) in apps for key in _APP_LABELS):
+                continue
+            try:
+                inspect = self.api.inspect_container(entry["Id"])
+            except docker.errors.NotFound:
+                continue  # removed since the listing
+            try:
+                services.append(Service.from_container(inspect))
+            except ComposeError as err:
+                log.warning("Ignoring container %s: %s", entry["Id"][:12], err)
+        return services
+
+
+def _read_all(build: Callable[[Any], Any], entries: Iterable[Mapping[str, Any]], kind: str) -> list[Any]:
+    out = []
+    for entry in entries:
+        try:
+            out.append(build(entry))
+        except ComposeError as err:
+            log.warning("Ignoring %s %s: %s", kind, entry.get("Name"), err)
+    return out

@@ -1,0 +1,198 @@
+"""Reading the real engine back into the planner's CurrentState: what the executor created must
+compare equal to its target, images are the DB rows the engine has, and one read costs one list
+call per resource kind plus an inspect per supervised container only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from supervisor.state.current import Image
+from supervisor.state.executor import SUPERVISOR_LOCK_UID
+from supervisor.state.planner import image_for
+from supervisor.state.steps import CreateNetwork, CreateVolume, Start
+from tests.test_executor import LABELS, Device, forget_app, make_device
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def device(docker_client, docker_cleanup, tmp_path) -> Iterator[Device]:
+    dev = make_device(docker_client, tmp_path)
+    yield dev
+    forget_app(docker_client, dev, docker_cleanup)
+    dev.db.close()
+
+
+def deploy(device: Device, busybox_image: str):
+    """An app with two services, an extra network and a volume, created by the executor."""
+    networks = (device.network(), device.network("backend", {"internal": True}))
+    volume = device.volume("data", {"driver_opts": {"type": "tmpfs", "device": "tmpfs"}})
+    services = (
+        device.service("main", busybox_image, composition={"networks": ["default", "backend"]}),
+        device.service(
+            "db",
+            busybox_image,
+            environment={"SECRET": "x"},
+            composition={"networks": ["backend"], "volumes": ["data:/data"], "ports": ["127.0.0.1::80"]},
+        ),
+    )
+    batch = [CreateNetwork(n) for n in networks] + [CreateVolume(volume)]
+    assert all(r.ok for r in device.executor.execute_batch(batch))
+    assert all(r.ok for r in device.executor.execute_batch([Start(s) for s in services]))
+    return services, networks, volume
+
+
+def test_created_components_read_back_equal_to_their_targets(busybox_image, device):
+    services, networks, volume = deploy(device, busybox_image)
+
+    state = device.read()
+
+    app = state.apps[device.app_uuid]
+    assert app.app_id == device.app_id and app.app_uuid == device.app_uuid
+    current = {s.service_name: s for s in app.services}
+    for target in services:
+        svc = current[target.service_name]
+        assert svc.is_equal(target), svc.config_diff(target)
+        assert svc.status == "Running"
+        assert svc.container_id and len(svc.container_id) == 64
+        assert re.match(r"\d{4}-\d\d-\d\dT", svc.created_at)
+        assert (svc.image_id, svc.release_id, svc.commit) == (target.image_id, 1, "c1")
+    read_networks = {n.name: n for n in app.networks}
+    assert set(read_networks) == {"default", "backend"}
+    for target in networks:
+        assert read_networks[target.name].is_equal_config(target)
+    (read_volume,) = app.volumes
+    assert read_volume.name == "data" and read_volume.is_equal_config(volume)
+    assert state.container_ids_for(app) == {s: current[s].container_id for s in ("main", "db")}
+
+
+def test_statuses_of_stopped_and_never_started_containers(busybox_image, device, docker_client):
+    device.executor.execute(CreateNetwork(device.network()))
+    idle = device.service("idle", busybox_image, running=False)
+    done = device.service("done", busybox_image, composition={"command": ["true"], "restart": "no"})
+    device.executor.execute_batch([Start(idle), Start(done)])
+    (done_entry,) = [c for c in device.containers() if c["Labels"]["io.balena.service-name"] == "done"]
+    docker_client.api.wait(done_entry["Id"], timeout=30)
+
+    current = {s.service_name: s for s in device.read().apps[device.app_uuid].services}
+
+    assert current["idle"].status == "Installed" and current["idle"].is_equal(idle)
+    assert current["done"].status == "exited"
+    assert current["done"].config["running"] is False
+
+
+def test_available_images_are_the_db_rows_the_engine_has(busybox_image, device, docker_client):
+    engine_id = docker_client.api.inspect_image(busybox_image)["Id"]
+    by_tag = image_for(device.service("main", busybox_image))
+    by_id = replace(
+        by_tag, name="pysupervisor-test/renamed:gone", service_name="other", docker_image_id=engine_id
+    )
+    missing = replace(
+        by_tag, name="pysupervisor-test/never:there", service_name="ghost", docker_image_id=None
+    )
+    for record in (replace(by_tag, docker_image_id=None), by_id, missing):
+        device.images.save(record)
+
+    available = device.read().available_images
+
+    assert sorted(available, key=lambda i: i.service_name) == [
+        replace(by_tag, docker_image_id=engine_id),  # found by name: the engine id is filled in
+        by_id,
+    ]
+    assert len(device.images.records()) == 3
+
+
+def test_one_read_lists_each_kind_once_and_inspects_only_supervised_containers(
+    busybox_image, device, docker_client, docker_cleanup, monkeypatch
+):
+    deploy(device, busybox_image)
+    plain = docker_client.api.create_container(busybox_image, labels=LABELS)
+    docker_cleanup.append(plain["Id"])
+    api = docker_client.api
+    calls: list[str] = []
+    original = api._get
+
+    def counting_get(url: str, *args, **kwargs):
+        calls.append(re.sub(r"^.*?/v[\d.]+", "", url))
+        return original(url, *args, **kwargs)
+
+    monkeypatch.setattr(api, "_get", counting_get)
+    device.read()
+    monkeypatch.undo()
+
+    inspect = re.compile(r"^/containers/([0-9a-f]{64})/json$")
+    inspected = {m[1] for c in calls if (m := inspect.match(c))}
+    lists = Counter(c for c in calls if not inspect.match(c))
+    assert lists == {"/containers/json": 1, "/networks": 1, "/volumes": 1, "/images/json": 1}
+    assert len(calls) == 4 + len(inspected)  # nothing else, and no container inspected twice
+    supervised = {c["Id"] for c in api.containers(all=True, filters={"label": "io.balena.supervised"})} | {
+        c["Id"] for c in api.containers(all=True, filters={"label": "io.resin.supervised"})
+    }
+    assert {c["Id"] for c in device.containers()} <= inspected
+    assert plain["Id"] not in inspected
+    assert inspected <= supervised
+
+
+def test_legacy_and_malformed_supervised_containers(busybox_image, device, docker_client, docker_cleanup):
+    api = docker_client.api
+    legacy_labels = {
+        **LABELS,
+        "io.resin.supervised": "true",
+        "io.resin.app-id": str(device.app_id),
+        "io.resin.service-id": "7",
+        "io.resin.service-name": "legacy",
+    }
+    legacy = api.create_container(
+        busybox_image, labels=legacy_labels, name=f"legacy_3_4_old{device.token[:8]}"
+    )
+    docker_cleanup.append(legacy["Id"])
+    broken_labels = {**LABELS, "io.balena.supervised": "true"}  # no app id: cannot be read back
+    broken = api.create_container(busybox_image, labels=broken_labels)
+    docker_cleanup.append(broken["Id"])
+
+    state = device.reader.read(apps={str(device.app_id)})
+
+    app = state.apps[str(device.app_id)]
+    (svc,) = app.services
+    assert (svc.service_name, svc.service_id, svc.image_id, svc.release_id) == ("legacy", 7, 3, 4)
+    assert svc.status == "Installed"
+
+
+def test_locks_downloads_and_volatile_statuses(busybox_image, device):
+    device.executor.execute(CreateNetwork(device.network()))
+    device.executor.execute(Start(device.service("main", busybox_image)))
+    lock_dir = device.root / f"tmp/balena-supervisor/services/{device.app_id}/main"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    (lock_dir / "updates.lock").touch()
+    os.chown(lock_dir / "updates.lock", SUPERVISOR_LOCK_UID, SUPERVISOR_LOCK_UID)
+
+    (svc,) = device.read().apps[device.app_uuid].services
+    device.executor._volatile[svc.container_id] = "Stopping"
+    state = device.read()
+
+    assert state.lock_leftovers == {device.app_id}
+    assert state.locks_held == frozenset()
+    assert state.apps[device.app_uuid].services[0].status == "Stopping"
+    assert state.downloading == frozenset()
+
+
+def test_current_commit_comes_from_the_database(busybox_image, device):
+    device.executor.execute(CreateNetwork(device.network()))
+    device.executor.update_commit(device.app_id, "abcdef")
+    assert device.read().apps[device.app_uuid].commit == "abcdef"
+
+
+def test_records_survive_a_new_manager(device, busybox_image):
+    record = Image(busybox_image, device.app_id, device.app_uuid, 1, "main", 2, 3, "c", "sha256:x")
+    device.images.save(record)
+    device.images.save(replace(record, docker_image_id="sha256:y"))  # same metadata: updated
+    assert device.images.records() == [replace(record, docker_image_id="sha256:y")]
+    device.images.forget(record)
+    assert device.images.records() == []
