@@ -55,8 +55,10 @@ class FileLed:
     """A kernel LED driven through its brightness file, overwritten with ``1``/``0`` per change.
 
     The file is reopened on every write, like the reference's ``fs.writeFile``, so nothing is held
-    open between blinks. A failing write is logged once and otherwise ignored: losing the identify
-    LED must never take the blinking thread down.
+    open between blinks. It is written in place with one ``write`` and no truncation: sysfs takes
+    the value either way, and a regular file (a test's, or a board's shim) never shows a reader an
+    empty moment between truncate and write. A failing write is logged once and otherwise ignored:
+    losing the identify LED must never take the blinking thread down.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -68,8 +70,14 @@ class FileLed:
         if self._closed:
             return
         try:
-            with open(self.path, "w") as fh:
-                fh.write(value)
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                data = value.encode()
+                os.write(fd, data)
+                if not self.path.startswith("/sys/"):
+                    os.ftruncate(fd, len(data))  # after the write: "255" -> "155" -> "1", never ""
+            finally:
+                os.close(fd)
         except OSError as exc:
             if not self._write_failed:
                 log.warning("cannot write LED brightness file %s: %s", self.path, exc)

@@ -29,6 +29,26 @@ def _env_int(name: str) -> int | None:
         ) from None
 
 
+def _app_ids(text: str) -> tuple[int, ...]:
+    try:
+        ids = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"app ids must be integers, got {text!r}") from None
+    if not ids or any(i <= 0 for i in ids):
+        raise argparse.ArgumentTypeError(f"app ids must be positive integers, got {text!r}")
+    return ids
+
+
+def _env_app_ids(name: str) -> tuple[int, ...] | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return _app_ids(value)
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"supervisor: environment variable {name}: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m supervisor",
@@ -63,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("SUPERVISOR_BLINK_SECONDS", DEFAULT_BLINK_SECONDS)),
         help="how long POST /v1/blink blinks (env SUPERVISOR_BLINK_SECONDS; default 15)",
     )
+    parser.add_argument(
+        "--apps", type=_app_ids, default=_env_app_ids("SUPERVISOR_APPS"),
+        help="manage only these app ids (comma separated): other apps are neither applied nor "
+        "removed, their containers, networks and volumes left alone, and dangling images are not "
+        "cleaned up; for a development machine sharing its engine (env SUPERVISOR_APPS; default: "
+        "every supervised app)",
+    )
+    parser.add_argument(
+        "--no-host-setup", dest="host_setup", action="store_false",
+        default=os.environ.get("SUPERVISOR_HOST_SETUP", "true").lower() not in ("0", "false", "no"),
+        help="do not create the supervisor0 network and extra-firmware volume a balenaOS device "
+        "needs (env SUPERVISOR_HOST_SETUP=false)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("SUPERVISOR_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"],
                         help="log verbosity (env SUPERVISOR_LOG_LEVEL; default info)")
@@ -79,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"supervisor: --port must be 0-65535, got {args.port}", file=sys.stderr)
         return 2
     settings = Settings(root=args.root, data_dir=args.data_dir, port=args.port, host=args.host,
-                        led=args.led, blink_seconds=args.blink_seconds)
+                        led=args.led, blink_seconds=args.blink_seconds, apps=args.apps,
+                        host_setup=args.host_setup)
 
     from .runtime import Supervisor
 

@@ -242,6 +242,11 @@ class Config:
         return self.json.get("listenPort", DEFAULT_LISTEN_PORT) or DEFAULT_LISTEN_PORT
 
     @property
+    def poll_interval_ms(self) -> int:
+        """``appUpdatePollInterval``: the target poll period, and the cap of every backoff."""
+        return self.json.get("appUpdatePollInterval") or DEFAULT_POLL_INTERVAL_MS
+
+    @property
     def uuid(self) -> str:
         return self.json.get("uuid") or self.get_db("uuid") or ""
 

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .apikeys import ApiKeys
+from .compose.validation import check_truthy
 from .config import Config, ConfigJson
 from .db import Database
+from .host import HostFacts
 from .paths import Paths
+from .state.contexts import TargetBuilder
 from .state.device_config import with_defaults
+from .state.planner import PlanContext
+from .state.reconcile import Engine, Reconciler
+from .state.report import Observation
 from .state.store import LOCAL_SOURCE, TargetStore
 from .state.target import from_v2_local, thaw
 from .subsystem import Subsystem
@@ -35,6 +43,11 @@ class Settings:
     led: str | None = None
     blink_seconds: float = DEFAULT_BLINK_SECONDS
     api_threads: int = 8
+    #: Only these app ids are managed (None: every supervised app on the engine). For development
+    #: machines and tests that share an engine with containers that are not this supervisor's.
+    apps: tuple[int, ...] | None = None
+    #: Create the supervisor0 network and extra-firmware volume a balenaOS device needs.
+    host_setup: bool = True
 
 
 def default_led_spec(paths: Paths) -> str:
@@ -63,19 +76,39 @@ class Supervisor:
         self.api_keys = ApiKeys(self.config.db)
         self.api_keys.global_key()
         self.targets = TargetStore(self.config.db)
+        self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
 
         led = make_led(settings.led or default_led_spec(self.paths))
         self.blinker = Blinker(led, duration=settings.blink_seconds)
-        self.subsystems: list[Subsystem] = [self.blinker]
 
         self.app = create_app(self)
         port = settings.port if settings.port is not None else self.config.listen_port
         self.server = ApiServer(self.app, settings.host, port, threads=settings.api_threads)
 
+        # Host paths under the root prefix: "" on a device, so locks are /tmp/balena-supervisor/...
+        self.lock_root = str(self.paths.root).rstrip("/")
+        self.target_builder = TargetBuilder(
+            self.config, self.targets, self.api_keys, self.host,
+            source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
+        )
+        self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
+        self._extra_firmware_unsaved: str | None = None
+        self.reconciler = Reconciler(
+            self._connect_engine,
+            lambda engine: self.target_builder.build(engine.images),
+            self._plan_context,
+            poll_interval=lambda: self.config.poll_interval_ms / 1000,
+            managed=lambda: not self.config.unmanaged,
+            apps=self.managed_apps,
+        )
+        self.subsystems: list[Subsystem] = [self.blinker, self.reconciler]
+
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.config.get_db("targetStateSet"):
+            self.reconciler.trigger()  # resume whatever the last run left unfinished
         for subsystem in self.subsystems:
             subsystem.start()
         self.server.start()
@@ -88,7 +121,113 @@ class Supervisor:
         for subsystem in reversed(self.subsystems):
             if not subsystem.stop(timeout=1.0):
                 log.warning("%s did not stop in time", subsystem.name)
+        engine = self.reconciler.engine
+        if engine is not None:
+            engine.client.close()
         self.config.db.close()
+
+    # what the API reports -----------------------------------------------------------------------
+    def observe(self) -> Observation:
+        """Containers, images and commits of the managed apps, read now (for the API)."""
+        from .state.engine import current_commits
+        from .state.images import DOWNLOADED
+
+        engine = self.reconciler.require_engine()
+        manages = self.reconciler.manages
+        services = engine.reader.services(apps=self.managed_apps)
+        present = {entry["Id"] for entry in engine.client.api.images()}
+        images = [
+            img for img in engine.images.status()
+            if manages(img["appId"], img["appUuid"])
+            and (img["status"] != DOWNLOADED or img["dockerImageId"] in present)
+        ]
+        commits = {app: c for app, c in current_commits(self.config.db).items() if manages(app)}
+        return Observation(services=services, images=images, commits=commits)
+
+    def volatile_state(self) -> dict[str, Any]:
+        """The device fields the reference keeps in memory (``currentVolatile``)."""
+        from . import __version__
+
+        status = self.reconciler.status()
+        return {
+            "api_port": self.server.port,
+            "ip_address": "",  # not gathered yet
+            "os_version": self.host.os_version,
+            "mac_address": self.host.mac_address,
+            "supervisor_version": __version__,
+            "update_pending": status.update_pending,
+            "update_failed": status.update_failed,
+            "update_downloaded": status.update_downloaded,
+        }
+
+    # the state engine's edges --------------------------------------------------------------------
+    def _connect_engine(self) -> Engine:
+        """The Docker client from the environment (DOCKER_HOST, ...) and the parts that use it."""
+        import docker
+
+        from .state.engine import DEFAULT_SUPERVISOR_NETWORK, EngineReader
+        from .state.executor import Executor, LockRegistry
+        from .state.images import ImageManager, config_registry_auth
+
+        client = docker.from_env()
+        try:
+            client.ping()
+        except Exception:
+            client.close()
+            raise
+        db = self.config.db
+        images = ImageManager(
+            client, db, auth=config_registry_auth(self.config),
+            max_backoff_s=self.config.poll_interval_ms / 1000,
+            # Dangling images belong to no app: a supervisor scoped to some apps leaves them alone.
+            cleanup_filter=None if self.managed_apps is None else (lambda _entry: False),
+        )
+        locks = LockRegistry(self.lock_root)
+        host_setup = self.settings.host_setup
+        executor = Executor(
+            client, db, images, locks=locks, lock_root=self.lock_root,
+            device_name=lambda: self.config.get_db("name"), device_type=self.host.device_type,
+            on_extra_firmware=self._set_extra_firmware_volume, boot_time=self.host.boot_time,
+        )
+        reader = EngineReader(
+            client, db, images, locks=locks,
+            supervisor_network=DEFAULT_SUPERVISOR_NETWORK if host_setup else None,
+            extra_firmware=self._extra_firmware_volume if host_setup else None,
+            volatile=executor.volatile_status,
+        )
+        return Engine(client=client, images=images, executor=executor, reader=reader)
+
+    def _extra_firmware_volume(self) -> str | None:
+        """config.json ``os.kernel.extraFirmwareVol`` (spec §3.2 stage 2)."""
+        if not self.config.json.exists:
+            return self._extra_firmware_unsaved
+        os_section = self.config.json.get("os") or {}
+        kernel = os_section.get("kernel") if isinstance(os_section, Mapping) else None
+        value = kernel.get("extraFirmwareVol") if isinstance(kernel, Mapping) else None
+        return value if isinstance(value, str) else None
+
+    def _set_extra_firmware_volume(self, volume: str) -> None:
+        if not self.config.json.exists:  # no config.json to record it in: do not invent one
+            self._extra_firmware_unsaved = volume
+            return
+        os_section: dict[str, Any] = dict(self.config.json.get("os") or {})
+        kernel = dict(os_section.get("kernel") or {})
+        kernel["extraFirmwareVol"] = volume
+        os_section["kernel"] = kernel
+        self.config.json.set(os=os_section)
+
+    def _plan_context(self, force: bool) -> PlanContext:
+        breadcrumb = self.paths.runtime_dir / "reboot-after-apply"
+        try:
+            scheduled = self.host.boot_time is None or breadcrumb.stat().st_mtime > self.host.boot_time
+        except OSError:
+            scheduled = False
+        return PlanContext(
+            force=force or bool(self.config.get_db("lockOverride")),
+            local_mode=self.config.local_mode,
+            reboot_breadcrumb=scheduled,
+            boot_time=self.host.boot_time,
+        )
 
     # what the API calls ------------------------------------------------------------------------
     def health(self) -> list[tuple[bool, str]]:
@@ -110,10 +249,16 @@ class Supervisor:
         return LOCAL_SOURCE if self.config.local_mode else self.config.api_endpoint
 
     def set_local_target(self, body: dict) -> None:
-        """POST /v2/local/target-state: validate the whole v2 body, then store it in one transaction."""
+        """POST /v2/local/target-state: validate the whole v2 body, store it in one transaction,
+        then have it applied (the stored target is what a restart resumes from)."""
         device = from_v2_local(body, current_name=self.config.get_db("name"))
         self.targets.set_target(device, LOCAL_SOURCE)
         log.info("Local target state set (%d apps)", len(device.apps))
+        self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
+
+    def update(self, *, force: bool, cancel: bool) -> None:
+        """POST /v1/update: apply the stored target now (there is no cloud poll to run yet)."""
+        self.reconciler.trigger(force=force, cancel=cancel)
 
     def local_target_view(self) -> dict:
         """GET /v2/local/target-state: the target as the engine sees it (spec §1.4)."""

@@ -343,3 +343,15 @@ def test_api_blink_interrupts_the_pattern_pause_then_the_pattern_resumes(blinker
     assert len(in_blink) >= 3 and max(gaps) < 0.15, on_periods
     blinker.stop_pattern()
     wait_for(finished(blinker, pin), timeout=1.0)
+
+
+def test_file_led_overwrites_longer_content_and_is_never_empty(tmp_path) -> None:
+    from hw.led import FileLed
+
+    path = tmp_path / "brightness"
+    path.write_text("255")
+    led = FileLed(path)
+    led.on()
+    assert path.read_text() == "1"
+    led.off()
+    assert path.read_text() == "0"

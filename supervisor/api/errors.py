@@ -13,6 +13,8 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 
+from ..state.reconcile import EngineUnavailableError
+
 log = logging.getLogger("supervisor.api")
 
 
@@ -35,6 +37,11 @@ def install(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         return failed(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(EngineUnavailableError)
+    def _no_engine(exc: EngineUnavailableError):  # type: ignore[no-untyped-def]
+        log.warning("%s %s: %s", request.method, request.path, exc)  # no traceback: a known state
+        return failed(str(exc), 503)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]

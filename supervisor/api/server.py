@@ -27,7 +27,7 @@ class ApiServer:
 
     @property
     def port(self) -> int:
-        return self._server.effective_port  # type: ignore[attr-defined,no-any-return]
+        return int(self._server.effective_port)  # type: ignore[attr-defined]  # waitress may give a str
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)

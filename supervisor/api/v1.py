@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, jsonify
 
 from ..apikeys import KeyNotFoundError
+from ..compose.validation import check_truthy
+from ..state import report
 from .auth import presented_key
+from .body import request_body
 from .context import supervisor
 from .errors import failed
 
@@ -55,3 +58,26 @@ def regenerate_api_key() -> Response:
     except KeyNotFoundError:
         return failed("The API key of this request is not a known key", 400)
     return _text(new_key)
+
+
+@bp.post("/v1/update")
+def update() -> Response:
+    """Apply the target now: 204 when triggered (``force`` or instant updates), else 202.
+
+    Without a cloud binder there is nothing to fetch, so "update" re-applies the stored target.
+    """
+    sup = supervisor()
+    body = request_body()
+    force = check_truthy(body.get("force"))
+    if not (force or sup.config.get_db("instantUpdates")):
+        log.debug("Ignoring update notification because instant updates are disabled")
+        return Response(status=202)
+    sup.update(force=force, cancel=check_truthy(body.get("cancel")))
+    return Response(status=204)
+
+
+@bp.get("/v1/device")
+def device() -> Response:
+    sup = supervisor()
+    status = sup.reconciler.status()
+    return jsonify(report.v1_device(sup.observe(), sup.volatile_state(), applying=status.applying))

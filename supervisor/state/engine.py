@@ -199,6 +199,15 @@ class EngineReader:
             cleanup_needed=bool(self.images.cleanup_candidates(listing, containers, records)),
         )
 
+    def services(self, *, apps: Collection[str] | None = None) -> list[Service]:
+        """Only the supervised containers (of ``apps``, when given), with the executor's statuses:
+        what the API reports, without reading networks, volumes and images."""
+        volatile = dict(self.volatile()) if self.volatile is not None else {}
+        return [
+            replace(svc, status=volatile[svc.container_id]) if svc.container_id in volatile else svc
+            for svc in self._services(self.api.containers(all=True), apps)
+        ]
+
     def _services(
         self, containers: Iterable[Mapping[str, Any]], apps: Collection[str] | None
     ) -> list[Service]:

@@ -1,0 +1,382 @@
+"""The reconcile loop (spec §3.1): read the engine, plan against the stored target, run the batch,
+and repeat until the planner has nothing left.
+
+One thread, ``state-engine``, does all applying, so two applies never race. Everything else only
+*asks* for an apply (:meth:`Reconciler.trigger`) and reads :meth:`Reconciler.status`.
+
+Timing, as the reference's ``applyTarget``: 200 ms between batches, 1 s when a batch was only
+``noop`` (waiting for something), ``min(2^n x 500 ms, poll interval)`` after the n-th failed batch
+in a row. A failed step never stops the rest of its batch (``execute_batch``), and the next round
+plans again from what the engine now holds.
+
+Decisions where the reference gives no exact answer:
+
+* **Cancel means "at the next step boundary".** A trigger with ``cancel`` (a new target) ends any
+  wait or backoff at once and resets the failure count, but never interrupts a step: a half-done
+  step (a pull, a kill) would leave the engine in a state the planner then has to untangle.
+* **The engine unreachable** (no socket, engine down): the thread keeps retrying, 1 s doubling to
+  30 s, logging each new error once, and the API answers 503 for what needs the engine. The
+  subsystem stays healthy, because restarting the supervisor does not bring the engine back; but
+  in managed mode the reference's rule holds: an apply not settled (fetch time excluded) after
+  twice the poll interval makes ``/v1/healthy`` fail, so a device that cannot apply its target for
+  that long gets restarted by its healthcheck. Unmanaged devices are always healthy (§10.6).
+* A new *local* target triggers with cancel too (the reference queues it): a user fixing a broken
+  target should not wait out the backoff the broken one built up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final
+
+from supervisor.state.planner import PlanContext, TargetApps, plan
+from supervisor.state.steps import Fetch, Noop, Step, describe
+from supervisor.subsystem import Subsystem
+
+if TYPE_CHECKING:
+    import docker
+
+    from supervisor.state.engine import EngineReader
+    from supervisor.state.executor import Executor, StepResult
+    from supervisor.state.images import ImageManager
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ApplyStatus", "Engine", "EngineUnavailableError", "Reconciler", "pretty_ms"]
+
+BATCH_DELAY_S: Final = 0.2
+NOOP_DELAY_S: Final = 1.0
+BACKOFF_BASE_S: Final = 0.5
+CONNECT_RETRY_MAX_S: Final = 30.0
+
+
+class EngineUnavailableError(Exception):
+    """The Docker engine has not been reached (yet); the message says why."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The engine-facing parts of the state engine; they share one client and lock registry."""
+
+    client: docker.DockerClient
+    images: ImageManager
+    executor: Executor
+    reader: EngineReader
+
+
+@dataclass(frozen=True)
+class ApplyStatus:
+    """What the API reports about applying (the reference's volatile ``update_*`` fields)."""
+
+    applying: bool = False
+    update_pending: bool = False
+    update_downloaded: bool = False
+    update_failed: bool = False
+    failed_updates: int = 0
+    last_error: str | None = None
+    engine_error: str | None = None
+
+
+def pretty_ms(seconds: float) -> str:
+    """``prettyMs(ms, {compact: true})``: the largest whole unit, e.g. ``500ms``, ``4s``, ``2m``."""
+    ms = round(seconds * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+class Reconciler(Subsystem):
+    """Applies the stored target whenever asked, until the device matches it.
+
+    ``connect`` builds the :class:`Engine` (called in the thread, retried until it works);
+    ``target`` builds the planner's target apps (every round: image ids change as images arrive);
+    ``context(force)`` the round's :class:`PlanContext`; ``apps`` limits which apps (uuids or app
+    ids as strings) are read from the engine and applied, None for all; ``poll_interval`` (seconds)
+    caps the backoff; ``managed`` selects the health rule; ``planner`` is :func:`plan` but for tests.
+    """
+
+    name = "state-engine"
+
+    def __init__(
+        self,
+        connect: Callable[[], Engine],
+        target: Callable[[Engine], TargetApps],
+        context: Callable[[bool], PlanContext],
+        *,
+        poll_interval: Callable[[], float],
+        managed: Callable[[], bool] = lambda: False,
+        apps: Collection[str] | None = None,
+        batch_delay: float = BATCH_DELAY_S,
+        noop_delay: float = NOOP_DELAY_S,
+        backoff_base: float = BACKOFF_BASE_S,
+        connect_retry_max: float = CONNECT_RETRY_MAX_S,
+        planner: Callable[[Any, TargetApps, PlanContext], list[Step]] = plan,
+    ) -> None:
+        super().__init__()
+        self._connect_engine = connect
+        self._build_target = target
+        self._context = context
+        self.poll_interval = poll_interval
+        self.managed = managed
+        self.apps = apps
+        self.batch_delay = batch_delay
+        self.noop_delay = noop_delay
+        self.backoff_base = backoff_base
+        self.connect_retry_max = connect_retry_max
+        self._planner = planner
+
+        self._cond = threading.Condition()
+        self._engine: Engine | None = None
+        # Guarded by _cond: the trigger queue (one slot) and what the API reads.
+        self._pending = False
+        self._cancel = False
+        self._force = False
+        self._status = ApplyStatus()
+        self._applying_since: float | None = None
+        self._fetch_seconds = 0.0
+
+    # ------------------------------------------------------------------ requests (any thread)
+    def trigger(self, *, force: bool = False, cancel: bool = False) -> None:
+        """Ask for an apply. ``cancel`` (a new target) ends waits and backoff at the next step
+        boundary; ``force`` overrides update locks for that apply."""
+        with self._cond:
+            self._pending = True
+            self._force = self._force or force
+            if cancel:
+                self._cancel = True
+            if self._applying_since is None:
+                self._applying_since = time.monotonic()
+                self._fetch_seconds = 0.0
+            self._status = _replace(self._status, applying=True)
+            self._cond.notify_all()
+
+    @property
+    def engine(self) -> Engine | None:
+        """The connected engine, or None while it is unreachable."""
+        return self._engine
+
+    def require_engine(self) -> Engine:
+        """The connected engine; :class:`EngineUnavailableError` while there is none."""
+        engine = self._engine
+        if engine is None:
+            raise EngineUnavailableError(self.status().engine_error or "Docker engine not connected yet")
+        return engine
+
+    def status(self) -> ApplyStatus:
+        with self._cond:
+            return self._status
+
+    def on_stop(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def health(self) -> tuple[bool, str]:
+        ok, reason = super().health()
+        if not ok or not self.managed():
+            return ok, reason
+        with self._cond:
+            since, fetching = self._applying_since, self._fetch_seconds
+        engine = self._engine
+        if since is None or (engine is not None and engine.images.downloading()):
+            return True, "ok"
+        unsettled = time.monotonic() - since - fetching
+        limit = 2 * self.poll_interval()
+        if unsettled > limit:
+            return False, f"{self.name} has not settled the target for {unsettled:.0f}s (limit {limit:.0f}s)"
+        return True, "ok"
+
+    # ------------------------------------------------------------------ the thread
+    def run(self) -> None:
+        connect_delay = 1.0
+        while not self.stopping:
+            if self._engine is None:
+                if self._try_connect():
+                    connect_delay = 1.0
+                else:
+                    if self._pause(connect_delay):
+                        return
+                    connect_delay = min(connect_delay * 2, self.connect_retry_max)
+                    continue
+            if self._pause(float("inf"), wake=lambda: self._pending):
+                return
+            engine = self._engine
+            assert engine is not None
+            self._apply(engine)
+
+    def _try_connect(self) -> bool:
+        try:
+            engine = self._connect_engine()
+        except Exception as err:  # any failure means "no engine yet"
+            message = f"Docker engine unavailable: {err}"
+            if self.status().engine_error != message:
+                log.error("%s (will keep retrying)", message)
+            self._update(engine_error=message)
+            return False
+        self._engine = engine
+        if self.status().engine_error is not None:
+            log.info("Docker engine reachable again")
+        self._update(engine_error=None)
+        return True
+
+    def _apply(self, engine: Engine) -> None:
+        """One triggered apply: batches until the plan is empty (or a stop)."""
+        with self._cond:
+            self._pending, self._cancel = False, False
+            force, self._force = self._force, False
+        log.info("Applying target state")
+        while not self.stopping:
+            with self._cond:
+                if self._cancel:  # a new target: start over from a fresh read, no backoff left
+                    self._pending, self._cancel = False, False
+                    force, self._force = force or self._force, False
+                    self._status = _replace(self._status, failed_updates=0)
+            try:
+                steps = self._plan(engine, force)
+                if not steps:
+                    self._settled()
+                    return  # a trigger that came in meanwhile makes run() apply again at once
+                delay = self._run_batch(engine, steps)
+            except Exception as err:  # the engine or the stored target could not be read
+                # An engine outage is expected and says all in one line; anything else is a bug.
+                log.log(logging.DEBUG if _is_engine_error(err) else logging.ERROR, "Apply round failed",
+                        exc_info=True)
+                delay = self._failed(f"Could not apply the target: {err}", locked=False)
+            if self._pause(delay, wake=lambda: self._cancel):
+                return
+
+    def _plan(self, engine: Engine, force: bool) -> list[Step]:
+        current = engine.reader.read(apps=self.apps)
+        target = {
+            uuid: app for uuid, app in self._build_target(engine).items() if self.manages(app.app_id, uuid)
+        }
+        return self._planner(current, target, self._context(force))
+
+    def manages(self, app_id: int, app_uuid: str | None = None) -> bool:
+        """Whether an app is in this loop's scope (``apps``)."""
+        if self.apps is None or str(app_id) in self.apps:
+            return True
+        return app_uuid is not None and app_uuid in self.apps
+
+    def _run_batch(self, engine: Engine, steps: Sequence[Step]) -> float:
+        """Run one batch; the delay before the next round."""
+        self._update(update_pending=True)
+        log.debug("Executing steps: %s", ", ".join(describe(s) for s in steps))
+        started = time.monotonic()
+        results = self._execute(engine, steps)
+        if results is None:
+            return 0.0  # stopping: the batch finishes (or not) without us
+        if any(isinstance(s, Fetch) for s in steps):
+            with self._cond:
+                self._fetch_seconds += time.monotonic() - started
+        if any(r.ok and isinstance(r.step, Fetch) for r in results):
+            self._update(update_downloaded=True)
+        failures = [r for r in results if not r.ok]
+        if failures:
+            return self._failed(_failure_message(failures), locked=all(_locked(r) for r in failures))
+        if all(isinstance(s, Noop) for s in steps):
+            return self.noop_delay
+        return self.batch_delay
+
+    def _execute(self, engine: Engine, steps: Sequence[Step]) -> list[StepResult] | None:
+        """Run the batch in a helper thread and beat while it runs: a pull may take many
+        minutes, and a thread that is only waiting for it is not stuck (the apply-duration rule
+        in :meth:`health` is what catches a step that never ends). None when asked to stop."""
+        outcome: list[list[StepResult]] = []
+        failure: list[BaseException] = []
+
+        def batch() -> None:
+            try:
+                outcome.append(engine.executor.execute_batch(steps))
+            except BaseException as err:  # noqa: BLE001 - re-raised in the loop's thread
+                failure.append(err)
+
+        worker = threading.Thread(target=batch, name=f"{self.name}-batch", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            if self.wait(0.1):
+                return None
+            worker.join(0.1)
+        if failure:
+            raise failure[0]
+        return outcome[0]
+
+    def _failed(self, message: str, *, locked: bool) -> float:
+        """Count a failed round and log it; the backoff before the next."""
+        with self._cond:
+            count = self._status.failed_updates + 1
+            self._status = _replace(
+                self._status, failed_updates=count, update_failed=True, last_error=message
+            )
+        delay = min(2**count * self.backoff_base, self.poll_interval())
+        if locked:
+            log.info("Updates are locked, retrying in %s. Reason: %s", pretty_ms(delay), message)
+        else:
+            log.error(
+                "Scheduling another update attempt in %dms due to failure: %s", round(delay * 1000), message
+            )
+        return delay
+
+    def _settled(self) -> None:
+        """The plan came back empty. A trigger since the plan's read may mean a newer target: then
+        this is not "applied" yet, and the next run decides."""
+        with self._cond:
+            if self._pending:
+                return
+            self._status = _replace(
+                self._status,
+                applying=False,
+                update_pending=False,
+                update_downloaded=False,
+                update_failed=False,
+                failed_updates=0,
+                last_error=None,
+            )
+            self._applying_since = None
+        log.info("Finished applying target state")
+
+    # ------------------------------------------------------------------ helpers
+    def _update(self, **changes: Any) -> None:
+        with self._cond:
+            self._status = _replace(self._status, **changes)
+
+    def _pause(self, seconds: float, *, wake: Callable[[], bool] | None = None) -> bool:
+        """Sleep up to ``seconds`` (beating), ending early once ``wake()`` holds; True on stop."""
+        deadline = time.monotonic() + seconds
+        slice_ = max(0.05, self.stuck_after / 4)
+        with self._cond:
+            while True:
+                self.beat()
+                if self.stopping:
+                    return True
+                if wake is not None and wake():
+                    return False
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, slice_))
+
+
+def _replace(status: ApplyStatus, **changes: Any) -> ApplyStatus:
+    return replace(status, **changes)
+
+
+def _is_engine_error(err: BaseException) -> bool:
+    """The engine (or the connection to it) failed, as opposed to a bug here."""
+    module = type(err).__module__
+    return isinstance(err, OSError) or module.startswith(("docker.", "requests.", "urllib3."))
+
+
+def _locked(result: StepResult) -> bool:
+    return result.error is not None and result.error.locked
+
+
+def _failure_message(failures: Sequence[StepResult]) -> str:
+    """The reference's ``Failed to apply state transition steps. <msg> Steps:[...]``."""
+    reasons = "; ".join(str(r.error) for r in failures)
+    actions = ",".join(f'"{r.step.action}"' for r in failures)
+    return f"Failed to apply state transition steps. {reasons} Steps:[{actions}]"

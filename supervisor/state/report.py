@@ -1,0 +1,331 @@
+"""What the device reports about its apps: the shapes of ``/v2/state/status``, ``/v2/applications/state``,
+the legacy state behind ``/v1/device`` and ``/v2/applications/:appId/state`` (spec §1.4, §2.3, §2.4).
+
+Pure functions over one :class:`Observation` (containers read back from the engine, the image
+manager's images, the stored current commits), so every shape is tested without an engine.
+``allows(app_id)`` is the request's scope check (spec §1.2); these endpoints filter, never refuse.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from supervisor.compose import Service
+from supervisor.state.target import TargetDevice, is_supervisor_service
+
+__all__ = [
+    "Observation",
+    "app_states",
+    "applications_state",
+    "container_ids",
+    "created_at_iso",
+    "legacy_apps",
+    "legacy_app_state",
+    "state_status",
+    "update_status",
+    "v1_device",
+]
+
+Allows = Callable[[int], bool]
+
+
+def _everyone(_app_id: int) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One consistent look at the device.
+
+    ``services``: supervised containers in engine listing order (newest first), statuses the
+    executor is changing included. ``images``: :meth:`ImageManager.status` entries of images that
+    exist or are being fetched or deleted. ``commits``: appId -> stored current release.
+    """
+
+    services: Sequence[Service] = ()
+    images: Sequence[Mapping[str, Any]] = ()
+    commits: Mapping[int, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- helpers
+_CREATED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
+
+
+def created_at_iso(stamp: str | None) -> str | None:
+    """An engine timestamp as JavaScript's ``Date.toJSON()`` writes it: UTC, milliseconds, ``Z``."""
+    match = _CREATED.match(stamp or "")
+    if match is None:
+        return None
+    zone = match[3] if match[3] and match[3] != "Z" else "+00:00"
+    when = datetime.fromisoformat(match[1] + zone).astimezone(UTC)
+    millis = int((match[2] or "0")[:3].ljust(3, "0"))
+    return when.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+
+
+def _progress(value: Any) -> int | float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+# ---------------------------------------------------------------------- /v2/state/status
+def state_status(obs: Observation, *, applying: bool, allows: Allows = _everyone) -> dict[str, Any]:
+    """``GET /v2/state/status``: containers and images of the first app seen, the mean progress of
+    every image in scope, and that app's stored commit as ``release`` (absent when none)."""
+    app_ids: list[int] = []
+    containers = []
+    for svc in obs.services:
+        if not allows(svc.app_id):
+            continue
+        app_ids.append(svc.app_id)
+        containers.append({
+            "status": svc.status,
+            "serviceName": svc.service_name,
+            "appId": svc.app_id,
+            "imageId": svc.image_id,
+            "serviceId": svc.service_id,
+            "containerId": svc.container_id,
+            "createdAt": created_at_iso(svc.created_at),
+        })
+    images = []
+    progress: list[float] = []
+    for img in obs.images:
+        if not allows(img["appId"]):
+            continue
+        app_ids.append(img["appId"])
+        value = _progress(img.get("downloadProgress"))
+        if value is not None:
+            progress.append(value)
+        images.append({
+            "name": img["name"],
+            "appId": img["appId"],
+            "serviceName": img["serviceName"],
+            "imageId": img["imageId"],
+            "dockerImageId": img.get("dockerImageId"),
+            "status": img["status"],
+            "downloadProgress": value,
+        })
+    # The endpoint predates multi-app devices: it reports the first app only.
+    first = app_ids[0] if app_ids else None
+    body: dict[str, Any] = {
+        "status": "success",
+        "appState": "applying" if applying else "applied",
+        "overallDownloadProgress": sum(progress) / len(progress) if progress else None,
+        "containers": [c for c in containers if c["appId"] == first],
+        "images": [i for i in images if i["appId"] == first],
+    }
+    commit = obs.commits.get(first) if first is not None else None
+    if commit is not None:
+        body["release"] = commit
+    return body
+
+
+# --------------------------------------------------------------------- /v2/containerId
+def container_ids(obs: Observation, *, allows: Allows = _everyone) -> dict[str, str | None]:
+    """service name -> container id (the last one listed wins, as lodash's ``keyBy``)."""
+    return {svc.service_name: svc.container_id for svc in obs.services if allows(svc.app_id)}
+
+
+# ------------------------------------------------------------------- apps report (§2.3)
+def update_status(services: Iterable[Mapping[str, Any]]) -> str:
+    """A release's ``update_status`` from its services, by the reference's precedence."""
+    entries = list(services)
+    statuses = [str(s.get("status") or "").lower() for s in entries]
+    if "aborted" in statuses:
+        return "aborted"
+    if any(s.get("download_progress") is not None and s.get("download_progress") != 100 for s in entries):
+        return "downloading"
+    if "downloaded" in statuses:
+        return "downloaded"
+    if any(s in ("installing", "installed", "awaiting handover") for s in statuses):
+        return "applying changes"
+    return "done"
+
+
+def app_states(
+    obs: Observation, target: TargetDevice | None = None, *, rejected: Iterable[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """``applicationManager.getState()``: app uuid -> ``{release_uuid?, releases: {commit:
+    {update_status, services: {name: {image, status, download_progress?}}}}}``."""
+    from_images: list[dict[str, Any]] = []
+    for img in obs.images:
+        entry: dict[str, Any] = {
+            "appId": img["appId"], "appUuid": img.get("appUuid") or str(img["appId"]),
+            "commit": img.get("commit"), "serviceName": img["serviceName"],
+            "image": img["name"], "status": img["status"],
+        }
+        if isinstance(img.get("downloadProgress"), int):
+            entry["download_progress"] = img["downloadProgress"]
+        from_images.append(entry)
+
+    # Target services whose image the device has not even started on (§2.3 step 2).
+    rejected = set(rejected)
+    for uuid, app in (target.apps.items() if target is not None else ()):
+        release = app.release
+        if release is None or uuid in rejected:
+            continue
+        for name, svc in release.services.items():
+            if any(e["appUuid"] == uuid and e["commit"] == release.commit and e["serviceName"] == name
+                   for e in from_images):
+                continue
+            own = is_supervisor_service(uuid, name)
+            from_images.append({
+                "appId": app.id, "appUuid": uuid, "commit": release.commit, "serviceName": name,
+                "image": svc.image, "status": "Running" if own else "Downloading",
+                **({} if own else {"download_progress": 0}),
+            })
+
+    # Containers override their image's entry; a container without one cannot be reported.
+    from_services: list[dict[str, Any]] = []
+    for svc in obs.services:
+        img = next((e for e in from_images
+                    if e["serviceName"] == svc.service_name and e["commit"] == svc.commit), None)
+        if img is None:
+            continue
+        merged = {**img, "appId": svc.app_id, "commit": svc.commit, "serviceName": svc.service_name,
+                  "status": svc.status, "createdAt": svc.created_at or ""}
+        if svc.app_uuid:
+            merged["appUuid"] = svc.app_uuid
+        from_services.append(merged)
+    # Two running releases of one service: a handover (decided on the statuses before renaming).
+    handover: dict[int, str] = {}
+    for i, svc in enumerate(from_services):
+        if svc["status"] != "Running":
+            continue
+        siblings = [s for s in from_services if s is not svc and s["appUuid"] == svc["appUuid"]
+                    and s["serviceName"] == svc["serviceName"] and s["status"] == "Running"
+                    and s["commit"] != svc["commit"]]
+        if siblings:
+            older = all(_created(svc) < _created(s) for s in siblings)
+            handover[i] = "Handing over" if older else "Awaiting handover"
+    for i, status in handover.items():
+        from_services[i]["status"] = status
+
+    reported = [e for e in from_images if not any(
+        s["serviceName"] == e["serviceName"] and s["commit"] == e["commit"] for s in from_services
+    )] + from_services
+
+    state: dict[str, dict[str, Any]] = {}
+    for entry in reported:
+        app = state.setdefault(entry["appUuid"], {})
+        commit = obs.commits.get(entry["appId"])
+        if commit:
+            app["release_uuid"] = commit
+        releases = app.setdefault("releases", {})
+        release = releases.setdefault(entry["commit"], {"update_status": "done", "services": {}})
+        release["services"][entry["serviceName"]] = {
+            k: v for k, v in entry.items()
+            if k not in ("appId", "appUuid", "commit", "serviceName", "createdAt")
+        }
+    for app in state.values():
+        for release in app["releases"].values():
+            release["update_status"] = update_status(release["services"].values())
+    for uuid in rejected:
+        app_target = target.apps.get(uuid) if target is not None else None
+        if app_target is not None and app_target.release is not None:
+            app = state.setdefault(uuid, {"releases": {}})
+            app["releases"][app_target.release.commit] = {"update_status": "rejected", "services": {}}
+    return state
+
+
+def _created(svc: Mapping[str, Any]) -> tuple[int, ...]:
+    stamp = created_at_iso(svc.get("createdAt")) or ""
+    return tuple(int(part) for part in re.findall(r"\d+", stamp))
+
+
+def applications_state(
+    obs: Observation, target: TargetDevice, *, allows: Allows = _everyone
+) -> dict[str, dict[str, Any]]:
+    """``GET /v2/applications/state``: target apps in scope, keyed by app name."""
+    states = app_states(obs, target)
+    out: dict[str, dict[str, Any]] = {}
+    for uuid, app in target.apps.items():
+        if not allows(app.id):
+            continue
+        commit = app.release.commit if app.release is not None else None
+        release = states.get(uuid, {}).get("releases", {}).get(commit, {})
+        services = {
+            name: {
+                "status": svc.get("status"),
+                "image": svc.get("image"),
+                "downloadProgress": svc.get("download_progress"),
+                "releaseId": app.release.id if app.release is not None else None,
+            }
+            for name, svc in release.get("services", {}).items()
+        }
+        out[app.name] = {
+            "appId": app.id,
+            "appUuid": uuid,
+            "commit": commit,
+            "updateStatus": release.get("update_status", "done"),
+            "services": services,
+        }
+    return out
+
+
+# --------------------------------------------------------------------- legacy state (§2.4)
+def legacy_apps(obs: Observation) -> dict[str, dict[str, Any]]:
+    """``{<appId>: {services: {<imageId>: {status, releaseId, download_progress}}}}``, keys in
+    ascending numeric order as JavaScript orders integer keys."""
+    apps: dict[int, dict[int, dict[str, Any]]] = {}
+    created: dict[tuple[int, int], tuple[str, int]] = {}
+    for svc in obs.services:
+        services = apps.setdefault(svc.app_id, {})
+        key = (svc.app_id, svc.image_id)
+        if svc.image_id not in services:
+            services[svc.image_id] = {"status": svc.status, "releaseId": svc.release_id,
+                                      "download_progress": None}
+            created[key] = (created_at_iso(svc.created_at) or "", svc.release_id)
+        else:  # two containers of one image: a handover; report the older one's release
+            stamp = created_at_iso(svc.created_at) or ""
+            if stamp < created[key][0]:
+                created[key] = (stamp, svc.release_id)
+            services[svc.image_id]["releaseId"] = created[key][1]
+            services[svc.image_id]["status"] = "Handing over"
+    for img in obs.images:
+        services = apps.setdefault(img["appId"], {})
+        if img["imageId"] not in services:
+            services[img["imageId"]] = {"status": img["status"], "releaseId": img.get("releaseId"),
+                                        "download_progress": _progress(img.get("downloadProgress"))}
+    return {
+        str(app_id): {"services": {str(image): apps[app_id][image] for image in sorted(apps[app_id])}}
+        for app_id in sorted(apps)
+    }
+
+
+def legacy_app_state(obs: Observation, app_id: int) -> dict[str, Any] | None:
+    """``GET /v2/applications/:appId/state``: ``{commit, local: {<appId>: ...}}``; None when the
+    device has nothing of that app."""
+    apps = legacy_apps(obs)
+    if str(app_id) not in apps:
+        return None
+    body: dict[str, Any] = {}
+    commit = obs.commits.get(app_id)
+    if commit is not None:
+        body["commit"] = commit
+    body["local"] = {str(app_id): apps[str(app_id)]}
+    return body
+
+
+def v1_device(
+    obs: Observation, volatile: Mapping[str, Any], *, applying: bool
+) -> dict[str, Any]:
+    """``GET /v1/device``: the volatile device fields, then the commit (when not applying) and the
+    status and progress of the first service of the first app (``Running`` reads ``Idle``)."""
+    keys = ("api_port", "ip_address", "os_version", "mac_address", "supervisor_version",
+            "update_pending", "update_failed", "update_downloaded")
+    body = {k: volatile[k] for k in keys if volatile.get(k) is not None}
+    apps = legacy_apps(obs)
+    first_app = next(iter(apps), None)
+    if first_app is not None and not applying:
+        commit = obs.commits.get(int(first_app))
+        if commit is not None:
+            body["commit"] = commit
+    if first_app is not None:
+        service = next(iter(apps[first_app]["services"].values()), None)
+        if service is not None:
+            body["status"] = "Idle" if service["status"] == "Running" else service["status"]
+            body["download_progress"] = service["download_progress"]
+    return body

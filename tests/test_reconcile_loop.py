@@ -1,0 +1,368 @@
+"""The reconcile loop's timing and bookkeeping with a fake engine: triggers, settling, backoff,
+cancel, engine reconnects and the health rule. No Docker here; test_reconcile.py runs it for real."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from supervisor.state.current import Image
+from supervisor.state.executor import StepError, StepResult, UpdatesLockedError
+from supervisor.state.planner import PlanContext
+from supervisor.state.reconcile import Engine, Reconciler, pretty_ms
+from supervisor.state.steps import Fetch, Noop, Step, TakeLock
+
+
+def fetch(name: str = "img") -> Fetch:
+    return Fetch(Image(name, 1, "u", 1, "main", 1, 1, "c"), "main")
+
+
+@dataclass
+class FakeImages:
+    busy: frozenset[str] = frozenset()
+
+    def downloading(self) -> frozenset[str]:
+        return self.busy
+
+
+@dataclass
+class FakeDevice:
+    """Plans come from ``plans`` (one per round, then empty); ``fail`` decides a step's fate."""
+
+    plans: list[list[Step]] = field(default_factory=list)
+    fail: Callable[[Step], BaseException | None] = lambda _step: None
+    batches: list[tuple[float, list[Step]]] = field(default_factory=list)
+    forces: list[bool] = field(default_factory=list)
+    connect_failures: int = 0
+    connects: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def connect(self) -> Engine:
+        self.connects += 1
+        if self.connects <= self.connect_failures:
+            raise ConnectionError("no engine here")
+        return Engine(client=None, images=FakeImages(), executor=self, reader=self)  # type: ignore[arg-type]
+
+    def read(self, apps: Any = None) -> object:
+        return object()
+
+    def plan(self, _current: object, _target: object, ctx: PlanContext) -> list[Step]:
+        self.forces.append(ctx.force)
+        with self.lock:
+            return self.plans.pop(0) if self.plans else []
+
+    def execute_batch(self, steps: list[Step]) -> list[StepResult]:
+        self.batches.append((time.monotonic(), list(steps)))
+        results = []
+        for step in steps:
+            cause = self.fail(step)
+            if cause is None:
+                results.append(StepResult(step))
+            else:
+                error = StepError(step, str(cause))
+                error.__cause__ = cause
+                results.append(StepResult(step, error))
+        return results
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def make_loop() -> Iterator[Callable[..., tuple[Reconciler, FakeDevice]]]:
+    loops: list[Reconciler] = []
+
+    def make(device: FakeDevice | None = None, **kw: Any) -> tuple[Reconciler, FakeDevice]:
+        device = device or FakeDevice()
+        options: dict[str, Any] = {
+            "poll_interval": lambda: 60.0, "batch_delay": 0.01, "noop_delay": 0.05,
+            "backoff_base": 0.02, "connect_retry_max": 0.05, **kw,
+        }
+        loop = Reconciler(
+            device.connect, lambda _engine: {}, lambda force: PlanContext(force=force),
+            planner=device.plan, **options,
+        )
+        loops.append(loop)
+        return loop, device
+
+    yield make
+    for loop in loops:
+        assert loop.stop(timeout=2.0)
+
+
+def test_applies_batches_until_the_plan_is_empty(make_loop, caplog) -> None:
+    caplog.set_level("INFO")
+    loop, device = make_loop(FakeDevice(plans=[[fetch()], [Noop()], [TakeLock(1, ("main",))]]))
+    loop.start()
+    time.sleep(0.1)
+    assert device.batches == []  # nothing happens without a trigger
+    loop.trigger()
+    assert loop.status().applying
+    wait_until(lambda: not loop.status().applying)
+    assert [steps for _, steps in device.batches] == [[fetch()], [Noop()], [TakeLock(1, ("main",))]]
+    (t1, _), (t2, _), (t3, _) = device.batches
+    assert t2 - t1 >= 0.01 and t3 - t2 >= 0.05  # 1 batch delay, then the longer noop delay
+    status = loop.status()
+    assert not (status.update_pending or status.update_downloaded or status.update_failed)
+    assert "Applying target state" in caplog.text and "Finished applying target state" in caplog.text
+
+
+def test_update_flags_while_applying(make_loop) -> None:
+    gate = threading.Event()
+    device = FakeDevice(plans=[[fetch()], [TakeLock(1, ("main",))]])
+    device.fail = lambda step: None if gate.wait(5) else RuntimeError("gate")
+    loop, _ = make_loop(device)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: loop.status().update_pending)
+    assert not loop.status().update_downloaded
+    gate.set()
+    wait_until(lambda: len(device.batches) == 2)
+    wait_until(lambda: not loop.status().applying)
+    assert not loop.status().update_pending
+
+
+def test_failures_back_off_exponentially_up_to_the_poll_interval(make_loop, caplog) -> None:
+    caplog.set_level("INFO")
+    device = FakeDevice(plans=[[fetch()] for _ in range(50)])
+    device.fail = lambda _s: RuntimeError("registry says no")
+    loop, _ = make_loop(device, poll_interval=lambda: 0.2)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: len(device.batches) >= 6)
+    times = [t for t, _ in device.batches[:6]]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # 2^n x 20 ms: 40, 80, 160 ms, then capped at the poll interval (200 ms)
+    for gap, expected in zip(gaps, [0.04, 0.08, 0.16, 0.2, 0.2], strict=True):
+        assert expected * 0.9 <= gap <= expected + 0.15, gaps
+    status = loop.status()
+    assert status.applying and status.update_failed and status.failed_updates >= 5
+    assert "registry says no" in (status.last_error or "")
+    assert "Failed to apply state transition steps." in status.last_error
+    assert 'Steps:["fetch"]' in status.last_error
+    assert "Scheduling another update attempt in 40ms due to failure" in caplog.text
+    assert "Scheduling another update attempt in 80ms due to failure" in caplog.text
+
+
+def test_locked_failures_say_so(make_loop, caplog) -> None:
+    caplog.set_level("INFO")
+    device = FakeDevice(
+        plans=[[TakeLock(1, ("main",))]] * 3,
+        fail=lambda _s: UpdatesLockedError("Lockfile exists for { appId: 1, service: main }"),
+    )
+    loop, _ = make_loop(device, backoff_base=0.5)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: "Updates are locked" in caplog.text)
+    assert "Updates are locked, retrying in 1s. Reason: " in caplog.text
+    assert "Lockfile exists" in caplog.text
+
+
+def test_a_cancel_trigger_ends_the_backoff_and_resets_it(make_loop) -> None:
+    failing = {"on": True}
+    device = FakeDevice(plans=[[fetch()] for _ in range(3)])
+    device.fail = lambda _s: RuntimeError("broken target") if failing["on"] else None
+    loop, _ = make_loop(device, backoff_base=30.0)  # the first backoff would be a minute
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: loop.status().failed_updates == 1)
+    failing["on"] = False
+    started = time.monotonic()
+    loop.trigger(cancel=True, force=True)
+    wait_until(lambda: not loop.status().applying)
+    assert time.monotonic() - started < 2
+    assert len(device.batches) == 3
+    assert loop.status().failed_updates == 0 and not loop.status().update_failed
+    assert device.forces[-1] is True  # force reaches the plan context of the new run
+
+
+def test_a_plain_trigger_waits_for_the_running_apply_then_runs_again(make_loop) -> None:
+    gate = threading.Event()
+    device = FakeDevice(plans=[[fetch()]])
+    device.fail = lambda _s: None if gate.wait(5) else RuntimeError("gate")
+    loop, _ = make_loop(device)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: device.batches)
+    loop.trigger(force=True)  # queued: the running batch is never interrupted
+    gate.set()
+    wait_until(lambda: len(device.forces) >= 3)  # the first run's two plans, then the queued run's
+    wait_until(lambda: not loop.status().applying)
+    assert device.forces == [False, False, True]
+
+
+def test_an_unreachable_engine_is_retried_and_reported(make_loop, caplog) -> None:
+    caplog.set_level("INFO")
+    loop, device = make_loop(FakeDevice(connect_failures=3, plans=[[fetch()]]))
+    loop.trigger()
+    loop.start()
+    wait_until(lambda: loop.engine is not None)
+    assert device.connects == 4
+    assert caplog.text.count("Docker engine unavailable: no engine here") == 1  # once, not per retry
+    assert "Docker engine reachable again" in caplog.text
+    wait_until(lambda: not loop.status().applying)
+    assert loop.status().engine_error is None and len(device.batches) == 1
+
+
+def test_engine_errors_while_reading_count_as_failures(make_loop) -> None:
+    device = FakeDevice()
+    calls = {"n": 0}
+
+    def read(apps: Any = None) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("engine went away")
+        return object()
+
+    device.read = read  # type: ignore[method-assign]
+    loop, _ = make_loop(device)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: calls["n"] >= 2 and not loop.status().applying)
+    assert loop.status().failed_updates == 0  # reset by the success
+
+
+def test_health_rule_when_managed(make_loop) -> None:
+    device = FakeDevice(plans=[[fetch()] for _ in range(100)], fail=lambda _s: RuntimeError("no"))
+    loop, _ = make_loop(device, poll_interval=lambda: 0.05, managed=lambda: True)
+    loop.start()
+    assert loop.health() == (True, "ok")  # idle: nothing to settle
+    loop.trigger()
+    wait_until(lambda: not loop.health()[0])
+    ok, reason = loop.health()
+    assert not ok and "has not settled" in reason
+
+
+def test_unmanaged_devices_stay_healthy_while_failing(make_loop) -> None:
+    device = FakeDevice(plans=[[fetch()] for _ in range(100)], fail=lambda _s: RuntimeError("no"))
+    loop, _ = make_loop(device, poll_interval=lambda: 0.05)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: loop.status().failed_updates >= 3)
+    assert loop.health() == (True, "ok")
+
+
+def test_stop_interrupts_any_wait(make_loop) -> None:
+    device = FakeDevice(plans=[[fetch()]], fail=lambda _s: RuntimeError("no"))
+    loop, _ = make_loop(device, backoff_base=60.0)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: loop.status().failed_updates == 1)
+    started = time.monotonic()
+    assert loop.stop(timeout=2.0)
+    assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.2, "200ms"), (1.0, "1s"), (4.5, "4s"), (120, "2m"), (7200, "2h")]
+)
+def test_pretty_ms(seconds: float, text: str) -> None:
+    assert pretty_ms(seconds) == text
+
+
+def test_cli_scopes_the_engine(monkeypatch) -> None:
+    from supervisor.cli import build_parser
+
+    monkeypatch.delenv("SUPERVISOR_APPS", raising=False)
+    monkeypatch.delenv("SUPERVISOR_HOST_SETUP", raising=False)
+    args = build_parser().parse_args([])
+    assert (args.apps, args.host_setup) == (None, True)
+    args = build_parser().parse_args(["--apps", "12,34", "--no-host-setup"])
+    assert (args.apps, args.host_setup) == ((12, 34), False)
+    monkeypatch.setenv("SUPERVISOR_APPS", "7")
+    monkeypatch.setenv("SUPERVISOR_HOST_SETUP", "false")
+    args = build_parser().parse_args([])
+    assert (args.apps, args.host_setup) == ((7,), False)
+    for bad in ("x", "0", ","):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--apps", bad])
+
+
+def test_a_long_step_is_not_a_stuck_thread_and_stop_does_not_wait_for_it(make_loop) -> None:
+    release = threading.Event()
+    device = FakeDevice(plans=[[fetch()]], fail=lambda _s: None if release.wait(10) else RuntimeError("x"))
+    loop, _ = make_loop(device)
+    loop.stuck_after = 0.3
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: device.batches)
+    time.sleep(0.8)  # well past stuck_after while the "pull" runs
+    assert loop.health() == (True, "ok")
+    started = time.monotonic()
+    assert loop.stop(timeout=2.0)
+    assert time.monotonic() - started < 1
+    release.set()
+
+
+def test_a_bug_while_planning_is_logged_with_its_traceback_and_retried(make_loop, caplog) -> None:
+    device = FakeDevice()
+    calls = {"n": 0}
+
+    def plan(*_args: Any) -> list[Step]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("oops")
+        return []
+
+    device.plan = plan  # type: ignore[method-assign]
+    loop, _ = make_loop(device)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: calls["n"] >= 2 and not loop.status().applying)
+    assert "Traceback" in caplog.text and "KeyError: 'oops'" in caplog.text
+
+
+def _supervisor(root: Any) -> Any:
+    from supervisor.runtime import Settings, Supervisor
+    from tests.fixtures.device import free_port
+
+    return Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none"))
+
+
+def test_extra_firmware_is_recorded_in_config_json_only_when_there_is_one(device_root) -> None:
+    from tests.fixtures.device import write_config_json
+
+    sup = _supervisor(device_root)
+    try:
+        assert sup._extra_firmware_volume() is None
+        sup._set_extra_firmware_volume("extra-firmware")
+        assert sup._extra_firmware_volume() == "extra-firmware"
+        assert not (device_root / "mnt/boot/config.json").exists()  # never invented
+    finally:
+        sup.stop()
+    write_config_json(device_root, {"uuid": "a" * 32, "os": {"sshKeys": ["k"]}})
+    sup = _supervisor(device_root)
+    try:
+        sup._set_extra_firmware_volume("extra-firmware")
+        import json
+
+        saved = json.loads((device_root / "mnt/boot/config.json").read_text())
+        assert saved["os"] == {"sshKeys": ["k"], "kernel": {"extraFirmwareVol": "extra-firmware"}}
+        assert sup._extra_firmware_volume() == "extra-firmware"
+    finally:
+        sup.stop()
+
+
+def test_plan_context_from_config(device_root) -> None:
+    sup = _supervisor(device_root)
+    try:
+        ctx = sup._plan_context(False)
+        assert (ctx.force, ctx.local_mode, ctx.images_kept, ctx.volumes_kept) == (False, True, True, True)
+        assert sup._plan_context(True).force
+        sup.config.set_db(lockOverride=True)
+        assert sup._plan_context(False).force
+        assert sup.lock_root == str(device_root.resolve())
+    finally:
+        sup.stop()
