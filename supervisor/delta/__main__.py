@@ -1,0 +1,7 @@
+"""``python -m supervisor.delta signature|delta|patch ...``: see supervisor/delta/cli.py."""
+
+import sys
+
+from supervisor.delta.cli import main
+
+sys.exit(main())
