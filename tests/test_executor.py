@@ -763,3 +763,70 @@ def test_removed_app_leaves_nothing_behind(release, device, docker_client):
     assert docker_client.api.networks(filters={"label": f"io.balena.app-id={device.app_id}"}) == []
     assert device.images.records() == []
     assert device.read().apps == {}
+
+
+def _app_with(device: Device, *services: Service, commit: str, networks=None, volumes=()) -> dict[str, App]:
+    app = App(app_id=device.app_id, app_uuid=device.app_uuid, commit=commit, services=services,
+              networks=tuple(networks or (device.network(),)), volumes=tuple(volumes))
+    return {device.app_uuid: app}
+
+
+def test_volume_data_survives_a_release_update(release, device):
+    image = release.images["main"]
+
+    def target(commit: str, env: dict[str, str]) -> Callable[[], dict[str, App]]:
+        def build() -> dict[str, App]:
+            svc = device.service("main", image, commit=commit, environment=env,
+                                 composition={"volumes": ["data:/data"]})
+            return _app_with(device, svc, commit=commit, volumes=(device.volume("data"),))
+        return build
+
+    device.converge(target("c1", {"V": "1"}))
+    (first,) = device.containers()
+    device.client.containers.get(first["Id"]).exec_run(["sh", "-c", "echo kept > /data/file"])
+    device.converge(target("c2", {"V": "2"}))
+    (second,) = device.containers()
+    assert second["Id"] != first["Id"]  # recreated for the new release
+    result = device.client.containers.get(second["Id"]).exec_run(["cat", "/data/file"])
+    assert result.output == b"kept\n"
+
+
+def test_network_config_change_recreates_the_attached_services(release, device, docker_client):
+    image = release.images["main"]
+
+    def target(internal: bool) -> Callable[[], dict[str, App]]:
+        def build() -> dict[str, App]:
+            svc = device.service("main", image)
+            net = device.network("default", {"internal": internal})
+            return _app_with(device, svc, commit="c1", networks=(net,))
+        return build
+
+    device.converge(target(False))
+    (before,) = device.containers()
+    batches = device.converge(target(True))
+    (after,) = device.containers()
+    assert after["Id"] != before["Id"]
+    assert any("removeNetwork" in step for batch in batches for step in batch)
+    (net,) = docker_client.api.networks(filters={"label": f"io.balena.app-id={device.app_id}"})
+    assert docker_client.api.inspect_network(net["Id"])["Internal"] is True
+    assert after["Id"] in docker_client.api.inspect_network(net["Id"])["Containers"]
+
+
+def test_bad_create_options_fail_that_service_and_the_rest_proceed(release, device):
+    good = device.service("main", release.images["main"])
+    bad = device.service("worker", release.images["worker"],
+                         composition={"devices": ["/dev/pysupervisor-does-not-exist:/dev/x"]})
+
+    def target() -> dict[str, App]:
+        return _app_with(device, good, bad, commit="c1")
+
+    errors: list[str] = []
+    for _ in range(8):
+        steps = plan(device.read(), target(), PlanContext())
+        if not steps:
+            break
+        errors += [str(r.error) for r in device.executor.execute_batch(steps) if r.error is not None]
+    containers = _by_name(device)
+    assert containers["main"]["State"] == "running"
+    assert "worker" not in containers or containers["worker"]["State"] != "running"
+    assert errors and all("worker" in e for e in errors)
