@@ -193,6 +193,7 @@ DB_KEYS: dict[str, _DbKey] = {
     "lockOverride": _DbKey(False, _parse_bool),
     "instantUpdates": _DbKey(True, _parse_bool),
     "targetStateSet": _DbKey(False, _parse_bool),
+    "pinDevice": _DbKey(None, json.loads),  # {app, commit}, set by a preload (spec §11.2)
 }
 
 
@@ -236,6 +237,11 @@ class Config:
     @property
     def local_mode(self) -> bool:
         return self.unmanaged or bool(self.get_db("localMode"))
+
+    @property
+    def provisioned(self) -> bool:
+        """Registered with the cloud (spec §5.2): uuid, apiEndpoint, registered_at and deviceId."""
+        return all((self.uuid, self.api_endpoint, self.json.get("registered_at"), self.json.get("deviceId")))
 
     @property
     def listen_port(self) -> int:

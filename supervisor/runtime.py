@@ -107,13 +107,31 @@ class Supervisor:
 
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        if self.config.get_db("targetStateSet"):
-            self.reconciler.trigger()  # resume whatever the last run left unfinished
+        target_set = bool(self.config.get_db("targetStateSet"))
+        preloaded = False
+        if not self.config.provisioned or not target_set:
+            preloaded = self._load_preloaded_apps()
+        if target_set or preloaded:
+            self.reconciler.trigger()  # resume the last run, or apply what was preloaded
         for subsystem in self.subsystems:
             subsystem.start()
         self.server.start()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
+
+    def _load_preloaded_apps(self) -> bool:
+        """Spec §0.2 ``loadInitialState``: a first start takes its target from ``apps.json``."""
+        from .state.preload import load_apps_json
+
+        try:
+            return load_apps_json(
+                self.paths.apps_json, store=self.targets, source=self.target_source,
+                current_name=self.config.get_db("name"),
+                set_pin=lambda pin: self.config.set_db(pinDevice=pin),
+            )
+        except Exception:  # a broken preload must not keep the API down
+            log.exception("Could not preload apps from %s", self.paths.apps_json)
+            return False
 
     def stop(self) -> None:
         """Stop accepting requests first, then the subsystems, then close storage."""
