@@ -1,0 +1,438 @@
+"""Benchmark of the state engine on the real Docker engine: no-op cycles and an update.
+
+Run as a script from the repository root: ``python tests/bench/bench_reconcile.py`` (see
+tests/bench/README.md). In one run it measures:
+
+* no-op: an app of ``--services`` services already converged; per cycle (read the engine, build
+  the target, plan) the Docker API requests by kind and the CPU time, over ``--cycles`` cycles;
+* update: a 3-service app moved to a new release (env change on all 3, a new image for one,
+  pulled from a loopback registry), through reader -> planner -> executor until the plan is
+  empty, against a plain Docker SDK script doing the same pull/stop/remove/create/start/rmi,
+  the two interleaved for ``--rounds`` rounds.
+
+Everything created carries ``io.pysupervisor.test=1`` and a per-run label, and is removed at
+the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import pstats
+import random
+import re
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import docker
+import docker.errors
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # tests.fixtures, when run as a script
+    sys.path.insert(0, str(ROOT))
+
+from supervisor.compose import Network, Service, ServiceContext  # noqa: E402
+from supervisor.db import Database  # noqa: E402
+from supervisor.state.current import App  # noqa: E402
+from supervisor.state.engine import EngineReader  # noqa: E402
+from supervisor.state.executor import Executor, LockRegistry  # noqa: E402
+from supervisor.state.images import ImageManager  # noqa: E402
+from supervisor.state.planner import PlanContext, plan  # noqa: E402
+from supervisor.state.steps import describe  # noqa: E402
+from tests.fixtures.docker import TEST_LABEL, build_image_archive, build_layer  # noqa: E402
+from tests.fixtures.registry import Registry  # noqa: E402
+
+RUN_LABEL = "io.pysupervisor.bench.run"
+CPU_TARGET_MS = 5.0
+UPDATE_TARGET = 1.2
+_API_PATH = re.compile(r"^/(containers|images|networks|volumes)/(.+?)(/[a-z]+)?$")
+
+
+def request_kind(method: str, url: str) -> str:
+    """``GET /containers/{id}/json`` style: version prefix dropped, ids and names folded."""
+    path = re.sub(r"^/v\d+\.\d+", "", urlsplit(url).path)
+    m = _API_PATH.match(path)
+    if m and m[2] not in ("json", "create", "prune", "load"):
+        path = f"/{m[1]}/{{id}}{m[3] or ''}"
+    return f"{method} {path}"
+
+
+class RequestCounter:
+    """Wraps ``client.api.send`` (every SDK request goes through it) and counts by kind."""
+
+    def __init__(self, api: docker.APIClient) -> None:
+        self.counts: Counter[str] = Counter()
+        send = api.send
+
+        def counted(request: Any, **kwargs: Any) -> Any:
+            self.counts[request_kind(request.method, request.url)] += 1
+            return send(request, **kwargs)
+
+        api.send = counted
+
+
+class Bench:
+    """One run: a client, a per-run label, images built offline and a loopback registry."""
+
+    def __init__(self, client: docker.DockerClient, root: Path) -> None:
+        self.client = client
+        self.api = client.api
+        self.root = root
+        self.token = uuid.uuid4().hex[:12]
+        self.labels = {TEST_LABEL: "1", RUN_LABEL: self.token}
+        self.arch = client.version().get("Arch", "amd64")
+        self.registry: Registry | None = None
+
+    def image(self, ref: str, content: str) -> str:
+        """Load a busybox image with ``/token`` = content under ``ref``; returns its engine id."""
+        image_id, archive = build_image_archive(
+            ref,
+            build_layer({"/token": content}),
+            arch=self.arch,
+            cmd=["sleep", "100000"],
+            labels=dict(self.labels),
+            env={},
+            workdir=None,
+        )
+        for line in self.api.load_image(archive, quiet=True):
+            if "error" in line:
+                raise RuntimeError(f"loading {ref} failed: {line['error']}")
+        return image_id
+
+    def publish(self, name: str) -> str:
+        """A unique image pushed to the registry and deleted from the engine; its reference."""
+        assert self.registry is not None
+        local = f"pysupervisor-bench/{name}-{self.token}:latest"
+        image_id = self.image(local, f"{name}-{uuid.uuid4().hex}")
+        ref = self.registry.push(local, f"bench-{name}-{self.token}")
+        self.api.remove_image(image_id, force=True)
+        return ref
+
+    def cleanup(self) -> None:
+        flt = {"label": f"{RUN_LABEL}={self.token}"}
+        for c in self.api.containers(all=True, filters=flt):
+            self.api.remove_container(c["Id"], force=True, v=True)
+        for n in self.api.networks(filters=flt):
+            self.api.remove_network(n["Id"])
+        for v in (self.api.volumes(filters=flt) or {}).get("Volumes") or []:
+            self.api.remove_volume(v["Name"], force=True)
+        for i in self.api.images(filters=flt):
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_image(i["Id"], force=True)
+
+
+class SupervisedApp:
+    """One app driven by the supervisor's reader, target building, planner and executor, wired
+    as tests/test_executor.py wires them (no supervisor0 check, cleanup limited to this run)."""
+
+    def __init__(self, bench: Bench, name: str) -> None:
+        self.bench = bench
+        root = bench.root / name
+        root.mkdir()
+        self.root = str(root)
+        self.app_id = random.randint(10**6, 10**9)
+        self.app_uuid = uuid.uuid4().hex
+        self.db = Database(root / "database.sqlite")
+        token = bench.token
+        self.images = ImageManager(
+            bench.client,
+            self.db,
+            cleanup_filter=lambda entry: (entry.get("Labels") or {}).get(RUN_LABEL) == token,
+        )
+        locks = LockRegistry(self.root)
+        self.executor = Executor(
+            bench.client, self.db, self.images, locks=locks, lock_root=self.root, device_name="bench"
+        )
+        self.reader = EngineReader(
+            bench.client,
+            self.db,
+            self.images,
+            locks=locks,
+            supervisor_network=None,
+            volatile=self.executor.volatile_status,
+        )
+
+    def service(self, name: str, image: str, *, release: int, image_id: int, env: dict[str, str]) -> Service:
+        ctx = ServiceContext(
+            app_id=self.app_id,
+            app_uuid=self.app_uuid,
+            app_name="bench",
+            release_id=release,
+            commit=f"c{release}",
+            device_uuid="d" * 32,
+            device_type="generic-amd64",
+            device_arch="amd64",
+            device_name="bench",
+            os_version="balenaOS 6.0.0",
+            lock_root=self.root,
+            image_info=self.images.inspect_by_name(image),  # as TargetBuilder does, per service
+        )
+        wire = {
+            "serviceName": name,
+            "id": 1000 + sum(map(ord, name)),
+            "image_id": image_id,
+            "image": image,
+            "environment": env,
+            "labels": dict(self.bench.labels),
+            "running": True,
+            "composition": {"stop_grace_period": "0s"},  # busybox sleep ignores SIGTERM
+        }
+        return Service.from_target(wire, ctx)
+
+    def app(self, release: int, services: list[Service]) -> dict[str, App]:
+        network = Network.from_compose(
+            self.app_id, self.app_uuid, "default", {"labels": dict(self.bench.labels)}
+        )
+        return {
+            self.app_uuid: App(
+                app_id=self.app_id,
+                app_uuid=self.app_uuid,
+                commit=f"c{release}",
+                services=tuple(services),
+                networks=(network,),
+            )
+        }
+
+    def cycle(self, target: Callable[[], dict[str, App]]) -> list:
+        """One reconcile round without the executor: read current + build target + plan."""
+        return plan(self.reader.read(apps={self.app_uuid}), target(), PlanContext())
+
+    def converge(self, target: Callable[[], dict[str, App]], max_rounds: int = 25) -> int:
+        """read -> plan -> execute_batch until settled (the reconcile loop minus its delays);
+        returns the number of batches."""
+        for batches in range(max_rounds):
+            steps = self.cycle(target)
+            if not steps:
+                return batches
+            failed = [r.error for r in self.executor.execute_batch(steps) if r.error is not None]
+            if failed:
+                raise RuntimeError(f"batch {[describe(s) for s in steps]} failed: {failed}")
+        raise RuntimeError(f"no convergence in {max_rounds} rounds")
+
+
+# ------------------------------------------------------------------------------- no-op
+def bench_noop(bench: Bench, counter: RequestCounter, base: str, args: argparse.Namespace) -> bool:
+    app = SupervisedApp(bench, "noop")
+    names = [f"s{i}" for i in range(args.services)]
+
+    def target() -> dict[str, App]:
+        env = {"MODE": "steady"}
+        return app.app(
+            1, [app.service(n, base, release=1, image_id=2000 + i, env=env) for i, n in enumerate(names)]
+        )
+
+    app.converge(target)
+    for _ in range(3):  # warm-up (first inspects, imports, sqlite pages)
+        app.cycle(target)
+    counter.counts.clear()
+    cpu: list[float] = []
+    wall: list[float] = []
+    for _ in range(args.cycles):
+        c0, w0 = time.process_time(), time.perf_counter()
+        steps = app.cycle(target)
+        cpu.append((time.process_time() - c0) * 1000)
+        wall.append((time.perf_counter() - w0) * 1000)
+        if steps:
+            print(f"  NOT a no-op: {[describe(s) for s in steps]}")
+            return False
+    per_cycle = {k: v / args.cycles for k, v in sorted(counter.counts.items())}
+    engine = (
+        len(bench.api.containers(all=True)),
+        len(bench.api.images()),
+        len(bench.api.networks()),
+        len((bench.api.volumes() or {}).get("Volumes") or []),
+    )
+    print(
+        f"no-op reconcile, {args.services} services converged, {args.cycles} cycles "
+        f"(engine holds {engine[0]} containers, {engine[1]} images, {engine[2]} networks, "
+        f"{engine[3]} volumes):"
+    )
+    for kind, n in per_cycle.items():
+        print(f"  {n:5.1f}  {kind}")
+    lists = {k: n for k, n in per_cycle.items() if k.startswith("GET ") and k.endswith("s/json")}
+    inspects = sum(n for k, n in per_cycle.items() if k.endswith("{id}/json"))
+    total = sum(per_cycle.values())
+    lists_ok = all(n <= 1 for n in lists.values())
+    cpu_mean, cpu_med = statistics.fmean(cpu), statistics.median(cpu)
+    cpu_ok = cpu_mean < CPU_TARGET_MS
+    missed = f"MISSED by {cpu_mean - CPU_TARGET_MS:.2f} ms ({cpu_mean / CPU_TARGET_MS:.1f}x)"
+    print(f"  requests/cycle: {total:.1f} ({sum(lists.values()):.1f} lists, {inspects:.1f} inspects)")
+    print(
+        f"  CPU/cycle: mean {cpu_mean:.2f} ms, median {cpu_med:.2f} ms, min {min(cpu):.2f} ms; "
+        f"wall: mean {statistics.fmean(wall):.2f} ms, median {statistics.median(wall):.2f} ms"
+    )
+    print(f"  target: <= 1 list call per resource kind: {'MET' if lists_ok else 'MISSED'}")
+    print(f"  target: < {CPU_TARGET_MS:.0f} ms CPU per cycle: {'MET' if cpu_ok else missed}")
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.cycles):
+            app.cycle(target)
+        prof.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out)
+        stats.sort_stats("tottime").print_stats(args.profile)
+        print(f"\ncProfile of {args.cycles} no-op cycles, top {args.profile} by own time:")
+        print("\n".join(line for line in out.getvalue().splitlines()[6:] if line.strip()))
+    app.db.close()
+    return lists_ok and cpu_ok
+
+
+# ------------------------------------------------------------------------------- update
+SERVICES = ("main", "worker", "cache")
+
+
+def supervisor_update(app: SupervisedApp, base: str, release: int, main_ref: str) -> tuple[float, int]:
+    def target() -> dict[str, App]:
+        env = {"VERSION": str(release)}
+        return app.app(
+            release,
+            [
+                app.service(
+                    n,
+                    main_ref if n == "main" else base,
+                    release=release,
+                    image_id=3000 + 10 * release + i,
+                    env=env,
+                )
+                for i, n in enumerate(SERVICES)
+            ],
+        )
+
+    start = time.perf_counter()
+    batches = app.converge(target)
+    return time.perf_counter() - start, batches
+
+
+class PlainApp:
+    """The same app by hand with the Docker SDK: pull, then per service (in parallel, as the
+    executor's batches are) stop, remove, create, start; then remove the replaced image."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.api = bench.api
+        self.network = f"bench-sdk-{bench.token}"
+        self.api.create_network(self.network, labels=dict(bench.labels))
+        self.containers: dict[str, str] = {}
+        self.main_ref: str | None = None
+
+    def replace(self, name: str, image: str, release: int) -> None:
+        api = self.api
+        old = self.containers.get(name)
+        if old is not None:
+            api.stop(old, timeout=0)
+            api.remove_container(old, v=True)
+        created = api.create_container(
+            image,
+            name=f"bench-sdk-{self.bench.token}-{name}-{release}",
+            environment={"VERSION": str(release)},
+            labels=dict(self.bench.labels),
+            host_config=api.create_host_config(restart_policy={"Name": "always"}, network_mode=self.network),
+            networking_config=api.create_networking_config(
+                {self.network: api.create_endpoint_config(aliases=[name])}
+            ),
+        )
+        api.start(created["Id"])
+        self.containers[name] = created["Id"]
+
+    def update(self, base: str, release: int, main_ref: str) -> float:
+        start = time.perf_counter()
+        repo, _, tag = main_ref.rpartition(":")
+        for line in self.api.pull(repo, tag=tag, stream=True, decode=True):
+            if "error" in line:
+                raise RuntimeError(f"pull of {main_ref} failed: {line}")
+        with ThreadPoolExecutor(max_workers=len(SERVICES)) as pool:
+            list(pool.map(lambda n: self.replace(n, main_ref if n == "main" else base, release), SERVICES))
+        if self.main_ref is not None:
+            self.api.remove_image(self.main_ref)
+        self.main_ref = main_ref
+        return time.perf_counter() - start
+
+
+def bench_update(bench: Bench, base: str, args: argparse.Namespace) -> bool:
+    refs = {(p, r): bench.publish(f"{p}{r}") for p in ("sup", "sdk") for r in range(1, args.rounds + 1)}
+    app = SupervisedApp(bench, "update")
+    plain = PlainApp(bench)
+    supervisor_update(app, base, 0, base)  # release 0: all three on the base image (untimed)
+    for name in SERVICES:
+        plain.replace(name, base, 0)
+    times: dict[str, list[float]] = {"supervisor": [], "plain SDK": []}
+    print(f"\nupdate of a {len(SERVICES)}-service app (env on all, new image for one), {args.rounds} rounds:")
+    for r in range(1, args.rounds + 1):
+        order = ("sup", "sdk") if r % 2 else ("sdk", "sup")  # alternate who goes first
+        for path in order:
+            if path == "sup":
+                elapsed, batches = supervisor_update(app, base, r, refs[("sup", r)])
+                times["supervisor"].append(elapsed)
+                print(f"  round {r} supervisor {elapsed * 1000:8.1f} ms ({batches} batches)")
+            else:
+                elapsed = plain.update(base, r, refs[("sdk", r)])
+                times["plain SDK"].append(elapsed)
+                print(f"  round {r} plain SDK  {elapsed * 1000:8.1f} ms")
+    best = {k: min(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio, ratio_med = best["supervisor"] / best["plain SDK"], med["supervisor"] / med["plain SDK"]
+    print(
+        f"  best: supervisor {best['supervisor'] * 1000:.1f} ms, "
+        f"plain SDK {best['plain SDK'] * 1000:.1f} ms, ratio {ratio:.2f} (median {ratio_med:.2f})"
+    )
+    ok = ratio <= UPDATE_TARGET
+    print(
+        f"  target: supervisor/plain <= {UPDATE_TARGET}: "
+        f"{'MET' if ok else f'MISSED by {(ratio - UPDATE_TARGET) / UPDATE_TARGET:.0%}'}"
+    )
+    app.db.close()
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=10, help="services in the no-op app")
+    parser.add_argument("--cycles", type=int, default=50, help="no-op cycles averaged")
+    parser.add_argument("--rounds", type=int, default=3, help="update rounds per path; best is kept")
+    parser.add_argument("--profile", type=int, default=0, help="print this many cProfile lines")
+    args = parser.parse_args()
+
+    client = docker.from_env()
+    client.ping()
+    counter = RequestCounter(client.api)
+    root = Path(tempfile.mkdtemp(prefix="pysupervisor-bench-"))
+    bench = Bench(client, root)
+    ok = True
+    try:
+        base = f"pysupervisor-bench/base-{bench.token}:latest"
+        bench.image(base, "base")
+        ok &= bench_noop(bench, counter, base, args)
+        bench.registry = Registry(client, root / "registry")
+        (root / "registry").mkdir()
+        bench.registry.start()
+        ok &= bench_update(bench, base, args)
+    finally:
+        try:
+            bench.cleanup()
+        finally:
+            if bench.registry is not None:
+                bench.registry.stop()
+            shutil.rmtree(root, ignore_errors=True)
+            client.close()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak RSS (ru_maxrss) of this process: {rss:.1f} MiB")
+    print(f"all targets met: {'yes' if ok else 'no'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
