@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Literal
 
 from hw.led import LED, NullLed
@@ -137,7 +136,7 @@ class Blinker(Subsystem):
                     done = self._pattern_cycle()
                 else:
                     self._switch(False)
-                    done = self._wait_until(lambda: self._mode_locked() is not None, None)
+                    done = self.wait_on(self._cond, lambda: self._mode_locked() is not None)
                 if done:
                     break
         finally:
@@ -175,7 +174,7 @@ class Blinker(Subsystem):
             self._switch(False)
             if self.wait(self.off_time):
                 return True
-        return self._wait_until(changed, pause)
+        return self.wait_on(self._cond, changed, pause)
 
     def _hold(self, seconds: float) -> str:
         """Keep the LED as it is for ``seconds`` or until the blink deadline, whichever is first.
@@ -194,25 +193,6 @@ class Blinker(Subsystem):
                 return _DONE
             if self.wait(min(end, deadline) - now):
                 return _STOP
-
-    def _wait_until(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
-        """Wait (beating) until ``predicate`` holds under the lock or ``timeout`` passes.
-
-        Returns True when asked to stop. Unlike :meth:`Subsystem.wait`, a new request wakes it.
-        """
-        end = None if timeout is None else time.monotonic() + timeout
-        slice_ = max(0.05, self.stuck_after / 4)
-        with self._cond:
-            while True:
-                self.beat()
-                if self.stopping:
-                    return True
-                if predicate():
-                    return False
-                remaining = slice_ if end is None else min(slice_, end - time.monotonic())
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
 
     def _mode_locked(self) -> Mode | None:
         if self._deadline is not None and time.monotonic() < self._deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,28 @@ class Subsystem:
                 return self._stopping.is_set()
             if self._stopping.wait(min(remaining, slice_)):
                 return True
+
+    def wait_on(self, cond: threading.Condition, predicate: Callable[[], bool] | None = None,
+                timeout: float | None = None) -> bool:
+        """Wait (beating) on ``cond`` until ``predicate()`` holds or ``timeout`` passes.
+
+        ``predicate`` is checked under the condition's lock. Returns True when asked to stop. Unlike
+        :meth:`wait`, a ``cond.notify()`` from a request wakes it at once; ``on_stop`` should notify
+        too, so stopping is prompt.
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        slice_ = max(0.05, self.stuck_after / 4)
+        with cond:
+            while True:
+                self.beat()
+                if self.stopping:
+                    return True
+                if predicate is not None and predicate():
+                    return False
+                remaining = slice_ if end is None else min(slice_, end - time.monotonic())
+                if remaining <= 0:
+                    return False
+                cond.wait(remaining)
 
     def health(self) -> tuple[bool, str]:
         """(healthy, reason). Healthy means the thread is alive and beat within ``stuck_after``."""

@@ -198,11 +198,11 @@ class Reconciler(Subsystem):
                 if self._try_connect():
                     connect_delay = 1.0
                 else:
-                    if self._pause(connect_delay):
+                    if self.wait_on(self._cond, None, connect_delay):
                         return
                     connect_delay = min(connect_delay * 2, self.connect_retry_max)
                     continue
-            if self._pause(float("inf"), wake=lambda: self._pending):
+            if self.wait_on(self._cond, lambda: self._pending):
                 return
             engine = self._engine
             assert engine is not None
@@ -246,7 +246,7 @@ class Reconciler(Subsystem):
                 log.log(logging.DEBUG if _is_engine_error(err) else logging.ERROR, "Apply round failed",
                         exc_info=True)
                 delay = self._failed(f"Could not apply the target: {err}", locked=False)
-            if self._pause(delay, wake=lambda: self._cancel):
+            if self.wait_on(self._cond, lambda: self._cancel, delay):
                 return
 
     def _plan(self, engine: Engine, force: bool) -> list[Step]:
@@ -343,22 +343,6 @@ class Reconciler(Subsystem):
     def _update(self, **changes: Any) -> None:
         with self._cond:
             self._status = _replace(self._status, **changes)
-
-    def _pause(self, seconds: float, *, wake: Callable[[], bool] | None = None) -> bool:
-        """Sleep up to ``seconds`` (beating), ending early once ``wake()`` holds; True on stop."""
-        deadline = time.monotonic() + seconds
-        slice_ = max(0.05, self.stuck_after / 4)
-        with self._cond:
-            while True:
-                self.beat()
-                if self.stopping:
-                    return True
-                if wake is not None and wake():
-                    return False
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, slice_))
 
 
 def _replace(status: ApplyStatus, **changes: Any) -> ApplyStatus:
