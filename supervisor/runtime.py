@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .apikeys import ApiKeys
 from .compose.validation import check_truthy
@@ -18,14 +18,19 @@ from .config import Config, ConfigJson
 from .db import Database
 from .host import HostFacts
 from .paths import Paths
+from .power import PowerBackend, StubPowerBackend
 from .state.contexts import TargetBuilder
 from .state.device_config import with_defaults
+from .state.locks import LockRegistry
 from .state.planner import PlanContext
 from .state.reconcile import Engine, Reconciler
 from .state.report import Observation
 from .state.store import LOCAL_SOURCE, TargetStore
 from .state.target import from_v2_local, thaw
 from .subsystem import Subsystem
+
+if TYPE_CHECKING:
+    from .delta.fetch import DeltaFetcher, DeltaSettings
 
 log = logging.getLogger("supervisor")
 
@@ -43,6 +48,9 @@ class Settings:
     led: str | None = None
     blink_seconds: float = DEFAULT_BLINK_SECONDS
     api_threads: int = 8
+    #: Open streams (``/v2/local/logs``, ``/v2/journal-logs``) allowed at once; each holds a thread of
+    #: its own on top of ``api_threads`` (supervisor/api/streams.py).
+    api_streams: int = 32
     #: Only these app ids are managed (None: every supervised app on the engine). For development
     #: machines and tests that share an engine with containers that are not this supervisor's.
     apps: tuple[int, ...] | None = None
@@ -83,12 +91,17 @@ class Supervisor:
         led = make_led(settings.led or default_led_spec(self.paths))
         self.blinker = Blinker(led, duration=settings.blink_seconds)
 
+        self._init_device_endpoints()
         self.app = create_app(self)
         port = settings.port if settings.port is not None else self.config.listen_port
-        self.server = ApiServer(self.app, settings.host, port, threads=settings.api_threads)
+        self.server = ApiServer(self.app, settings.host, port,
+                               threads=settings.api_threads + settings.api_streams)
 
         # Host paths under the root prefix: "" on a device, so locks are /tmp/balena-supervisor/...
         self.lock_root = str(self.paths.root).rstrip("/")
+        # ONE lock registry per supervisor: the state engine and the API actions share it (§4).
+        self.locks = LockRegistry(self.lock_root)
+        self.power: PowerBackend = StubPowerBackend()
         self.target_builder = TargetBuilder(
             self.config, self.targets, self.api_keys, self.host,
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
@@ -111,6 +124,8 @@ class Supervisor:
         preloaded = False
         if not self.config.provisioned or not target_set:
             preloaded = self._load_preloaded_apps()
+        # No orphaned locks: a previous run's supervisor lock files go before the first apply.
+        self.locks.clean_leftovers(self.managed_apps)
         if target_set or preloaded:
             self.reconciler.trigger()  # resume the last run, or apply what was preloaded
         for subsystem in self.subsystems:
@@ -136,6 +151,8 @@ class Supervisor:
     def stop(self) -> None:
         """Stop accepting requests first, then the subsystems, then close storage."""
         self.server.stop()
+        self.logs.close()
+        self.tag_reporter.stop()
         for subsystem in reversed(self.subsystems):
             if not subsystem.stop(timeout=1.0):
                 log.warning("%s did not stop in time", subsystem.name)
@@ -181,26 +198,20 @@ class Supervisor:
     # the state engine's edges --------------------------------------------------------------------
     def _connect_engine(self) -> Engine:
         """The Docker client from the environment (DOCKER_HOST, ...) and the parts that use it."""
-        import docker
-
-        from .state.engine import DEFAULT_SUPERVISOR_NETWORK, EngineReader
-        from .state.executor import Executor, LockRegistry
+        from .state.engine import DEFAULT_SUPERVISOR_NETWORK, EngineReader, engine_client
+        from .state.executor import Executor
         from .state.images import ImageManager, config_registry_auth
 
-        client = docker.from_env()
-        try:
-            client.ping()
-        except Exception:
-            client.close()
-            raise
+        client = engine_client()
         db = self.config.db
         images = ImageManager(
             client, db, auth=config_registry_auth(self.config),
             max_backoff_s=self.config.poll_interval_ms / 1000,
             # Dangling images belong to no app: a supervisor scoped to some apps leaves them alone.
             cleanup_filter=None if self.managed_apps is None else (lambda _entry: False),
+            delta=lambda: self._delta_fetcher(client),
         )
-        locks = LockRegistry(self.lock_root)
+        locks = self.locks
         host_setup = self.settings.host_setup
         executor = Executor(
             client, db, images, locks=locks, lock_root=self.lock_root,
@@ -213,7 +224,16 @@ class Supervisor:
             extra_firmware=self._extra_firmware_volume if host_setup else None,
             volatile=executor.volatile_status,
         )
+        executor.on_change = reader.invalidate
+        executor.reboot = self._reboot_to_apply
         return Engine(client=client, images=images, executor=executor, reader=reader)
+
+    def _reboot_to_apply(self) -> None:
+        """The state engine's ``reboot`` step: as ``POST /v1/reboot`` without ``force``, so a
+        user's update lock or a host OS update in progress holds it back (and the loop retries)."""
+        from .state import actions
+
+        actions.shutdown(self, reboot=True)
 
     def _extra_firmware_volume(self) -> str | None:
         """config.json ``os.kernel.extraFirmwareVol`` (spec §3.2 stage 2)."""
@@ -234,6 +254,27 @@ class Supervisor:
         os_section["kernel"] = kernel
         self.config.json.set(os=os_section)
 
+    def _delta_settings(self) -> DeltaSettings:
+        """``SUPERVISOR_DELTA*`` of the target config and config.json's ``deltaEndpoint`` (§5.2-5.3)."""
+        from .delta.fetch import DeltaSettings
+
+        values = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
+        return DeltaSettings.from_config(values, self.config.json.get("deltaEndpoint"))
+
+    def _delta_fetcher(self, client: Any) -> DeltaFetcher | None:
+        """A delta fetcher for the current settings, or None when deltas are off (docs/DELTAS.md)."""
+        settings = self._delta_settings()
+        if not settings.enabled:
+            return None
+        from .delta.fetch import DeltaFetcher, device_delta_token
+
+        token = device_delta_token(
+            lambda: self.config.api_endpoint, lambda: self.config.uuid,
+            lambda: self.config.json.get("deviceApiKey") or self.config.json.get("apiKey"),
+            request_timeout_s=settings.request_timeout_s,
+        )
+        return DeltaFetcher(client.api, settings, self.paths.data_dir / "deltas", token=token)
+
     def _plan_context(self, force: bool) -> PlanContext:
         breadcrumb = self.paths.runtime_dir / "reboot-after-apply"
         try:
@@ -241,11 +282,61 @@ class Supervisor:
         except OSError:
             scheduled = False
         return PlanContext(
-            force=force or bool(self.config.get_db("lockOverride")),
+            force=force or self.lock_override(),
             local_mode=self.config.local_mode,
+            delta=self._delta_settings().enabled,
             reboot_breadcrumb=scheduled,
             boot_time=self.host.boot_time,
         )
+
+    def lock_override(self) -> bool:
+        """``SUPERVISOR_OVERRIDE_LOCK`` (§4.3): the stored config, or the target's device config
+        until device-config apply stores it (the target's value is what the user asked for)."""
+        if self.config.get_db("lockOverride"):
+            return True
+        try:
+            target = self.targets.target_config()
+        except Exception:  # no target yet
+            return False
+        return check_truthy(target.get("SUPERVISOR_OVERRIDE_LOCK"))
+
+    # device endpoints (issue #5) -----------------------------------------------------------------
+    def _init_device_endpoints(self) -> None:
+        """The parts behind host-config, tags, logs and streams (supervisor/hostconfig.py, cloud.py,
+        logs/hub.py, api/streams.py); each edge is a replaceable object for the later host/cloud work."""
+        from .api.streams import StreamSlots
+        from .cloud import BalenaApi, TagReporter
+        from .hostconfig import HostConfig
+        from .logs.hub import LogHub
+
+        self.logs = LogHub()
+        self.streams = StreamSlots(self.settings.api_streams)
+        self.cloud = BalenaApi(self.config)
+        self.tag_reporter = TagReporter(self.config, self.cloud)
+        self.host_config = HostConfig(
+            self.paths, read_hostname=self._read_hostname, write_hostname=self._write_hostname,
+        )
+
+    def _read_hostname(self) -> str:
+        """The host's ``/etc/hostname`` (spec §6.1); the D-Bus hostnamed backend replaces this."""
+        try:
+            return self.paths.host("/etc/hostname").read_text(encoding="utf-8").strip()
+        except OSError:
+            return ""
+
+    def _write_hostname(self, hostname: str) -> None:
+        """config.json ``hostname``, which balenaOS applies (spec §6.1); "" is the uuid's first 7."""
+        self.config.json.set(hostname=hostname or self.config.uuid[:7])
+
+    def current_app_ids(self) -> list[int]:
+        """The managed apps on the device now (the engine's view; the target's without an engine)."""
+        from .state.reconcile import EngineUnavailableError
+
+        try:
+            return sorted({svc.app_id for svc in self.observe().services})
+        except EngineUnavailableError:
+            apps = self.targets.get_target(self.target_source).apps
+            return sorted(a.id for a in apps.values() if self.reconciler.manages(a.id))
 
     # what the API calls ------------------------------------------------------------------------
     def health(self) -> list[tuple[bool, str]]:

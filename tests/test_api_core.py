@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from supervisor.client import SupervisorClient, SupervisorError
 from supervisor.runtime import Settings, Supervisor
 from supervisor.subsystem import Subsystem
 from tests.fixtures.device import free_port, global_api_key, write_config_json
@@ -38,10 +39,7 @@ def test_ping_and_healthy_need_no_key(managed) -> None:
 
 
 def test_version(managed) -> None:
-    response = managed.get("/v2/version", params={"apikey": managed.key})
-    assert response.status_code == 200
-    body = response.json()
-    assert body["status"] == "success" and re.match(r"^\d+\.\d+\.\d+", body["version"])
+    assert re.match(r"^\d+\.\d+\.\d+", SupervisorClient(managed.url, managed.key).version())
 
 
 def test_global_key_is_32_hex(managed) -> None:
@@ -83,8 +81,9 @@ def test_auth_rules_when_managed(managed, how: str, ok: bool) -> None:
 
 
 def test_unmanaged_needs_no_key(unmanaged) -> None:
-    assert unmanaged.get("/v2/version").status_code == 200
-    assert unmanaged.post("/v1/blink").status_code == 200
+    client = SupervisorClient(unmanaged.url, api_key=None)
+    assert client.version()
+    client.blink()
 
 
 def test_local_mode_needs_no_key_even_when_managed(device_root: Path, start_supervisor) -> None:
@@ -119,9 +118,9 @@ def test_regenerate_api_key(managed) -> None:
 
 
 def test_regenerate_without_a_key_in_local_mode_is_a_clear_400(unmanaged) -> None:
-    response = unmanaged.post("/v1/regenerate-api-key")
-    assert response.status_code == 400
-    assert "No API key" in response.json()["message"]
+    with pytest.raises(SupervisorError) as err:
+        SupervisorClient(unmanaged.url, api_key=None).regenerate_api_key()
+    assert err.value.status == 400 and "No API key" in err.value.message
 
 
 def test_blink_returns_at_once_and_blinks(device_root: Path, start_supervisor, tmp_path: Path) -> None:

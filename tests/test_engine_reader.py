@@ -1,6 +1,7 @@
 """Reading the real engine back into the planner's CurrentState: what the executor created must
 compare equal to its target, images are the DB rows the engine has, and one read costs one list
-call per resource kind plus an inspect per supervised container only.
+call per resource kind plus an inspect per supervised container only, and only for containers
+whose listing changed since the last read.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from supervisor.state.current import Image
 from supervisor.state.executor import SUPERVISOR_LOCK_UID
 from supervisor.state.planner import image_for
 from supervisor.state.steps import CreateNetwork, CreateVolume, Start
-from tests.test_executor import LABELS, Device, forget_app, make_device
+from tests.test_executor import LABELS, OWNER_LABEL, Device, forget_app, make_device
 
 pytestmark = pytest.mark.docker
 
@@ -196,3 +197,77 @@ def test_records_survive_a_new_manager(device, busybox_image):
     assert device.images.records() == [replace(record, docker_image_id="sha256:y")]
     device.images.forget(record)
     assert device.images.records() == []
+
+
+def _count_gets(monkeypatch, api) -> list[str]:
+    calls: list[str] = []
+    original = api._get
+
+    def counting_get(url: str, *args, **kwargs):
+        calls.append(re.sub(r"^.*?/v[\d.]+", "", url))
+        return original(url, *args, **kwargs)
+
+    monkeypatch.setattr(api, "_get", counting_get)
+    return calls
+
+
+def test_an_unchanged_engine_is_read_with_list_calls_only(busybox_image, device, docker_client, monkeypatch):
+    services, _, _ = deploy(device, busybox_image)
+    first = device.read()
+    calls = _count_gets(monkeypatch, docker_client.api)
+    again = device.read()
+    assert sorted(calls) == ["/containers/json", "/images/json", "/networks", "/volumes"]
+    assert again.apps[device.app_uuid].services == first.apps[device.app_uuid].services
+
+    # What changes on an existing container shows in its listing and is read again at once.
+    main = device.current("main")
+    docker_client.api.stop(main.container_id, timeout=0)
+    docker_client.api.rename(main.container_id, f"renamed-{device.token[:8]}")
+    calls.clear()
+    state = device.read()
+    assert f"/containers/{main.container_id}/json" in calls and len(calls) == 5
+    assert {s.service_name for s in state.apps[device.app_uuid].services} == {"db"}  # not ours by name
+    docker_client.api.rename(main.container_id, main.container_name())
+    assert device.current("main").status == "exited"
+
+    # docker update (not in the listing) is seen once the cached read is old enough.
+    db = device.current("db")
+    docker_client.api.update_container(db.container_id, restart_policy={"Name": "no"})
+    assert device.current("db").config["restart"] == "always"  # cached: the listing looks the same
+    device.reader._cache.max_age = 0
+    assert device.current("db").config["restart"] == "no"
+
+
+def test_an_executed_step_invalidates_the_cached_reads(busybox_image, device, docker_client, monkeypatch):
+    deploy(device, busybox_image)
+    device.read()
+    device.executor.execute(CreateVolume(device.volume("more")))
+    calls = _count_gets(monkeypatch, docker_client.api)
+    device.read()
+    assert sum(1 for c in calls if re.match(r"^/containers/[0-9a-f]{64}/json$", c)) == 2
+
+
+def test_image_info_is_resolved_through_the_last_listing(busybox_image, device, docker_client, monkeypatch):
+    images = device.images
+    images.listing()
+    calls = _count_gets(monkeypatch, docker_client.api)
+    info = images.image_info(busybox_image)
+    assert info is not None and info["Id"] == docker_client.api.inspect_image(busybox_image)["Id"]
+    calls.clear()
+    assert images.image_info(busybox_image) is info  # no API call: name -> id -> cached inspect
+    assert calls == []
+
+    # A tag moved to another image is followed from the next listing on.
+    other = docker_client.api.commit(
+        docker_client.api.create_container(busybox_image, labels=LABELS)["Id"],
+        conf={"Labels": {**LABELS, OWNER_LABEL: device.token}},
+    )["Id"]
+    moved = f"pysupervisor-test/moved-{device.token[:8]}:v1"
+    repo, _, tag = moved.rpartition(":")
+    docker_client.api.tag(busybox_image, repo, tag)
+    images.listing()
+    assert images.image_info(moved)["Id"] == info["Id"]
+    docker_client.api.tag(other, repo, tag, force=True)
+    images.listing()
+    assert images.image_info(moved)["Id"] == other
+    assert images.image_info("pysupervisor-test/never-there:v1") is None

@@ -230,6 +230,7 @@ def make_device(
     reader = EngineReader(
         client, db, images, locks=locks, supervisor_network=None, volatile=executor.volatile_status
     )
+    executor.on_change = reader.invalidate  # as the supervisor wires them
     return Device(
         client=client,
         root=root,

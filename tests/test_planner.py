@@ -38,6 +38,7 @@ from supervisor.state.steps import (
     Handover,
     Kill,
     Noop,
+    Reboot,
     ReleaseLock,
     Remove,
     RemoveImage,
@@ -417,7 +418,7 @@ def test_requires_reboot_service_asks_for_a_reboot_instead_of_starting() -> None
     ctx = PlanContext(boot_time=0.0)
     assert plan(device, targets(app(target)), ctx) == [RequireReboot("main")]
     scheduled = PlanContext(boot_time=0.0, reboot_breadcrumb=True)
-    assert plan(device, targets(app(target)), scheduled) == []
+    assert plan(device, targets(app(target)), scheduled) == [Reboot()]  # settled: reboot now
     after_reboot = PlanContext(boot_time=2e9)
     assert plan(device, targets(app(target)), after_reboot) == [Start(target)]
 
@@ -1139,3 +1140,16 @@ def test_any_update_converges_without_two_containers_per_service(
     assert all(commit == NEW for commit in device.running().values())
     assert {s.service_name for s in device.services} == {s.service_name for s in after.services}
     assert device.commits[UUID] == NEW and not device.locks
+
+
+def test_reboot_comes_only_once_the_rest_has_settled() -> None:
+    """§3.1 step 5: with the breadcrumb newer than boot, a batch of nothing gets the ``reboot``
+    step; any real step first goes its way."""
+    a = svc("a", service_id=1)
+    waiting = state(downloading={"other"})  # not while a download runs (the reference would)
+    assert plan(waiting, targets(), PlanContext(reboot_breadcrumb=True)) == [Noop()]
+    busy = state(current_app(commit=None), images=[image(a)], **LOCKED)
+    assert plan(busy, targets(app(a)), PlanContext(reboot_breadcrumb=True)) == [Start(a)]
+    settled = state(current_app(container(a), commit=NEW), images=[image(a)])
+    assert plan(settled, targets(app(a)), PlanContext(reboot_breadcrumb=True)) == [Reboot()]
+    assert plan(settled, targets(app(a)), PlanContext()) == []

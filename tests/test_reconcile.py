@@ -749,3 +749,25 @@ def test_an_invalid_target_is_refused_and_nothing_changes(converged: LocalDevice
     assert "Applying target state" not in dev.sup.output()[offset:]
     assert {name: (c["Id"], c["Names"], c["State"]) for name, c in dev.by_service().items()} == before
     assert dev.sup.get("/v2/local/target-state").json() == stored
+
+
+def test_a_service_that_requires_a_reboot_gets_one_reboot_once_the_rest_settled(device: LocalDevice) -> None:
+    """§5.6 / §3.1 step 5: the service is created but not started, the breadcrumb written, and once
+    nothing else is left the engine asks for the reboot (the stub power backend logs it) exactly
+    once: the apply ends there instead of asking again every round."""
+    dev = device
+    target = dev.target()
+    (worker,) = [s for s in target["local"]["apps"][str(dev.app_id)]["services"].values()
+                 if s["serviceName"] == "worker"]
+    worker["labels"]["io.balena.update.requires-reboot"] = "1"
+    offset = dev.apply(target, settle=False)
+    wait_for(lambda: "Reboot requested to apply the target state" in dev.sup.output()[offset:],
+             "the reboot request", dev.sup)
+    services = dev.by_service()
+    assert services["main"]["State"] == "running"
+    assert services["worker"]["State"] == "created"  # waits for the reboot
+    assert (dev.sup.root / "tmp/balena-supervisor/reboot-after-apply").is_file()
+    time.sleep(1.5)
+    log = dev.sup.output()[offset:]
+    assert log.count("Power backend stub: reboot requested") == 1
+    assert "Reboot has been scheduled to apply changes" in log

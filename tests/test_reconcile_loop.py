@@ -15,7 +15,7 @@ from supervisor.state.current import Image
 from supervisor.state.executor import StepError, StepResult, UpdatesLockedError
 from supervisor.state.planner import PlanContext
 from supervisor.state.reconcile import Engine, Reconciler, pretty_ms
-from supervisor.state.steps import Fetch, Noop, Step, TakeLock
+from supervisor.state.steps import Fetch, Noop, Reboot, Step, TakeLock
 
 
 def fetch(name: str = "img") -> Fetch:
@@ -104,16 +104,21 @@ def make_loop() -> Iterator[Callable[..., tuple[Reconciler, FakeDevice]]]:
 
 def test_applies_batches_until_the_plan_is_empty(make_loop, caplog) -> None:
     caplog.set_level("INFO")
-    loop, device = make_loop(FakeDevice(plans=[[fetch()], [Noop()], [TakeLock(1, ("main",))]]))
+    lock = TakeLock(1, ("main",))
+    plans = [[fetch()], [Noop()], [lock], [lock], [fetch()]]
+    loop, device = make_loop(FakeDevice(plans=list(plans)), batch_delay=0.4, noop_delay=0.1)
     loop.start()
     time.sleep(0.1)
     assert device.batches == []  # nothing happens without a trigger
     loop.trigger()
     assert loop.status().applying
     wait_until(lambda: not loop.status().applying)
-    assert [steps for _, steps in device.batches] == [[fetch()], [Noop()], [TakeLock(1, ("main",))]]
-    (t1, _), (t2, _), (t3, _) = device.batches
-    assert t2 - t1 >= 0.01 and t3 - t2 >= 0.05  # 1 batch delay, then the longer noop delay
+    assert [steps for _, steps in device.batches] == plans
+    t1, t2, t3, t4, t5 = (t for t, _ in device.batches)
+    assert t2 - t1 < 0.4  # a batch that did something: the next plan at once, no 200 ms pause
+    assert t3 - t2 >= 0.1  # only noops: wait for what they wait on
+    assert t4 - t3 < 0.4
+    assert t5 - t4 >= 0.4  # the same batch twice in a row: the batch delay keeps it from spinning
     status = loop.status()
     assert not (status.update_pending or status.update_downloaded or status.update_failed)
     assert "Applying target state" in caplog.text and "Finished applying target state" in caplog.text
@@ -366,3 +371,26 @@ def test_plan_context_from_config(device_root) -> None:
         assert sup.lock_root == str(device_root.resolve())
     finally:
         sup.stop()
+
+
+def test_a_reboot_step_ends_the_apply_instead_of_asking_again(make_loop, caplog) -> None:
+    caplog.set_level("INFO")
+    device = FakeDevice(plans=[[Reboot()] for _ in range(10)])
+    loop, _ = make_loop(device, batch_delay=0.01)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: not loop.status().applying)
+    time.sleep(0.2)
+    assert [steps for _, steps in device.batches] == [[Reboot()]]
+    assert "Reboot requested to apply the target state" in caplog.text
+
+
+def test_a_refused_reboot_is_retried_with_backoff(make_loop) -> None:
+    device = FakeDevice(plans=[[Reboot()] for _ in range(3)])
+    device.fail = lambda _s: UpdatesLockedError("Updates are locked") if len(device.batches) < 3 else None
+    loop, _ = make_loop(device)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: len(device.batches) == 3 and not loop.status().applying)
+    (t1, _), (t2, _), (t3, _) = device.batches
+    assert t3 - t2 > t2 - t1 >= 0.02  # backoff_base, doubled

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, g, request
 
-from . import auth, errors, v1, v2
+from . import auth, errors, openapi, v1, v2
 
 if TYPE_CHECKING:
     from ..runtime import Supervisor
@@ -41,4 +41,5 @@ def create_app(supervisor: Supervisor) -> Flask:
     errors.install(app)
     app.register_blueprint(v1.bp)
     app.register_blueprint(v2.bp)
+    app.register_blueprint(openapi.bp)
     return app

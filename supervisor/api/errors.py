@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge
 
+from ..state.locks import UpdatesLockedError
 from ..state.reconcile import EngineUnavailableError
 
 log = logging.getLogger("supervisor.api")
@@ -34,6 +35,11 @@ def install(app: Flask) -> None:
         # Flask raises BadRequest for malformed JSON bodies; the description says what failed.
         return failed(exc.description or "Bad request", 400)
 
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge):  # type: ignore[no-untyped-def]
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+        return failed(f"Request body too large: the limit is {limit // (1024 * 1024)} MB", 413)
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         return failed(exc.description or exc.name, exc.code or 500)
@@ -42,6 +48,12 @@ def install(app: Flask) -> None:
     def _no_engine(exc: EngineUnavailableError):  # type: ignore[no-untyped-def]
         log.warning("%s %s: %s", request.method, request.path, exc)  # no traceback: a known state
         return failed(str(exc), 503)
+
+    @app.errorhandler(UpdatesLockedError)
+    def _locked(exc: UpdatesLockedError):  # type: ignore[no-untyped-def]
+        # As the reference: 423 with the lock's message, and not logged as an error.
+        log.info("%s %s: %s", request.method, request.path, exc)
+        return failed(str(exc), 423)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]

@@ -22,6 +22,9 @@ class ApiServer:
         self._server = create_server(
             app, host=host, port=port, threads=threads, ident="supervisor",
             clear_untrusted_proxy_headers=True,
+            # Keep reading a connection during its request, so a stream sees its client leave
+            # (``waitress.client_disconnected``, supervisor/api/streams.py).
+            channel_request_lookahead=1,
         )
         self._thread: threading.Thread | None = None
 

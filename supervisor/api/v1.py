@@ -7,9 +7,9 @@ import logging
 from flask import Blueprint, Response, jsonify
 
 from ..apikeys import KeyNotFoundError
-from ..compose.validation import check_truthy
+from ..compose.validation import check_int, check_truthy
 from ..state import report
-from .auth import presented_key
+from .auth import current_key, presented_key
 from .body import request_body
 from .context import supervisor
 from .errors import failed
@@ -81,3 +81,159 @@ def device() -> Response:
     sup = supervisor()
     status = sup.reconciler.status()
     return jsonify(report.v1_device(sup.observe(), sup.volatile_state(), applying=status.applying))
+
+
+# --- device endpoints (issue #5) -----------------------------------------------------------------
+#: Container variables that carry credentials: never shown by GET /v1/apps/:appId (spec §0.1).
+PRIVATE_ENV_VARS = frozenset(
+    ("RESIN_SUPERVISOR_API_KEY", "RESIN_API_KEY", "BALENA_SUPERVISOR_API_KEY", "BALENA_API_KEY")
+)
+
+
+@bp.get("/v1/apps/<raw_app_id>")
+def get_app(raw_app_id: str) -> Response:
+    """A single-container app's container. The scope is checked before the app is looked up, so a
+    scoped key learns nothing about other apps (the reference answers 400 for a missing app first)."""
+    from ..compose.validation import check_int
+    from .auth import current_key
+
+    app_id = check_int(raw_app_id)
+    if not app_id:
+        return _text("Missing app id", 400)
+    if not current_key().allows_app(app_id):
+        return failed("Application is not available", 401)
+    sup = supervisor()
+    obs = sup.observe()
+    services = [svc for svc in obs.services if svc.app_id == app_id]
+    if not services:
+        return _text("App not found", 400)
+    if len({svc.service_name for svc in services}) > 1:
+        return _text("Some v1 endpoints are only allowed on single-container apps", 400)
+    service = services[0]
+    env = {k: v for k, v in (service.config.get("environment") or {}).items() if k not in PRIVATE_ENV_VARS}
+    return jsonify(
+        appId=app_id, commit=obs.commits.get(app_id), containerId=service.container_id, env=env,
+        imageId=service.config.get("image"), releaseId=service.release_id,
+    )
+
+
+@bp.get("/v1/device/host-config")
+def get_host_config() -> Response:
+    return jsonify(supervisor().host_config.get())
+
+
+@bp.patch("/v1/device/host-config")
+def patch_host_config() -> Response:
+    """Hostname and proxy (spec §6.1), under the update locks of every app: the OS restarts the
+    engine when the proxy changes. Errors are plain text, as the reference answers them."""
+    from ..hostconfig import HostConfigError, parse_patch
+    from ..state.locks import UpdatesLockedError
+
+    sup = supervisor()
+    body = request_body()
+    try:
+        change = parse_patch(body)
+    except HostConfigError as exc:
+        return _text(str(exc), 400)
+    force = check_truthy(body.get("force")) or sup.lock_override()
+    try:
+        with sup.locks.with_lock(sup.current_app_ids(), force=force):
+            sup.host_config.patch(change)
+    except UpdatesLockedError as exc:
+        return _text(str(exc), 423)
+    except HostConfigError as exc:
+        return _text(str(exc), 400)
+    except Exception as exc:  # the reference's 503 text for anything else
+        log.error("Could not update the host config: %s", exc, exc_info=exc)
+        return _text(str(exc) or "Unknown error", 503)
+    return _text("OK")
+
+
+# --- service actions (issue #4)
+def _service_actions():  # type: ignore[no-untyped-def]
+    from ..state import actions  # imported where used: keeps the API import light
+
+    return actions
+
+
+@bp.post("/v1/restart")
+def restart_app() -> Response:
+    """Kill and recreate every container of ``body.appId``, under its update locks (423 when locked)."""
+    body = request_body()
+    app_id = check_int(body.get("appId"))
+    if app_id is None:
+        return _text("Missing app id", 400)
+    if not current_key().allows_app(app_id):
+        return failed("Unauthorized", 401)
+    _service_actions().restart_app(supervisor(), app_id, force=check_truthy(body.get("force")))
+    return _text("OK")
+
+
+def _stop_or_start(raw_app_id: str, action: str) -> Response:
+    """Legacy single-container stop/start; answers the app's first container id."""
+    app_id = check_int(raw_app_id)
+    if app_id is None:
+        return _text("Invalid app id", 400)
+    if not current_key().allows_app(app_id):
+        return _text("Unauthorized", 401)
+    actions = _service_actions()
+    force = check_truthy(request_body().get("force"))
+    try:
+        container_id = actions.service_action(supervisor(), action, app_id, force=force, legacy=True)
+    except actions.ActionError as err:
+        return _text(err.message, err.status)
+    return jsonify(containerId=container_id)
+
+
+@bp.post("/v1/apps/<raw_app_id>/stop")
+def stop_app(raw_app_id: str) -> Response:
+    return _stop_or_start(raw_app_id, "stop")
+
+
+@bp.post("/v1/apps/<raw_app_id>/start")
+def start_app(raw_app_id: str) -> Response:
+    return _stop_or_start(raw_app_id, "start")
+
+
+@bp.post("/v1/purge")
+def purge_app() -> Response:
+    body = request_body()
+    app_id = check_int(body.get("appId"))
+    if app_id is None:
+        return _text("Invalid or missing appId", 400)
+    if not current_key().allows_app(app_id):
+        return failed("Unauthorized", 401)
+    _service_actions().purge(supervisor(), app_id, force=check_truthy(body.get("force")))
+    return jsonify(Data="OK", Error="")
+
+
+def _power(reboot: bool) -> Response:
+    """202 ``{"Data":"OK","Error":null}``; 423 (locked, or a host OS update running) or 500 with
+    ``{"Data":"","Error":msg}``. Any valid key may ask, as in the reference."""
+    from ..state.locks import UpdatesLockedError
+
+    force = check_truthy(request_body().get("force"))
+    try:
+        _service_actions().shutdown(supervisor(), reboot=reboot, force=force)
+    except UpdatesLockedError as err:
+        response = jsonify(Data="", Error=str(err))
+        response.status_code = 423
+        return response
+    except Exception as err:
+        log.error("%s failed: %s", "Reboot" if reboot else "Shutdown", err)
+        response = jsonify(Data="", Error=str(err) or "Unknown error")
+        response.status_code = 500
+        return response
+    response = jsonify(Data="OK", Error=None)
+    response.status_code = 202
+    return response
+
+
+@bp.post("/v1/reboot")
+def reboot() -> Response:
+    return _power(True)
+
+
+@bp.post("/v1/shutdown")
+def shutdown() -> Response:
+    return _power(False)

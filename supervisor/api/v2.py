@@ -85,3 +85,226 @@ def container_id() -> Response:
     if name not in ids:
         return failed("Could not find service with that name", 503)
     return jsonify(status="success", containerId=ids[name])
+
+
+# --- service actions (issue #4)
+def _plain(body: str, status: int = 200) -> Response:
+    return Response(body, status=status, mimetype="text/plain")
+
+
+def _app_action(raw_app_id: str, action: str) -> Response:
+    """``restart``/``purge`` of one app: 200 ``OK`` (text); 423 JSON while its services are locked."""
+    from ..compose.validation import check_truthy
+    from ..state import actions
+
+    app_id = check_int(raw_app_id)
+    if app_id is None:
+        return failed("Missing app id", 400)
+    if not current_key().allows_app(app_id):
+        return failed("Unauthorized", 401)
+    force = check_truthy(request_body().get("force"))
+    run = actions.restart_app if action == "restart" else actions.purge
+    run(supervisor(), app_id, force=force)
+    return _plain("OK")
+
+
+@bp.post("/v2/applications/<raw_app_id>/restart")
+def restart_app(raw_app_id: str) -> Response:
+    return _app_action(raw_app_id, "restart")
+
+
+@bp.post("/v2/applications/<raw_app_id>/purge")
+def purge_app(raw_app_id: str) -> Response:
+    return _app_action(raw_app_id, "purge")
+
+
+def _service_action(raw_app_id: str, action: str) -> Response:
+    """One service by ``serviceName`` or ``imageId``: 200 ``OK``; 400/404 as text (§1.4)."""
+    from ..compose.validation import check_truthy
+    from ..state import actions
+
+    app_id = check_int(raw_app_id)
+    if app_id is None:
+        return failed("Invalid app id", 400)
+    if not current_key().allows_app(app_id):
+        return failed("Unauthorized", 401)
+    body = request_body()
+    service_name = body.get("serviceName") or None
+    image_id = check_int(body.get("imageId"))
+    if service_name is None and image_id is None:
+        return _plain(actions.V2_SERVICE_ENDPOINT_ERROR, 400)
+    try:
+        actions.service_action(
+            supervisor(), action, app_id, service_name=str(service_name) if service_name else None,
+            image_id=image_id, force=check_truthy(body.get("force")),
+        )
+    except actions.ActionError as err:
+        return _plain(err.message, err.status)
+    return _plain("OK")
+
+
+@bp.post("/v2/applications/<raw_app_id>/restart-service")
+def restart_service(raw_app_id: str) -> Response:
+    return _service_action(raw_app_id, "restart")
+
+
+@bp.post("/v2/applications/<raw_app_id>/stop-service")
+def stop_service(raw_app_id: str) -> Response:
+    return _service_action(raw_app_id, "stop")
+
+
+@bp.post("/v2/applications/<raw_app_id>/start-service")
+def start_service(raw_app_id: str) -> Response:
+    return _service_action(raw_app_id, "start")
+
+
+# --- device endpoints (issue #5) -----------------------------------------------------------------
+@bp.get("/v2/local/device-info")
+def device_info() -> Response:
+    """Arch and slug of ``device-type.json``; 500 when the boot partition does not say them."""
+    from ..host import UNKNOWN
+
+    sup = supervisor()
+    if UNKNOWN in (sup.host.device_arch, sup.host.device_type):
+        return failed(f"Could not read the device type from {sup.paths.device_type_json}", 500)
+    return jsonify(status="success", info={"arch": sup.host.device_arch, "deviceType": sup.host.device_type})
+
+
+@bp.get("/v2/device/name")
+def device_name() -> Response:
+    """The name of the last target state (config ``name``, default ``local``), as the reference."""
+    return jsonify(status="success", deviceName=supervisor().config.get_db("name"))
+
+
+@bp.get("/v2/device/tags")
+def get_device_tags() -> Response:
+    """The device's tags, which only the balena API knows: 500 when it cannot be asked."""
+    from ..cloud import CloudRequestError, CloudUnavailableError
+
+    try:
+        tags = supervisor().cloud.device_tags()
+    except (CloudUnavailableError, CloudRequestError) as exc:
+        return failed(str(exc), 500)
+    return jsonify(status="success", tags=tags)
+
+
+TAGS_BODY_ERROR = "Invalid tags body, must be an object like `{[tagKey: string]: string}`"
+
+
+@bp.patch("/v2/device/tags")
+def patch_device_tags() -> Response:
+    """Add or change tags (never delete): stored as wanted and reported in the background. 202."""
+    if request.is_json:
+        body = request.get_json(silent=False) if request.get_data(cache=True) else None
+    else:
+        body = request_body()
+    if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+        return failed(TAGS_BODY_ERROR, 400)
+    if any(any(ch.isspace() for ch in key) for key in body):
+        return failed("Tag keys cannot contain whitespace", 400)
+    supervisor().tag_reporter.want(body)
+    return jsonify(status="success"), 202
+
+
+@bp.get("/v2/device/vpn")
+def device_vpn() -> Response:
+    """``enabled``: the device config ``SUPERVISOR_VPN_CONTROL`` (the target's until the host side
+    reports openvpn.service itself); ``connected``: openvpn's status file ``active`` exists."""
+    from ..state.device_config import with_defaults
+
+    sup = supervisor()
+    config = with_defaults(sup.targets.target_config(), unmanaged=sup.config.unmanaged)
+    enabled = config.get("SUPERVISOR_VPN_CONTROL") == "true"
+    connected = (sup.paths.vpn_status / "active").exists()
+    return jsonify(status="success", vpn={"enabled": enabled, "connected": connected})
+
+
+@bp.get("/v2/cleanup-volumes")
+def cleanup_volumes() -> Response:
+    """Remove unused app volumes of apps in the key's scope that the target does not name.
+
+    The reference hangs when this fails; here a failure is 500 ``{status:'failed', message}``."""
+    from ..cleanup import remove_orphaned_volumes
+    from ..compose.naming import volume_name
+    sup = supervisor()
+    key, manages = current_key(), sup.reconciler.manages
+    engine = sup.reconciler.require_engine()
+    target = sup.targets.get_target(sup.target_source)
+    referenced = {
+        volume_name(app.id, name)
+        for app in target.apps.values() if key.allows_app(app.id)
+        for name in (app.release.volumes if app.release else ())
+    }
+    try:
+        remove_orphaned_volumes(engine.client.api, referenced,
+                                lambda app_id: key.allows_app(app_id) and manages(app_id))
+    except Exception as exc:  # noqa: BLE001 - answered, not hung (docs/API.md)
+        return failed(str(exc) or "Unknown error", 500)
+    return jsonify(status="success")
+
+
+def _stream_slot() -> Response | None:
+    """Take a stream slot; a 503 response when every slot is in use."""
+    sup = supervisor()
+    if sup.streams.try_acquire():
+        return None
+    return failed(f"Too many open streams (at most {sup.streams.limit}): close one and try again", 503)
+
+
+def _disconnected():  # type: ignore[no-untyped-def]
+    return request.environ.get("waitress.client_disconnected") or (lambda: False)
+
+
+@bp.get("/v2/local/logs")
+def local_logs() -> Response:
+    """NDJSON log stream: ``Streaming logs`` first, then every message while in local mode."""
+    from .streams import STREAMING_LOGS_LINE, LogLines, StreamBody
+
+    full = _stream_slot()
+    if full is not None:
+        return full
+    sup = supervisor()
+    sub = sup.logs.subscribe()
+    config = sup.config
+    # The Flask app context is gone once the body is iterated: bind what the lines need now.
+    names = _service_names_of(sup)
+    lines = LogLines(sub, service_names=names, active=lambda: config.local_mode)
+    body = StreamBody(lines, first=STREAMING_LOGS_LINE, disconnected=_disconnected(),
+                      release=sup.streams.release)
+    return Response(body, mimetype="application/x-ndjson", direct_passthrough=True)
+
+
+def _service_names_of(sup):  # type: ignore[no-untyped-def]
+    """serviceId -> name in ``sup``'s target, callable outside the request."""
+
+    def names() -> dict[int, str]:
+        target = sup.targets.get_target(sup.target_source)
+        return {svc.id: name for app in target.apps.values() for name, svc in app.services.items()}
+
+    return names
+
+
+@bp.post("/v2/journal-logs")
+def journal_logs() -> Response:
+    """``journalctl`` with the body's options (spec §8.4), its stdout streamed as it comes; the
+    process is killed when the client goes away. 503 when the device has no ``journalctl``."""
+    import shutil
+
+    from ..compose.validation import check_truthy
+    from .streams import ProcessOutput, StreamBody, journalctl_args
+
+    body = request_body()
+    journalctl = shutil.which("journalctl")
+    if journalctl is None:
+        return failed("journalctl is not available on this device: no journal to read", 503)
+    full = _stream_slot()
+    if full is not None:
+        return full
+    sup = supervisor()
+    try:
+        output = ProcessOutput([journalctl, *journalctl_args(body, truthy=check_truthy)])
+    except OSError as exc:
+        sup.streams.release()
+        return failed(f"Could not start journalctl: {exc.strerror or exc}", 503)
+    stream = StreamBody(output, disconnected=_disconnected(), release=sup.streams.release)
+    return Response(stream, mimetype="text/plain", direct_passthrough=True)

@@ -1,4 +1,4 @@
-"""``python -m supervisor.delta signature|delta|patch ...``: see supervisor/delta/cli.py."""
+"""``python -m supervisor.delta signature|delta|patch|serve ...``: see supervisor/delta/cli.py."""
 
 import sys
 

@@ -4,6 +4,8 @@ The arguments follow rdiff's order and defaults so scripts can switch between th
 
     signature [BASIS [SIGNATURE]]     delta SIGNATURE [NEWFILE [DELTA]]     patch BASIS [DELTA [NEWFILE]]
 
+``serve [OPTIONS]`` runs the image delta server instead (supervisor/delta/server.py, docs/DELTAS.md).
+
 A missing file or ``-`` means stdin/stdout (the patch basis must be a real file: COPY seeks in it).
 Like rdiff, an existing output file is only replaced with ``-f``. Unlike rdiff, an output file
 appears only when the command succeeds: it is written to a temporary file next to it and renamed,
@@ -196,6 +198,11 @@ def _run(
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["serve"]:  # the delta server has options of its own
+        from supervisor.delta.server import main as serve
+
+        return serve(args_list[1:])
     try:
         args = build_parser().parse_intermixed_args(argv)
         required, optional = FILE_ARGS[args.command]

@@ -85,7 +85,7 @@ class TargetBuilder:
                 scoped_api_key=self.api_keys.scoped_key(app.id, svc.name) if wants_api else None,
                 hostname=hostname,
                 host_paths=host.host_paths,
-                image_info=images.inspect_by_name(svc.image),
+                image_info=images.image_info(svc.image),
                 lock_root=self.lock_root,
                 board_rev=host.board_rev,
             )

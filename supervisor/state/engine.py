@@ -2,7 +2,8 @@
 
 One list call per resource kind (containers, networks, volumes, images). The network, volume and
 image listings carry everything needed; a container listing does not (no env, binds, host config),
-so each *supervised* container is inspected, and only those. Objects the compose layer cannot read
+so each *supervised* container is inspected, and only those, and only when its listing changed
+(see :class:`_InspectCache`). Objects the compose layer cannot read
 back (a hand-made container wearing the supervised label, a network with a foreign name) are
 skipped with a warning rather than failing the whole read: one stray object must not stop updates.
 """
@@ -10,6 +11,8 @@ skipped with a warning rather than failing the whole read: one stray object must
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
@@ -33,6 +36,7 @@ __all__ = [
     "EngineReader",
     "SupervisorNetwork",
     "current_commits",
+    "engine_client",
     "is_supervised",
 ]
 
@@ -40,6 +44,28 @@ SUPERVISED_LABELS: Final = ("io.balena.supervised", "io.resin.supervised")
 EXTRA_FIRMWARE_VOLUME: Final = "extra-firmware"
 _APP_LABELS: Final = ("io.balena.app-uuid", "io.balena.app-id", "io.resin.app-id")
 BRIDGE_NAME_OPTION: Final = "com.docker.network.bridge.name"
+#: A cached container read is trusted this long even if its listing looks the same: the listing
+#: cannot show a ``docker update`` of limits or restart policy made by hand.
+INSPECT_MAX_AGE_S: Final = 60.0
+
+
+def engine_client() -> docker.DockerClient:
+    """A Docker client from the environment (``DOCKER_HOST``, ...), checked with a ping.
+
+    ``trust_env`` is turned off: requests would otherwise look up proxy variables in the process
+    environment on every call (about a third of a no-op round's CPU), and the engine's socket
+    is never reached through an HTTP proxy. Registry proxies are the engine's own business.
+    """
+    import docker
+
+    client = docker.from_env()
+    client.api.trust_env = False
+    try:
+        client.ping()
+    except Exception:
+        client.close()
+        raise
+    return client
 
 
 @dataclass(frozen=True)
@@ -108,6 +134,53 @@ class _Group:
             self.uuid = uuid
 
 
+def _listing_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a container listing shows of the things that change on an existing container: its
+    state, its name (``updateMetadata`` renames) and its network endpoints (connect/disconnect)."""
+    networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
+    endpoints = tuple(sorted((name, (net or {}).get("EndpointID")) for name, net in networks.items()))
+    return entry.get("State"), tuple(entry.get("Names") or ()), endpoints
+
+
+class _InspectCache:
+    """Read-back services by container id, reused while the container's listing is unchanged.
+
+    A container's configuration is fixed at creation; what can change (state, name, networks)
+    shows in the listing, so a container whose listing matches is not inspected again, which makes
+    a no-op round cost one list call per kind. Entries expire after ``max_age`` (hand-made
+    ``docker update``), and :meth:`clear` drops all after the executor acted.
+    """
+
+    def __init__(
+        self, max_age: float = INSPECT_MAX_AGE_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_age = max_age
+        self.clock = clock
+        self._entries: dict[str, tuple[tuple[Any, ...], float, Service]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, entry: Mapping[str, Any]) -> Service | None:
+        with self._lock:
+            hit = self._entries.get(entry["Id"])
+        if hit is None or hit[0] != _listing_key(entry) or self.clock() - hit[1] > self.max_age:
+            return None
+        return hit[2]
+
+    def put(self, entry: Mapping[str, Any], service: Service) -> None:
+        with self._lock:
+            self._entries[entry["Id"]] = (_listing_key(entry), self.clock(), service)
+
+    def keep_only(self, ids: Collection[str]) -> None:
+        """Forget containers that are gone (the listing is the whole truth)."""
+        with self._lock:
+            for gone in self._entries.keys() - set(ids):
+                del self._entries[gone]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 class EngineReader:
     """Builds a :class:`CurrentState` from the engine, the ``image``/``currentCommit`` tables, the
     image manager's downloads and the lock registry.
@@ -116,7 +189,8 @@ class EngineReader:
     ``extra_firmware=None`` for the extra-firmware one; otherwise ``extra_firmware`` returns
     config.json's ``os.kernel.extraFirmwareVol``. ``locks`` must be the executor's registry.
     ``volatile`` gives statuses the executor is in the middle of (container id -> ``Stopping``),
-    which override the engine's (§3.10).
+    which override the engine's (§3.10). Container reads are cached (:class:`_InspectCache`);
+    whoever changes containers calls :meth:`invalidate` afterwards.
     """
 
     def __init__(
@@ -137,6 +211,11 @@ class EngineReader:
         self.supervisor_network = supervisor_network
         self.extra_firmware = extra_firmware
         self.volatile = volatile
+        self._cache = _InspectCache()
+
+    def invalidate(self) -> None:
+        """Inspect every container again at the next read (after the executor acted)."""
+        self._cache.clear()
 
     def read(self, *, apps: Collection[str] | None = None) -> CurrentState:
         """The device as the planner sees it. ``apps`` (uuids or str app ids) limits the apps
@@ -144,7 +223,7 @@ class EngineReader:
         containers = self.api.containers(all=True)
         networks = self.api.networks()
         volumes = (self.api.volumes() or {}).get("Volumes") or []
-        listing = self.api.images()
+        listing = self.images.listing()
         records = self.images.records()
 
         groups: dict[int, _Group] = {}
@@ -216,20 +295,29 @@ class EngineReader:
         import docker.errors
 
         services: list[Service] = []
+        containers = list(containers)
         for entry in containers:
             labels = entry.get("Labels") or {}
             if not is_supervised(labels):
                 continue
             if apps is not None and not any(labels.get(key) in apps for key in _APP_LABELS):
                 continue
+            cached = self._cache.get(entry)
+            if cached is not None:
+                services.append(cached)
+                continue
             try:
                 inspect = self.api.inspect_container(entry["Id"])
             except docker.errors.NotFound:
                 continue  # removed since the listing
             try:
-                services.append(Service.from_container(inspect))
+                service = Service.from_container(inspect)
             except ComposeError as err:
                 log.warning("Ignoring container %s: %s", entry["Id"][:12], err)
+                continue
+            self._cache.put(entry, service)
+            services.append(service)
+        self._cache.keep_only([entry["Id"] for entry in containers])
         return services
 
 

@@ -27,7 +27,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +39,9 @@ from supervisor.compose.endpoints import SERVICE_MODE_RE, connect_kwargs
 from supervisor.compose.naming import BASE_LOCK_DIR, lock_dir_for
 from supervisor.compose.validation import check_truthy
 from supervisor.state.engine import DEFAULT_SUPERVISOR_NETWORK, EXTRA_FIRMWARE_VOLUME, SupervisorNetwork
+
+# Update locks live in supervisor.state.locks; re-exported here for the executor's callers.
+from supervisor.state.locks import LOCK_FILES, SUPERVISOR_LOCK_UID, LockRegistry, UpdatesLockedError
 from supervisor.state.steps import (
     Cleanup,
     CreateNetwork,
@@ -49,6 +52,7 @@ from supervisor.state.steps import (
     Handover,
     Kill,
     Noop,
+    Reboot,
     ReleaseLock,
     Remove,
     RemoveImage,
@@ -75,6 +79,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "LOCK_FILES",
+    "SUPERVISOR_LOCK_UID",
     "Executor",
     "LockRegistry",
     "ResourceRecreationAttemptError",
@@ -83,9 +89,7 @@ __all__ = [
     "UpdatesLockedError",
 ]
 
-LOCK_FILES: Final = ("updates.lock", "resin-updates.lock")
 HANDOVER_FILES: Final = ("handover-complete", "resin-kill-me")
-SUPERVISOR_LOCK_UID: Final = 65534  # `nobody`: marks lock files as the supervisor's (§4.2)
 REBOOT_BREADCRUMB: Final = "reboot-after-apply"
 REQUIRES_REBOOT_LABEL: Final = "io.balena.update.requires-reboot"
 DEFAULT_STOP_TIMEOUT_S: Final = 10
@@ -95,10 +99,6 @@ SystemLog = Callable[[str, Mapping[str, Any]], None]
 
 
 # ------------------------------------------------------------------------------- errors
-class UpdatesLockedError(Exception):
-    """An update lock is held by a service (or another supervisor operation)."""
-
-
 class ResourceRecreationAttemptError(Exception):
     """A network or volume of that name exists with another configuration (§3.7)."""
 
@@ -158,99 +158,6 @@ def _subject(step: Step) -> str:
     if isinstance(subject, Volume):
         return f"volume '{subject.docker_name}'"
     return ""
-
-
-# ---------------------------------------------------------------------- update locks
-class LockRegistry:
-    """MINIMAL update locks, a placeholder until the full §4 implementation replaces it.
-
-    Kept: the in-memory registry of apps whose locks the state engine holds across loop
-    iterations, and the supervisor's lock files ``updates.lock``/``resin-updates.lock`` in each
-    service's lock directory (owned by uid 65534 when running as root). A file the supervisor did
-    not create is a user lock: taking the lock fails unless ``force`` deletes it.
-    Missing: the in-process per-app RW lock, ``lockfile`` semantics, ``withLock`` for the API.
-    """
-
-    def __init__(self, lock_root: str = "") -> None:
-        self.lock_root = lock_root
-        self._held: dict[int, set[Path]] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def base(self) -> Path:
-        return Path(f"{self.lock_root.rstrip('/')}{BASE_LOCK_DIR}")
-
-    def take(self, app_id: int, services: Iterable[str], *, force: bool = False) -> None:
-        """Create the lock files of every service; all or nothing."""
-        created: list[Path] = []
-        kept: list[Path] = []
-        with self._lock:
-            ours = self._held.get(app_id, set())
-            try:
-                for service in services:
-                    directory = Path(lock_dir_for(app_id, service, self.lock_root))
-                    directory.mkdir(parents=True, exist_ok=True)
-                    directory.chmod(0o1777)  # so uid 65534 may create files in it, as on a device
-                    for name in LOCK_FILES:
-                        path = directory / name
-                        if path in ours or _supervisor_owned(path):
-                            kept.append(path)
-                            continue
-                        if force:
-                            _unlink(path)
-                        _create_lock_file(path, app_id, service)
-                        created.append(path)
-            except BaseException:
-                for path in created:
-                    _unlink(path)
-                raise
-            self._held.setdefault(app_id, set()).update(created, kept)
-        log.info("Taking update locks for app %s", app_id)
-
-    def release(self, app_id: int) -> None:
-        """Delete the app's lock files, the held ones and any supervisor leftovers."""
-        with self._lock:
-            paths = self._held.pop(app_id, set())
-        for path in paths:
-            _unlink(path)
-        app_dir = self.base / str(app_id)
-        if app_dir.is_dir():
-            for path in app_dir.rglob("*updates.lock"):
-                if _supervisor_owned(path):
-                    _unlink(path)
-        log.info("Releasing update locks for app %s", app_id)
-
-    def held(self) -> frozenset[int]:
-        with self._lock:
-            return frozenset(self._held)
-
-    def leftovers(self) -> frozenset[int]:
-        """Apps with supervisor-owned lock files on disk (e.g. left by a previous run)."""
-        found: set[int] = set()
-        if not self.base.is_dir():
-            return frozenset()
-        for app_dir in self.base.iterdir():
-            plain_dir = app_dir.name.isdigit() and not app_dir.is_symlink() and app_dir.is_dir()
-            if plain_dir and any(_supervisor_owned(p) for p in app_dir.rglob("*updates.lock")):
-                found.add(int(app_dir.name))
-        return frozenset(found)
-
-
-def _supervisor_owned(path: Path) -> bool:
-    try:
-        return path.lstat().st_uid == SUPERVISOR_LOCK_UID
-    except OSError:
-        return False
-
-
-def _create_lock_file(path: Path, app_id: int, service: str) -> None:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        raise UpdatesLockedError(f"Lockfile exists for {{ appId: {app_id}, service: {service} }}") from None
-    os.close(fd)
-    if os.geteuid() == 0:
-        os.chown(path, SUPERVISOR_LOCK_UID, SUPERVISOR_LOCK_UID)
 
 
 def _unlink(path: Path) -> None:
@@ -327,9 +234,13 @@ class Executor:
         self.max_workers = max(1, max_workers)
         self._volatile: dict[str, str] = {}
         self._volatile_lock = threading.Lock()
+        #: Called after every step, done or failed: readers that cache engine state drop it.
+        self.on_change: Callable[[], None] | None = None
+        #: Performs the ``reboot`` step: the device's reboot, under update locks (set by the runtime).
+        self.reboot: Callable[[], None] | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             Noop: lambda _step: None,
-            Fetch: lambda s: self.images.fetch(s.image),
+            Fetch: lambda s: self.images.fetch(s.image, delta_source=s.delta_source),
             Start: lambda s: self._start(s.target),
             Stop: lambda s: self._kill(s.current, remove=False),
             Kill: lambda s: self._kill(s.current),
@@ -350,6 +261,7 @@ class Executor:
             TakeLock: lambda s: self.locks.take(s.app_id, s.services, force=s.force),
             ReleaseLock: lambda s: self.locks.release(s.app_id),
             RequireReboot: self._require_reboot,
+            Reboot: lambda _step: self._reboot(),
         }
 
     # ------------------------------------------------------------------ entry points
@@ -366,6 +278,9 @@ class Executor:
             error = StepError(step, _explain(err))
             log.warning("%s", error)
             raise error from err
+        finally:
+            if self.on_change is not None:
+                self.on_change()
 
     def execute_batch(self, steps: Sequence[Step]) -> list[StepResult]:
         """Run a batch concurrently; one result per step, in order."""
@@ -561,6 +476,11 @@ class Executor:
         path.touch()
         details = json.dumps({"service": step.service_name})
         self._event(f"Reboot has been scheduled to apply changes: {details}", None)
+
+    def _reboot(self) -> None:
+        if self.reboot is None:
+            raise RuntimeError("no way to reboot this device is configured")
+        self.reboot()
 
     # ------------------------------------------------------------------ networks, volumes
     def _networks_named(self, name: str) -> list[dict[str, Any]]:

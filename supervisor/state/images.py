@@ -6,8 +6,9 @@ images. Pulls stream the engine's progress (never buffered whole), at most ``max
 a time, and send registry credentials only for names with a registry part (§9.2). Credentials come
 from a callable so they are read when needed and never stored or logged here.
 
-Not done (yet): deltas (a ``Fetch`` with a ``delta_source`` is a regular pull), and the random
-0-100 ms pause before a removal (it only spread the reference's concurrent removals).
+A ``Fetch`` with a ``delta_source`` tries an image delta first (supervisor/delta/fetch.py) and falls
+back to a pull. Not done (yet): the random 0-100 ms pause before a removal (it only spread the
+reference's concurrent removals).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
     from supervisor.config import Config
     from supervisor.db import Database
+    from supervisor.delta.fetch import DeltaFetcher
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ DELETING: Final = "Deleting"
 CLEANUP_IGNORE_S: Final = 3600.0
 #: Upper bound of the failed-download backoff; the reference uses appUpdatePollInterval.
 DEFAULT_MAX_BACKOFF_S: Final = 900.0
+#: Image inspects kept for :meth:`ImageManager.image_info` (a few KiB each).
+_INSPECT_CACHE_SIZE: Final = 64
 
 #: registry host -> ``auth_config`` for the Docker SDK, or None to send no credentials.
 AuthProvider = Callable[[str], Mapping[str, str] | None]
@@ -241,10 +246,13 @@ class ImageManager:
         supervisor_image: str | None = None,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
         clock: Callable[[], float] = time.monotonic,
+        delta: Callable[[], DeltaFetcher | None] | None = None,
     ) -> None:
         self.api = client.api
         self.db = db
         self.auth = auth
+        #: The delta fetcher for the current config, or None when deltas are off (docs/DELTAS.md).
+        self.delta = delta
         self.on_progress = on_progress
         self.cleanup_filter = cleanup_filter
         self.supervisor_image = supervisor_image
@@ -256,6 +264,11 @@ class ImageManager:
         self._failures: dict[str, tuple[int, float]] = {}
         self._cleanup_ignored: dict[str, float] = {}
         self._fetching: dict[str, threading.Lock] = {}
+        # Image references -> engine id, from the last listing; engine id -> inspect. An image's
+        # inspect never changes (its id is the digest of its config), so only the small
+        # name -> id index must be fresh: the reconcile loop lists images every round anyway.
+        self._listed: dict[str, str] = {}
+        self._inspects: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # ------------------------------------------------------------------ the image table
     def records(self) -> list[Image]:
@@ -308,6 +321,43 @@ class ImageManager:
             if engine_id is not None:
                 found.append(img if img.docker_image_id else replace(img, docker_image_id=engine_id))
         return found
+
+    def listing(self) -> list[dict[str, Any]]:
+        """``GET /images/json``, remembered to resolve :meth:`image_info` names this round."""
+        entries = self.api.images()
+        index: dict[str, str] = {}
+        for entry in entries:
+            for ref in (*(entry.get("RepoTags") or ()), *(entry.get("RepoDigests") or ())):
+                index[ref] = entry["Id"]
+        with self._lock:
+            self._listed = index
+        return entries
+
+    def image_info(self, name: str) -> dict[str, Any] | None:
+        """The inspect of ``name`` for building target services, without an API call when the
+        last :meth:`listing` names it and its inspect was seen before.
+
+        The listing may be a round old, so this is for planning only; a fetch uses the exact
+        :meth:`inspect_by_name`. The returned dict is shared: callers must not modify it.
+        """
+        import docker.errors
+
+        with self._lock:
+            engine_id = self._listed.get(name)
+            cached = self._inspects.get(engine_id) if engine_id else None
+            if cached is not None:
+                self._inspects.move_to_end(engine_id)
+                return cached
+        try:
+            info = self.api.inspect_image(engine_id) if engine_id else self.inspect_by_name(name)
+        except docker.errors.NotFound:
+            info = self.inspect_by_name(name)  # removed since the listing
+        if info is not None:
+            with self._lock:
+                self._inspects[info["Id"]] = info
+                while len(self._inspects) > _INSPECT_CACHE_SIZE:
+                    self._inspects.popitem(last=False)
+        return info
 
     def inspect_by_name(self, name: str) -> dict[str, Any] | None:
         """The engine's inspect of ``name``: by name, by reference filter, or by a DB row's
@@ -366,10 +416,13 @@ class ImageManager:
         *,
         on_progress: ProgressCallback | None = None,
         abort: threading.Event | None = None,
+        delta_source: str | None = None,
     ) -> Image:
         """Make ``image`` present in the engine and record it; returns it with its engine id.
 
         An image already present (§9.1 ``inspectByName``) is tagged and recorded without a pull.
+        With ``delta_source`` and deltas on, the image is built from a delta first; any delta
+        failure a pull can recover from falls back to the pull (docs/DELTAS.md).
         Raises :class:`ImageError` (naming the image) on failure; a failed image is not retried
         before its backoff (``min(2^n * 0.5 s, max_backoff_s)``) has passed.
         """
@@ -382,7 +435,7 @@ class ImageManager:
             with self._lock:
                 self._tasks[name] = _Task(image, DOWNLOADING, 0)
             try:
-                fetched = self._fetch(image, on_progress, abort)
+                fetched = self._fetch(image, on_progress, abort, delta_source)
             except Exception as err:
                 self._record_failure(name)
                 reason = str(err) if isinstance(err, ImageError) else _engine_error(err)
@@ -398,14 +451,19 @@ class ImageManager:
         return fetched
 
     def _fetch(
-        self, image: Image, on_progress: ProgressCallback | None, abort: threading.Event | None
+        self, image: Image, on_progress: ProgressCallback | None, abort: threading.Event | None,
+        delta_source: str | None = None,
     ) -> Image:
         name = image.name
         existing = self.inspect_by_name(name)
         if existing is None:
             log.info("Downloading image '%s'", name)
-            self._pull(image, on_progress, abort)
-            existing = self.inspect_by_name(name)
+            delta_id = self._fetch_delta(image, delta_source, on_progress, abort) if delta_source else None
+            if delta_id is not None:
+                existing = self.api.inspect_image(delta_id)
+            else:
+                self._pull(image, on_progress, abort)
+                existing = self.inspect_by_name(name)
             if existing is None:
                 raise ImageNotFoundError("the image is missing after its download")
             log.info("Downloaded image '%s'", name)
@@ -413,6 +471,39 @@ class ImageManager:
         fetched = replace(image, docker_image_id=existing["Id"])
         self.save(fetched)
         return fetched
+
+    def _fetch_delta(
+        self, image: Image, source: str, on_progress: ProgressCallback | None,
+        abort: threading.Event | None,
+    ) -> str | None:
+        """The engine id of ``image`` built from a delta against ``source``; None: pull instead."""
+        fetcher = self.delta() if self.delta is not None else None
+        if fetcher is None:
+            return None
+        from supervisor.delta.fetch import DeltaAuthError, DeltaFallbackError
+
+        name = image.name
+        base = self.inspect_by_name(source)
+        if base is None:
+            log.info("Delta source '%s' is gone; pulling '%s'", source, name)
+            return None
+        with self._pulls:
+            if abort is not None and abort.is_set():
+                raise ImageError("the download was aborted")
+            log.info("Downloading delta for image '%s'", name)
+            self._report(name, 0, on_progress)
+            try:
+                engine_id = fetcher.fetch(
+                    source, base["Id"], name, abort=abort,
+                    progress=lambda pct: self._report(name, pct, on_progress),
+                )
+            except DeltaFallbackError as err:
+                log.warning("Delta for image '%s' failed, falling back to a regular pull: %s", name, err)
+                return None
+            except DeltaAuthError as err:
+                raise ImageError(str(err)) from err
+        log.info("Applied delta for image '%s' (%d bytes downloaded)", name, fetcher.downloaded)
+        return engine_id
 
     def _pull(
         self, image: Image, on_progress: ProgressCallback | None, abort: threading.Event | None

@@ -26,6 +26,10 @@ Departures from the reference, each a plain bug there (§15) or a loop that coul
   a ``releaseLock``; the reference only releases locks of apps it still sees.
 * ``removeImage`` of a record whose engine image another in-use record still names carries
   ``keep_in_engine=True``, so only the record goes, not the image a running service needs.
+* ``delete-then-download`` removes the old image before the fetch even where images are otherwise
+  kept (local mode); an unknown strategy name is warned about once per service, not every round.
+* The ``reboot`` step waits for downloads in flight (the reference reboots as soon as every step
+  is a ``noop``, throwing away a half-done download).
 
 Kept as the reference does them, on purpose: an ``exited`` container is never restarted (the restart
 policy's business) except after the host-address race; the supervisor0 stage kills without taking
@@ -35,6 +39,7 @@ one does not; images are saved/removed before any other step, even if that delay
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -55,6 +60,7 @@ from supervisor.state.steps import (
     Handover,
     Kill,
     Noop,
+    Reboot,
     ReleaseLock,
     Remove,
     RemoveImage,
@@ -102,6 +108,8 @@ REQUIRES_REBOOT_LABEL: Final = "io.balena.update.requires-reboot"
 SUPERVISOR_API_LABEL: Final = "io.balena.features.supervisor-api"
 LEGACY_LABEL: Final = "io.balena.legacy-container"
 SERVICE_ID_LABEL: Final = "io.balena.service-id"
+
+log = logging.getLogger(__name__)
 
 # A container the engine created but could not start because a host address was not up yet (§3.4).
 _HOST_RACE_ERROR: Final = re.compile(r"userland proxy.*cannot assign requested address$", re.I)
@@ -154,6 +162,8 @@ def plan(current: CurrentState, target: TargetApps, ctx: PlanContext | None = No
         steps = _throttle_delta_fetches(steps, current, ctx.max_delta_downloads)
     if not steps and current.downloading:
         steps = [Noop()]  # keep the loop alive until the downloads report back
+    if ctx.reboot_breadcrumb and not current.downloading and all(isinstance(s, Noop) for s in steps):
+        steps = [*steps, Reboot()]  # settled, and a service waits for a reboot (§3.1 step 5)
     return steps
 
 
@@ -199,7 +209,14 @@ def _image_steps(current: CurrentState, targets: TargetApps, ctx: PlanContext) -
         if (known and not saved) or (not known and engine_id):
             steps.append(SaveImage(_with_engine_id(wanted, available)))
 
-    if ctx.images_kept:
+    # delete-then-download removes the old image before the fetch even where images are kept (local
+    # mode): the label asks for the disk space, and the reference would keep it there.
+    delete_first = {
+        (svc.app_id, svc.service_name)
+        for svc in target_services
+        if strategy_of(svc) == "delete-then-download"
+    }
+    if ctx.images_kept and not delete_first:
         return steps
     in_use = current_images + target_images
     in_use_metadata = {img.metadata() for img in in_use}
@@ -210,6 +227,8 @@ def _image_steps(current: CurrentState, targets: TargetApps, ctx: PlanContext) -
     delta_sources = _delta_sources(target_services, target_images, available)
     for img in available:
         if img.metadata() in in_use_metadata or img.name in delta_sources:
+            continue
+        if ctx.images_kept and (img.app_id, img.service_name) not in delete_first:
             continue
         still_needed = img.docker_image_id in engine_ids_in_use or any(
             same_image(img.name, used.name) for used in in_use
@@ -668,9 +687,25 @@ def _throttle_delta_fetches(steps: list[Step], current: CurrentState, limit: int
 
 # ------------------------------------------------------------------------------- helpers
 def strategy_of(svc: Service) -> str:
-    """The service's update strategy; unknown values (``handover`` included) mean the default."""
+    """The service's update strategy; unknown values (``handover`` included) mean the default, with
+    one warning per service and value (not one per planning round)."""
     value = _labels(svc).get(STRATEGY_LABEL)
-    return value if value in STRATEGIES else DEFAULT_STRATEGY
+    if value is None or value in STRATEGIES:
+        return value or DEFAULT_STRATEGY
+    key = (svc.app_id, svc.service_name, value)
+    if key not in _WARNED_STRATEGIES:
+        if len(_WARNED_STRATEGIES) > 1000:  # bounded: a device does not have that many services
+            _WARNED_STRATEGIES.clear()
+        _WARNED_STRATEGIES.add(key)
+        log.warning(
+            "Unknown update strategy %r for service %s of app %s: using %s",
+            value, svc.service_name, svc.app_id, DEFAULT_STRATEGY,
+        )
+    return DEFAULT_STRATEGY
+
+
+#: (app id, service, strategy) already warned about: the only state here, and only for logging.
+_WARNED_STRATEGIES: set[tuple[int, str, str]] = set()
 
 
 def image_for(svc: Service) -> Image:

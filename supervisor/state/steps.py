@@ -26,6 +26,7 @@ __all__ = [
     "Handover",
     "Kill",
     "Noop",
+    "Reboot",
     "ReleaseLock",
     "Remove",
     "RemoveImage",
@@ -226,6 +227,13 @@ class RequireReboot:
     action: ClassVar[str] = "requireReboot"
 
 
+@dataclass(frozen=True)
+class Reboot:
+    """Reboot the device: the apply has settled and a reboot is required (§3.1 step 5, §5.6)."""
+
+    action: ClassVar[str] = "reboot"
+
+
 Step = (
     Noop
     | Fetch
@@ -249,6 +257,7 @@ Step = (
     | TakeLock
     | ReleaseLock
     | RequireReboot
+    | Reboot
 )
 
 

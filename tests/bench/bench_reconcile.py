@@ -6,9 +6,12 @@ tests/bench/README.md). In one run it measures:
 * no-op: an app of ``--services`` services already converged; per cycle (read the engine, build
   the target, plan) the Docker API requests by kind and the CPU time, over ``--cycles`` cycles;
 * update: a 3-service app moved to a new release (env change on all 3, a new image for one,
-  pulled from a loopback registry), through reader -> planner -> executor until the plan is
-  empty, against a plain Docker SDK script doing the same pull/stop/remove/create/start/rmi,
-  the two interleaved for ``--rounds`` rounds.
+  pulled from a loopback registry): from setting the local target until the running reconcile
+  loop has settled (its delays included), against a plain Docker SDK script doing the same
+  pull/stop/remove/create/start/rmi, the two interleaved for ``--rounds`` rounds.
+
+Both use the production wiring (:class:`supervisor.runtime.Supervisor`, in-process, local mode,
+scoped to the benchmark's app).
 
 Everything created carries ``io.pysupervisor.test=1`` and a per-run label, and is removed at
 the end.
@@ -31,7 +34,6 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,13 +46,6 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # tests.fixtures, when run as a script
     sys.path.insert(0, str(ROOT))
 
-from supervisor.compose import Network, Service, ServiceContext  # noqa: E402
-from supervisor.db import Database  # noqa: E402
-from supervisor.state.current import App  # noqa: E402
-from supervisor.state.engine import EngineReader  # noqa: E402
-from supervisor.state.executor import Executor, LockRegistry  # noqa: E402
-from supervisor.state.images import ImageManager  # noqa: E402
-from supervisor.state.planner import PlanContext, plan  # noqa: E402
 from supervisor.state.steps import describe  # noqa: E402
 from tests.fixtures.docker import TEST_LABEL, build_image_archive, build_layer  # noqa: E402
 from tests.fixtures.registry import Registry  # noqa: E402
@@ -123,126 +118,102 @@ class Bench:
 
     def cleanup(self) -> None:
         flt = {"label": f"{RUN_LABEL}={self.token}"}
+        # NotFound is fine: a test session sweeping labelled leftovers may have been first.
         for c in self.api.containers(all=True, filters=flt):
-            self.api.remove_container(c["Id"], force=True, v=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_container(c["Id"], force=True, v=True)
         for n in self.api.networks(filters=flt):
-            self.api.remove_network(n["Id"])
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_network(n["Id"])
         for v in (self.api.volumes(filters=flt) or {}).get("Volumes") or []:
-            self.api.remove_volume(v["Name"], force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_volume(v["Name"], force=True)
         for i in self.api.images(filters=flt):
             with contextlib.suppress(docker.errors.NotFound):
                 self.api.remove_image(i["Id"], force=True)
 
 
-class SupervisedApp:
-    """One app driven by the supervisor's reader, target building, planner and executor, wired
-    as tests/test_executor.py wires them (no supervisor0 check, cleanup limited to this run)."""
+# ------------------------------------------------------------------------------- no-op
+class DeviceSupervisor:
+    """The production wiring, in-process: a :class:`Supervisor` on a throwaway device root in local
+    mode, scoped to one app, its reconcile loop running; a target is set as
+    ``POST /v2/local/target-state`` sets it. A no-op round is what the loop does each time it is
+    triggered on a converged device: read the engine, build the target, plan."""
 
     def __init__(self, bench: Bench, name: str) -> None:
-        self.bench = bench
+        from supervisor.runtime import Settings, Supervisor
+
         root = bench.root / name
         root.mkdir()
-        self.root = str(root)
         self.app_id = random.randint(10**6, 10**9)
-        self.app_uuid = uuid.uuid4().hex
-        self.db = Database(root / "database.sqlite")
-        token = bench.token
-        self.images = ImageManager(
-            bench.client,
-            self.db,
-            cleanup_filter=lambda entry: (entry.get("Labels") or {}).get(RUN_LABEL) == token,
-        )
-        locks = LockRegistry(self.root)
-        self.executor = Executor(
-            bench.client, self.db, self.images, locks=locks, lock_root=self.root, device_name="bench"
-        )
-        self.reader = EngineReader(
-            bench.client,
-            self.db,
-            self.images,
-            locks=locks,
-            supervisor_network=None,
-            volatile=self.executor.volatile_status,
-        )
-
-    def service(self, name: str, image: str, *, release: int, image_id: int, env: dict[str, str]) -> Service:
-        ctx = ServiceContext(
-            app_id=self.app_id,
-            app_uuid=self.app_uuid,
-            app_name="bench",
-            release_id=release,
-            commit=f"c{release}",
-            device_uuid="d" * 32,
-            device_type="generic-amd64",
-            device_arch="amd64",
-            device_name="bench",
-            os_version="balenaOS 6.0.0",
-            lock_root=self.root,
-            image_info=self.images.inspect_by_name(image),  # as TargetBuilder does, per service
-        )
-        wire = {
-            "serviceName": name,
-            "id": 1000 + sum(map(ord, name)),
-            "image_id": image_id,
-            "image": image,
-            "environment": env,
-            "labels": dict(self.bench.labels),
-            "running": True,
-            "composition": {"stop_grace_period": "0s"},  # busybox sleep ignores SIGTERM
-        }
-        return Service.from_target(wire, ctx)
-
-    def app(self, release: int, services: list[Service]) -> dict[str, App]:
-        network = Network.from_compose(
-            self.app_id, self.app_uuid, "default", {"labels": dict(self.bench.labels)}
-        )
-        return {
-            self.app_uuid: App(
-                app_id=self.app_id,
-                app_uuid=self.app_uuid,
-                commit=f"c{release}",
-                services=tuple(services),
-                networks=(network,),
+        self.sup = Supervisor(
+            Settings(
+                root=str(root), port=0, host="127.0.0.1", led="none", apps=(self.app_id,), host_setup=False
             )
-        }
-
-    def cycle(self, target: Callable[[], dict[str, App]]) -> list:
-        """One reconcile round without the executor: read current + build target + plan."""
-        return plan(self.reader.read(apps={self.app_uuid}), target(), PlanContext())
-
-    def converge(self, target: Callable[[], dict[str, App]], max_rounds: int = 25) -> int:
-        """read -> plan -> execute_batch until settled (the reconcile loop minus its delays);
-        returns the number of batches."""
-        for batches in range(max_rounds):
-            steps = self.cycle(target)
-            if not steps:
-                return batches
-            failed = [r.error for r in self.executor.execute_batch(steps) if r.error is not None]
-            if failed:
-                raise RuntimeError(f"batch {[describe(s) for s in steps]} failed: {failed}")
-        raise RuntimeError(f"no convergence in {max_rounds} rounds")
-
-
-# ------------------------------------------------------------------------------- no-op
-def bench_noop(bench: Bench, counter: RequestCounter, base: str, args: argparse.Namespace) -> bool:
-    app = SupervisedApp(bench, "noop")
-    names = [f"s{i}" for i in range(args.services)]
-
-    def target() -> dict[str, App]:
-        env = {"MODE": "steady"}
-        return app.app(
-            1, [app.service(n, base, release=1, image_id=2000 + i, env=env) for i, n in enumerate(names)]
         )
+        self.sup.reconciler.start()
+        deadline = time.monotonic() + 30
+        while (engine := self.sup.reconciler.engine) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no engine: {self.sup.reconciler.status().engine_error}")
+            time.sleep(0.01)
+        self.engine = engine
+        engine.images.cleanup_filter = lambda e: (e.get("Labels") or {}).get(RUN_LABEL) == bench.token
+        self.batches = 0
+        execute_batch = engine.executor.execute_batch
 
-    app.converge(target)
+        def counted(steps: Any) -> Any:
+            self.batches += 1
+            return execute_batch(steps)
+
+        engine.executor.execute_batch = counted  # type: ignore[method-assign]
+
+    def set_target(self, services: dict[str, dict[str, Any]], *, release: int) -> None:
+        self.sup.set_local_target({"local": {"name": "bench", "apps": {str(self.app_id): {
+            "name": "bench", "commit": f"c{release}", "releaseId": release, "services": services,
+            "volumes": {}, "networks": {},
+        }}}})
+
+    def cycle(self) -> list:
+        return self.sup.reconciler._plan(self.engine, False)
+
+    def converge(self, timeout: float = 120.0) -> int:
+        """Wait for the loop to settle (polling every ms); returns the batches it ran."""
+        deadline = time.monotonic() + timeout
+        while (status := self.sup.reconciler.status()).applying:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no convergence in {timeout} s: {status}")
+            time.sleep(0.001)
+        if status.update_failed:
+            raise RuntimeError(f"the update failed: {status.last_error}")
+        return self.batches
+
+    def close(self) -> None:
+        self.sup.stop()
+
+
+def bench_noop(bench: Bench, base: str, args: argparse.Namespace) -> bool:
+    device = DeviceSupervisor(bench, "noop")
+    counter = RequestCounter(device.engine.client.api)
+    device.set_target(
+        {
+            str(100 + i): {
+                "serviceName": f"s{i}", "imageId": 2000 + i, "image": base, "running": True,
+                "environment": {"MODE": "steady"}, "labels": dict(bench.labels), "stop_grace_period": "0s",
+            }
+            for i in range(args.services)
+        },
+        release=1,
+    )
+    device.converge()
     for _ in range(3):  # warm-up (first inspects, imports, sqlite pages)
-        app.cycle(target)
+        device.cycle()
     counter.counts.clear()
     cpu: list[float] = []
     wall: list[float] = []
     for _ in range(args.cycles):
         c0, w0 = time.process_time(), time.perf_counter()
-        steps = app.cycle(target)
+        steps = device.cycle()
         cpu.append((time.process_time() - c0) * 1000)
         wall.append((time.perf_counter() - w0) * 1000)
         if steps:
@@ -256,13 +227,14 @@ def bench_noop(bench: Bench, counter: RequestCounter, base: str, args: argparse.
         len((bench.api.volumes() or {}).get("Volumes") or []),
     )
     print(
-        f"no-op reconcile, {args.services} services converged, {args.cycles} cycles "
+        f"no-op reconcile, {args.services} services converged, {args.cycles} cycles, production wiring "
         f"(engine holds {engine[0]} containers, {engine[1]} images, {engine[2]} networks, "
         f"{engine[3]} volumes):"
     )
     for kind, n in per_cycle.items():
         print(f"  {n:5.1f}  {kind}")
     lists = {k: n for k, n in per_cycle.items() if k.startswith("GET ") and k.endswith("s/json")}
+    lists.update({k: n for k, n in per_cycle.items() if k in ("GET /networks", "GET /volumes")})
     inspects = sum(n for k, n in per_cycle.items() if k.endswith("{id}/json"))
     total = sum(per_cycle.values())
     lists_ok = all(n <= 1 for n in lists.values())
@@ -280,14 +252,14 @@ def bench_noop(bench: Bench, counter: RequestCounter, base: str, args: argparse.
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(args.cycles):
-            app.cycle(target)
+            device.cycle()
         prof.disable()
         out = io.StringIO()
         stats = pstats.Stats(prof, stream=out)
         stats.sort_stats("tottime").print_stats(args.profile)
         print(f"\ncProfile of {args.cycles} no-op cycles, top {args.profile} by own time:")
         print("\n".join(line for line in out.getvalue().splitlines()[6:] if line.strip()))
-    app.db.close()
+    device.close()
     return lists_ok and cpu_ok
 
 
@@ -295,26 +267,23 @@ def bench_noop(bench: Bench, counter: RequestCounter, base: str, args: argparse.
 SERVICES = ("main", "worker", "cache")
 
 
-def supervisor_update(app: SupervisedApp, base: str, release: int, main_ref: str) -> tuple[float, int]:
-    def target() -> dict[str, App]:
-        env = {"VERSION": str(release)}
-        return app.app(
-            release,
-            [
-                app.service(
-                    n,
-                    main_ref if n == "main" else base,
-                    release=release,
-                    image_id=3000 + 10 * release + i,
-                    env=env,
-                )
-                for i, n in enumerate(SERVICES)
-            ],
-        )
-
+def supervisor_update(
+    device: DeviceSupervisor, bench: Bench, base: str, release: int, main_ref: str
+) -> tuple[float, int]:
+    services = {
+        str(200 + i): {
+            "serviceName": name, "imageId": 3000 + 10 * release + i,
+            "image": main_ref if name == "main" else base,
+            "running": True, "environment": {"VERSION": str(release)}, "labels": dict(bench.labels),
+            "stop_grace_period": "0s",  # busybox sleep ignores SIGTERM
+        }
+        for i, name in enumerate(SERVICES)
+    }
+    before = device.batches
     start = time.perf_counter()
-    batches = app.converge(target)
-    return time.perf_counter() - start, batches
+    device.set_target(services, release=release)
+    batches = device.converge()
+    return time.perf_counter() - start, batches - before
 
 
 class PlainApp:
@@ -364,9 +333,9 @@ class PlainApp:
 
 def bench_update(bench: Bench, base: str, args: argparse.Namespace) -> bool:
     refs = {(p, r): bench.publish(f"{p}{r}") for p in ("sup", "sdk") for r in range(1, args.rounds + 1)}
-    app = SupervisedApp(bench, "update")
+    device = DeviceSupervisor(bench, "update")
     plain = PlainApp(bench)
-    supervisor_update(app, base, 0, base)  # release 0: all three on the base image (untimed)
+    supervisor_update(device, bench, base, 0, base)  # release 0: all three on the base image (untimed)
     for name in SERVICES:
         plain.replace(name, base, 0)
     times: dict[str, list[float]] = {"supervisor": [], "plain SDK": []}
@@ -375,7 +344,7 @@ def bench_update(bench: Bench, base: str, args: argparse.Namespace) -> bool:
         order = ("sup", "sdk") if r % 2 else ("sdk", "sup")  # alternate who goes first
         for path in order:
             if path == "sup":
-                elapsed, batches = supervisor_update(app, base, r, refs[("sup", r)])
+                elapsed, batches = supervisor_update(device, bench, base, r, refs[("sup", r)])
                 times["supervisor"].append(elapsed)
                 print(f"  round {r} supervisor {elapsed * 1000:8.1f} ms ({batches} batches)")
             else:
@@ -394,7 +363,7 @@ def bench_update(bench: Bench, base: str, args: argparse.Namespace) -> bool:
         f"  target: supervisor/plain <= {UPDATE_TARGET}: "
         f"{'MET' if ok else f'MISSED by {(ratio - UPDATE_TARGET) / UPDATE_TARGET:.0%}'}"
     )
-    app.db.close()
+    device.close()
     return ok
 
 
@@ -408,14 +377,13 @@ def main() -> int:
 
     client = docker.from_env()
     client.ping()
-    counter = RequestCounter(client.api)
     root = Path(tempfile.mkdtemp(prefix="pysupervisor-bench-"))
     bench = Bench(client, root)
     ok = True
     try:
         base = f"pysupervisor-bench/base-{bench.token}:latest"
         bench.image(base, "base")
-        ok &= bench_noop(bench, counter, base, args)
+        ok &= bench_noop(bench, base, args)
         bench.registry = Registry(client, root / "registry")
         (root / "registry").mkdir()
         bench.registry.start()

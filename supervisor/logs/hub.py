@@ -1,0 +1,100 @@
+"""An in-process publish/subscribe hub for log messages (the local log backend, spec §8.6).
+
+The log pipeline publishes every message; each ``/v2/local/logs`` stream subscribes. Publishing never
+blocks: each subscriber has a bounded queue, and a subscriber that falls behind loses messages (counted,
+then announced with one warning line, as the cloud backend does under load, spec §8.3) rather than
+slowing the pipeline or growing memory. A subscription is removed when its stream closes.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_QUEUE_SIZE = 1000
+
+Message = Mapping[str, Any]
+
+
+class Subscription:
+    """One subscriber's queue. :meth:`get` waits for the next message; :meth:`close` unsubscribes."""
+
+    def __init__(self, hub: LogHub, size: int) -> None:
+        self._hub = hub
+        self._queue: collections.deque[Message] = collections.deque()
+        self._size = size
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def _offer(self, message: Message) -> None:
+        with self._cond:
+            if len(self._queue) >= self._size:
+                self.dropped += 1
+                return
+            self._queue.append(message)
+            self._cond.notify()
+
+    def get(self, timeout: float) -> Message | None:
+        """The next message, or None after ``timeout`` seconds or once closed."""
+        with self._cond:
+            if not self._queue and not self.closed:
+                self._cond.wait(timeout)
+            if self.dropped and len(self._queue) < self._size:
+                count, self.dropped = self.dropped, 0
+                return {"message": f"Warning: Suppressed {count} message(s) due to high load",
+                        "isSystem": True, "isStdErr": True}
+            return self._queue.popleft() if self._queue else None
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+        self._hub._remove(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class LogHub:
+    """Fan-out of log messages to the current subscribers."""
+
+    def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+        self._queue_size = queue_size
+        self._lock = threading.Lock()
+        self._subscribers: list[Subscription] = []
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self, self._queue_size)
+        with self._lock:
+            self._subscribers.append(sub)
+        return sub
+
+    def publish(self, message: Message) -> None:
+        """Deliver to every subscriber now; messages published while nobody listens are dropped."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
+            sub._offer(message)
+
+    def _remove(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub in self._subscribers:
+                self._subscribers.remove(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return len(self._subscribers)
+
+    def close(self) -> None:
+        """Wake and close every subscriber (at shutdown)."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
+            sub.close()

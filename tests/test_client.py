@@ -1,0 +1,337 @@
+"""``supervisor.client`` against a real ``python -m supervisor`` process: what an app sees.
+
+The first tests need no engine (the supervisor's state engine idles); the ``installed`` ones run a
+one-service app on the real engine, scoped with ``--apps`` so nothing else on the engine is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+
+from supervisor import __version__
+from supervisor.api.openapi import document
+from supervisor.client import (
+    ConnectionFailed,
+    Locked,
+    NotFound,
+    SupervisorClient,
+    SupervisorError,
+    Unauthorized,
+)
+from supervisor.compose.naming import lock_dir_for
+from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, write_config_json
+from tests.fixtures.docker import TEST_LABEL
+
+MANAGED = {"uuid": "e" * 32, "apiEndpoint": "https://api.example", "deviceApiKey": "d" * 32}
+
+
+@pytest.fixture
+def managed(device_root: Path, start_supervisor):
+    write_config_json(device_root, MANAGED)
+    sup = start_supervisor(device_root)
+    sup.key = global_api_key(device_root)
+    return sup
+
+
+@pytest.fixture
+def unmanaged(device_root: Path, start_supervisor):
+    return start_supervisor(device_root)
+
+
+# --- configuration from the environment ------------------------------------------------------------
+
+def test_address_and_key_come_from_the_balena_variables(monkeypatch) -> None:
+    monkeypatch.setenv("BALENA_SUPERVISOR_ADDRESS", "http://10.114.104.1:48484/")
+    monkeypatch.setenv("BALENA_SUPERVISOR_API_KEY", "abc")
+    monkeypatch.setenv("RESIN_SUPERVISOR_ADDRESS", "http://resin:1")
+    monkeypatch.setenv("RESIN_SUPERVISOR_API_KEY", "old")
+    client = SupervisorClient()
+    assert (client.address, client.api_key) == ("http://10.114.104.1:48484", "abc")
+
+
+def test_the_resin_names_still_work(monkeypatch) -> None:
+    for name in ("BALENA_SUPERVISOR_ADDRESS", "BALENA_SUPERVISOR_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RESIN_SUPERVISOR_ADDRESS", "http://resin:1")
+    monkeypatch.setenv("RESIN_SUPERVISOR_API_KEY", "old")
+    client = SupervisorClient()
+    assert (client.address, client.api_key) == ("http://resin:1", "old")
+
+
+def test_explicit_arguments_win_over_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("BALENA_SUPERVISOR_ADDRESS", "http://env:1")
+    monkeypatch.setenv("BALENA_SUPERVISOR_API_KEY", "env")
+    client = SupervisorClient("http://arg:2", "arg")
+    assert (client.address, client.api_key) == ("http://arg:2", "arg")
+
+
+def test_no_supervisor_listening_is_connection_failed() -> None:
+    client = SupervisorClient(f"http://127.0.0.1:{free_port()}", "k", timeout=2)
+    with pytest.raises(ConnectionFailed) as err:
+        client.version()
+    assert err.value.status is None and "cannot reach the supervisor" in err.value.message
+
+
+# --- auth and typed errors ---------------------------------------------------------------------
+
+def test_missing_and_wrong_keys_are_unauthorized(managed) -> None:
+    for key in (None, "0" * 32):
+        client = SupervisorClient(managed.url, key)
+        assert client.ping() == "OK"  # needs no key
+        assert client.healthy() is True
+        with pytest.raises(Unauthorized) as err:
+            client.version()
+        assert (err.value.status, err.value.message) == (401, "Unauthorized")
+    assert SupervisorClient(managed.url, managed.key).version() == __version__
+
+
+def test_regenerate_api_key_switches_the_client_to_the_new_key(managed) -> None:
+    client = SupervisorClient(managed.url, managed.key)
+    new = client.regenerate_api_key()
+    assert new != managed.key and client.api_key == new
+    assert client.version() == __version__
+    with pytest.raises(Unauthorized):
+        SupervisorClient(managed.url, managed.key).version()
+    assert new not in managed.output()  # keys never logged, the header's neither
+
+
+def test_the_document_served_to_the_client_is_the_document(managed) -> None:
+    assert SupervisorClient(managed.url, managed.key).openapi() == document()
+
+
+def test_unknown_route_is_not_found(managed) -> None:
+    client = SupervisorClient(managed.url, managed.key)
+    with pytest.raises(NotFound) as err:
+        client._json("GET", "/v2/nope")
+    assert (err.value.status, err.value.message) == (404, "Cannot GET /v2/nope")
+    assert err.value.body == {"status": "failed", "message": "Cannot GET /v2/nope"}
+
+
+def test_other_errors_carry_status_and_message(unmanaged) -> None:
+    client = SupervisorClient(unmanaged.url)
+    with pytest.raises(SupervisorError) as err:
+        client.application_state(123)
+    assert type(err.value) is SupervisorError
+    assert err.value.status in (409, 503)  # 503 here: this supervisor has no engine
+    with pytest.raises(SupervisorError) as err:
+        client.device()
+    assert err.value.status == 503 and "Docker engine" in err.value.message
+
+
+# --- endpoints that need no engine ---------------------------------------------------------------
+
+def test_unmanaged_device_needs_no_key(unmanaged) -> None:
+    client = SupervisorClient(unmanaged.url)  # no key at all: local mode
+    assert client.version() == __version__
+    client.blink()
+    assert client.update(force=True) is True  # triggered (204)
+    assert client.update() is True  # instant updates are on by default
+    db = unmanaged.root / "mnt/data/resin-data/balena-supervisor/database.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT OR REPLACE INTO config (key, value) VALUES ('instantUpdates', 'false')")
+    assert client.update() is False  # instant updates off, no force: ignored (202)
+
+
+def test_local_target_round_trip(unmanaged) -> None:
+    client = SupervisorClient(unmanaged.url)
+    client.set_local_target_state({"local": {"name": "client-device", "config": {}, "apps": {}}})
+    state = client.local_target_state()
+    assert state["local"]["name"] == "client-device" and state["local"]["apps"] == {}
+    with pytest.raises(SupervisorError) as err:
+        client.set_local_target_state({"local": {"apps": {"x": 1}}})
+    assert err.value.status == 400 and err.value.body["status"] == "failed"
+
+
+def test_not_in_local_mode_target_state_is_refused(managed) -> None:
+    client = SupervisorClient(managed.url, managed.key)
+    with pytest.raises(SupervisorError) as err:
+        client.set_local_target_state({"local": {"name": "x", "config": {}, "apps": {}}})
+    assert (err.value.status, err.value.message) == (
+        400, "Target state can only set when device is in local mode")
+
+
+def test_stream_logs_starts_with_the_streaming_line_and_hangs_up(unmanaged) -> None:
+    logs = SupervisorClient(unmanaged.url).stream_logs()
+    assert next(logs) == {"message": "Streaming logs", "isSystem": True}
+    logs.close()  # hangs up: the supervisor frees the stream
+    assert SupervisorClient(unmanaged.url).version() == __version__
+
+
+def test_journal_logs_ends_without_follow(unmanaged) -> None:
+    lines = list(SupervisorClient(unmanaged.url, timeout=10).journal_logs(count=3, format="short"))
+    assert all(isinstance(line, str) for line in lines)
+
+
+# --- a managed device running one app on the real engine ---------------------------------------------
+
+@dataclass
+class Installed:
+    sup: SupervisorProcess
+    app_id: int
+    client: SupervisorClient  # the global key
+    scoped: SupervisorClient  # the app's own key
+
+    def lock_file(self) -> Path:
+        return Path(lock_dir_for(self.app_id, "main", str(self.sup.root))) / "updates.lock"
+
+
+def _remove_app(client: docker.DockerClient, app_id: int) -> None:
+    api = client.api
+    flt = {"label": f"io.balena.app-id={app_id}"}
+    for container in api.containers(all=True, filters=flt):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_container(container["Id"], force=True, v=True)
+    for network in api.networks(filters=flt):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_network(network["Id"])
+
+
+def _wait(check, what: str, sup: SupervisorProcess | None = None,  # type: ignore[no-untyped-def]
+          timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        log = sup.output()[-4000:] if sup is not None else ""
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log}"
+        time.sleep(0.1)
+    return value
+
+
+@pytest.fixture(scope="module")
+def installed(docker_client, make_image, tmp_path_factory) -> Iterator[Installed]:
+    """A managed device (keys required) whose stored cloud target runs app ``main``, scoped with
+    ``--apps``. Its scoped key is made directly: the ``io.balena.features.supervisor-api`` label
+    that would make it also joins the ``supervisor0`` network, which a shared engine has not."""
+    from supervisor.apikeys import ApiKeys
+    from supervisor.config import Config, ConfigJson
+    from supervisor.db import Database
+    from supervisor.paths import Paths
+    from supervisor.state.store import TargetStore
+    from supervisor.state.target import from_v2_local
+
+    app_id = random.randint(10**6, 10**9)
+    image = f"pysupervisor-test/client-{uuid.uuid4().hex[:12]}:latest"
+    make_image(image)
+    root = tmp_path_factory.mktemp("client") / "root"
+    endpoint = f"http://127.0.0.1:{free_port()}"  # a cloud that refuses connections at once
+    write_config_json(root, {**MANAGED, "apiEndpoint": endpoint})
+    service = {"serviceName": "main", "imageId": 801, "image": image, "environment": {"A": "1"},
+               "labels": {TEST_LABEL: "1"},
+               "running": True, "stop_grace_period": "0s"}
+    app = {"name": "client-app", "commit": uuid.uuid4().hex, "releaseId": 3,
+           "services": {"81": service}, "volumes": {}, "networks": {}}
+    paths = Paths.create(str(root), None)
+    config = Config(ConfigJson(paths.config_json), Database(paths.database))
+    config.initialise()
+    target = from_v2_local({"local": {"name": "client-device", "apps": {str(app_id): app}}},
+                           current_name="client-device")
+    TargetStore(config.db).set_target(target, endpoint)
+    config.set_db(targetStateSet=True)
+    scoped_key = ApiKeys(config.db).scoped_key(app_id, "main")
+    config.db.close()
+
+    sup = SupervisorProcess(root, free_port(), ["--apps", str(app_id), "--no-host-setup"], {})
+    try:
+        sup.wait_ready()
+        _wait(lambda: docker_client.api.containers(
+            filters={"label": f"io.balena.app-id={app_id}", "status": "running"}), "the app to run", sup)
+        yield Installed(sup=sup, app_id=app_id, client=SupervisorClient(sup.url, global_api_key(root)),
+                        scoped=SupervisorClient(sup.url, scoped_key))
+    finally:
+        sup.stop(signal.SIGKILL)  # dead before the app goes: a live loop would recreate it
+        _remove_app(docker_client, app_id)
+
+
+def _container(docker_client, app_id: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    (entry,) = docker_client.api.containers(all=True, filters={"label": f"io.balena.app-id={app_id}"})
+    return entry
+
+
+def test_reads_of_an_installed_app(installed: Installed, docker_client) -> None:
+    client, app_id = installed.client, installed.app_id
+    container = _container(docker_client, app_id)
+    assert client.container_ids() == {"main": container["Id"]}
+    assert client.container_id("main") == container["Id"]
+    app = client.v1_app(app_id)
+    assert (app["appId"], app["containerId"], app["releaseId"]) == (app_id, container["Id"], 3)
+    assert app["env"]["A"] == "1"
+    assert not {"BALENA_SUPERVISOR_API_KEY", "RESIN_SUPERVISOR_API_KEY"} & set(app["env"])
+    state = client.application_state(app_id)
+    assert list(state["local"]) == [str(app_id)]
+    assert client.applications_state()["client-app"]["appId"] == app_id
+    status = client.state_status()
+    assert status["status"] == "success" and [c["serviceName"] for c in status["containers"]] == ["main"]
+    assert client.device()["api_port"] == installed.sup.port
+    assert client.device_name() == "client-device"
+
+
+def test_scoped_key_reaches_its_own_app_only(installed: Installed) -> None:
+    scoped, app_id, other = installed.scoped, installed.app_id, installed.app_id + 1
+    assert scoped.version() == __version__  # any valid key may use the non-app endpoints
+    assert scoped.v1_app(app_id)["appId"] == app_id
+    assert list(scoped.container_ids()) == ["main"]
+    with pytest.raises(Unauthorized) as err:
+        scoped.restart_service(other, "main")
+    assert (err.value.status, err.value.body) == (401, {"status": "failed", "message": "Unauthorized"})
+    with pytest.raises(Unauthorized) as err:
+        scoped.v1_app(other)
+    assert err.value.message == "Application is not available"
+    with pytest.raises(SupervisorError) as err:  # out of scope looks like missing: 409, as the reference
+        scoped.application_state(other)
+    assert (err.value.status, err.value.message) == (409, f"Application ID does not exist: {other}")
+
+
+def test_an_app_that_is_not_installed_is_not_found(installed: Installed) -> None:
+    for action in (installed.client.start_service, installed.client.stop_service):
+        with pytest.raises(NotFound) as err:
+            action(installed.app_id + 1, "main")
+        assert err.value.status == 404 and err.value.message.startswith("App not found")
+
+
+def test_stop_and_start_a_service(installed: Installed, docker_client) -> None:
+    """A single-container app's one service is the one acted on, whatever the name (as the reference)."""
+    client, app_id = installed.client, installed.app_id
+    client.stop_service(app_id, "any-name")
+    assert _container(docker_client, app_id)["State"] == "exited"
+    client.start_service(app_id, "main")
+    assert _container(docker_client, app_id)["State"] == "running"
+
+
+def test_update_lock_is_locked_until_forced(installed: Installed, docker_client) -> None:
+    client, app_id = installed.client, installed.app_id
+    lock = installed.lock_file()
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")  # an app holds its update lock
+    try:
+        before = _container(docker_client, app_id)["Id"]
+        with pytest.raises(Locked) as err:
+            client.restart_service(app_id, "main")
+        assert err.value.status == 423 and err.value.body["status"] == "failed"
+        with pytest.raises(Locked):
+            client.restart_app(app_id)
+        with pytest.raises(Locked) as err:
+            client.reboot()
+        assert err.value.body["Data"] == "" and err.value.message == err.value.body["Error"]
+        assert _container(docker_client, app_id)["Id"] == before  # nothing was touched
+        client.restart_service(app_id, "main", force=True)
+        after = _wait(lambda: _running_id(docker_client, app_id), "the restarted container")
+        assert after != before
+    finally:
+        lock.unlink(missing_ok=True)
+    assert client.reboot() == {"Data": "OK", "Error": None}  # the stub power backend: nothing happens
+
+
+def _running_id(docker_client, app_id: int) -> str | None:  # type: ignore[no-untyped-def]
+    entry = _container(docker_client, app_id)
+    return entry["Id"] if entry["State"] == "running" else None

@@ -1,0 +1,194 @@
+"""Fuzz every documented operation with schemathesis, in process over the WSGI app, against a managed
+supervisor (global key required) that runs one single-service app on the real engine.
+
+Checks per response: its status is documented, its media type is the documented one, its body
+matches the documented schema, and no 5xx except the few the reference prescribes (listed in
+``REFERENCE_5XX``). Both valid (positive) and invalid (negative) requests are generated, with a
+fixed seed and a bounded number of examples so the run stays short. Reboot and shutdown go to the
+stub power backend (supervisor/power.py): the host is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.config import SchemathesisConfig
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from supervisor.api.openapi import document
+from supervisor.runtime import Settings, Supervisor
+from supervisor.state.target import from_v2_local
+from tests.fixtures.device import free_port, write_config_json
+from tests.fixtures.docker import TEST_LABEL
+
+pytestmark = pytest.mark.docker
+
+EXAMPLES = 12  # per operation and generation mode
+#: Not fuzzed, each for a reason; the client tests (tests/test_client.py) cover them instead.
+EXCLUDED = {
+    ("POST", "/v1/regenerate-api-key"): "replaces the key every later request needs",
+    ("GET", "/v2/local/logs"): "an endless stream",
+    ("POST", "/v2/journal-logs"): "an endless stream with follow=true; reads the host's journal",
+}
+NOT_CURRENT = r"Application with ID -?\d+ is not in the current state"  # a negative id is an int too
+#: 5xx answers the reference prescribes (spec §1.3-1.4), as (method, path) -> message pattern.
+REFERENCE_5XX = {
+    ("GET", "/v2/containerId"): r"Could not find service with that name",
+    ("POST", "/v1/restart"): NOT_CURRENT,
+    ("POST", "/v1/purge"): NOT_CURRENT,
+    ("POST", "/v2/applications/{appId}/restart"): NOT_CURRENT,
+    ("POST", "/v2/applications/{appId}/purge"): NOT_CURRENT,
+    ("GET", "/v2/device/tags"): r".",  # the cloud cannot be reached: there is none here
+}
+CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
+
+OPERATIONS = [
+    (method.upper(), path)
+    for path, ops in document()["paths"].items()
+    for method in ops
+    if (method.upper(), path) not in EXCLUDED
+]
+
+
+@dataclass
+class FuzzDevice:
+    sup: Supervisor
+    app_id: int
+    key: str
+    schema: Any
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def _target(app_id: int, image: str) -> dict[str, Any]:
+    service = {"serviceName": "main", "imageId": 901, "image": image, "environment": {"A": "1"},
+               "labels": {TEST_LABEL: "1"}, "running": True, "stop_grace_period": "0s"}
+    app = {"name": f"fuzz-{app_id}", "commit": uuid.uuid4().hex, "releaseId": 1,
+           "services": {"91": service}, "volumes": {"data": {}}, "networks": {}}
+    return {"local": {"name": "fuzz-device", "config": {}, "apps": {str(app_id): app}}}
+
+
+def _remove_app(client: docker.DockerClient, app_id: int) -> None:
+    api = client.api
+    flt = {"label": f"io.balena.app-id={app_id}"}
+    for container in api.containers(all=True, filters=flt):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_container(container["Id"], force=True, v=True)
+    for network in api.networks(filters=flt):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_network(network["Id"])
+    for volume in (api.volumes() or {}).get("Volumes") or []:
+        if volume["Name"].startswith(f"{app_id}_"):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                api.remove_volume(volume["Name"], force=True)
+
+
+def _running(client: docker.DockerClient, app_id: int) -> bool:
+    flt = {"label": f"io.balena.app-id={app_id}", "status": "running"}
+    return bool(client.api.containers(filters=flt))
+
+
+@pytest.fixture(scope="module")
+def fuzz(docker_client, make_image, tmp_path_factory) -> Iterator[FuzzDevice]:
+    app_id = random.randint(10**6, 10**9)
+    image = f"pysupervisor-test/fuzz-{uuid.uuid4().hex[:12]}:latest"
+    make_image(image)
+    root = tmp_path_factory.mktemp("fuzz") / "root"
+    # Managed (a key is needed), with a cloud that refuses connections at once.
+    write_config_json(root, {"uuid": "f" * 32, "apiEndpoint": f"http://127.0.0.1:{free_port()}",
+                             "deviceApiKey": "d" * 32, "deviceType": "generic-amd64"})
+    (root / "mnt/boot/device-type.json").write_text('{"slug": "generic-amd64", "arch": "amd64"}')
+    sup = Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none",
+                              blink_seconds=0.2, apps=(app_id,), host_setup=False))
+    try:
+        sup.start()
+        sup.targets.set_target(from_v2_local(_target(app_id, image), current_name="fuzz-device"),
+                               sup.target_source)
+        sup.reconciler.trigger()
+        deadline = time.monotonic() + 60
+        while not (_running(docker_client, app_id) and not sup.reconciler.status().applying):
+            assert time.monotonic() < deadline, "the fuzz app was not installed within 60 s"
+            time.sleep(0.2)
+        key = sup.api_keys.global_key()
+        config = SchemathesisConfig.from_dict({
+            "seed": 5, "generation": {"with-security-parameters": False},
+        })
+        schema = schemathesis.openapi.from_wsgi(
+            "/openapi.json", sup.app, config=config, headers={"Authorization": f"Bearer {key}"})
+        yield FuzzDevice(sup=sup, app_id=app_id, key=key, schema=schema)
+    finally:
+        sup.stop()
+        _remove_app(docker_client, app_id)
+
+
+def _check(fuzz: FuzzDevice, method: str, path: str, case: Any) -> None:
+    response = case.call(headers=fuzz.auth)
+    # A 401 would conform too, and hide everything else: the key must always be accepted.
+    assert response.status_code != 401, f"{method} {path}: the global key was refused: {response.text}"
+    case.validate_response(response, checks=CHECKS, headers=fuzz.auth)
+    if response.status_code >= 500:
+        allowed = REFERENCE_5XX.get((method, path))
+        message = response.json().get("message", "") if "json" in response.headers.get(
+            "Content-Type", [""])[0] else response.text
+        assert allowed and re.search(allowed, message), (
+            f"{method} {path} answered {response.status_code}: {response.text[:500]}\n"
+            f"request: {case.as_curl_command()}")
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_fuzz(fuzz: FuzzDevice, method: str, path: str) -> None:
+    operation = fuzz.schema[path][method]
+    documented = document()["paths"][path][method.lower()]
+    # Nothing to make invalid without parameters or a body.
+    invalid = "parameters" in documented or "requestBody" in documented
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if invalid else (GenerationMode.POSITIVE,)
+    for mode in modes:
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        def run(case: Any) -> None:
+            _check(fuzz, method, path, case)
+
+        run()
+
+
+APP_OPERATIONS = [(m, p) for m, p in OPERATIONS if "{appId}" in p or p in ("/v1/restart", "/v1/purge")]
+
+
+@pytest.mark.parametrize(("method", "path"), APP_OPERATIONS, ids=[f"{m} {p}" for m, p in APP_OPERATIONS])
+def test_installed_app_answers_as_documented(fuzz: FuzzDevice, method: str, path: str) -> None:
+    """The fuzzer rarely guesses the installed app's id: each app operation once with it."""
+    operation = fuzz.schema[path][method]
+    kwargs: dict[str, Any] = {}
+    if "{appId}" in path:
+        kwargs["path_parameters"] = {"appId": fuzz.app_id}
+    if "requestBody" in document()["paths"][path][method.lower()]:
+        body: dict[str, Any] = {"appId": fuzz.app_id} if path in ("/v1/restart", "/v1/purge") else {}
+        if path.endswith("-service"):
+            body["serviceName"] = "main"
+        kwargs["body"] = body
+        kwargs["media_type"] = "application/json"
+    case = operation.Case(**kwargs)
+    response = case.call(headers=fuzz.auth)
+    assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text[:300]}"
+    case.validate_response(response, checks=CHECKS, headers=fuzz.auth)
