@@ -189,7 +189,16 @@ class DeviceSupervisor:
         return self.batches
 
     def close(self) -> None:
+        """Stop the loop, then remove what the supervisor made for the app (its networks carry
+        the app's labels, not the run's)."""
         self.sup.stop()
+        api, flt = self.engine.client.api, {"label": f"io.balena.app-id={self.app_id}"}
+        for c in api.containers(all=True, filters=flt):
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(c["Id"], force=True, v=True)
+        for n in api.networks(filters=flt):
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_network(n["Id"])
 
 
 def bench_noop(bench: Bench, base: str, args: argparse.Namespace) -> bool:
@@ -353,14 +362,16 @@ def bench_update(bench: Bench, base: str, args: argparse.Namespace) -> bool:
                 print(f"  round {r} plain SDK  {elapsed * 1000:8.1f} ms")
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratio, ratio_med = best["supervisor"] / best["plain SDK"], med["supervisor"] / med["plain SDK"]
+    ratio_best, ratio = best["supervisor"] / best["plain SDK"], med["supervisor"] / med["plain SDK"]
     print(
-        f"  best: supervisor {best['supervisor'] * 1000:.1f} ms, "
-        f"plain SDK {best['plain SDK'] * 1000:.1f} ms, ratio {ratio:.2f} (median {ratio_med:.2f})"
+        f"  median: supervisor {med['supervisor'] * 1000:.1f} ms, "
+        f"plain SDK {med['plain SDK'] * 1000:.1f} ms, ratio {ratio:.2f} (best of each: {ratio_best:.2f})"
     )
+    # The median, not the best: a container start on this engine varies by +-100 ms from round to
+    # round, so the ratio of two minima mostly measures which path drew the luckiest round.
     ok = ratio <= UPDATE_TARGET
     print(
-        f"  target: supervisor/plain <= {UPDATE_TARGET}: "
+        f"  target: median supervisor/plain <= {UPDATE_TARGET}: "
         f"{'MET' if ok else f'MISSED by {(ratio - UPDATE_TARGET) / UPDATE_TARGET:.0%}'}"
     )
     device.close()
@@ -371,7 +382,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=10, help="services in the no-op app")
     parser.add_argument("--cycles", type=int, default=50, help="no-op cycles averaged")
-    parser.add_argument("--rounds", type=int, default=3, help="update rounds per path; best is kept")
+    parser.add_argument("--rounds", type=int, default=7, help="update rounds per path (median judged)")
     parser.add_argument("--profile", type=int, default=0, help="print this many cProfile lines")
     args = parser.parse_args()
 
