@@ -31,6 +31,19 @@ def device(docker_client, docker_cleanup, tmp_path) -> Iterator[Device]:
     dev.db.close()
 
 
+def _count_gets(monkeypatch, api) -> list[str]:
+    """Record the path of every GET the SDK sends from now on (version prefix dropped)."""
+    calls: list[str] = []
+    original = api._get
+
+    def counting_get(url: str, *args, **kwargs):
+        calls.append(re.sub(r"^.*?/v[\d.]+", "", url))
+        return original(url, *args, **kwargs)
+
+    monkeypatch.setattr(api, "_get", counting_get)
+    return calls
+
+
 def deploy(device: Device, busybox_image: str):
     """An app with two services, an extra network and a volume, created by the executor."""
     networks = (device.network(), device.network("backend", {"internal": True}))
@@ -117,14 +130,7 @@ def test_one_read_lists_each_kind_once_and_inspects_only_supervised_containers(
     plain = docker_client.api.create_container(busybox_image, labels=LABELS)
     docker_cleanup.append(plain["Id"])
     api = docker_client.api
-    calls: list[str] = []
-    original = api._get
-
-    def counting_get(url: str, *args, **kwargs):
-        calls.append(re.sub(r"^.*?/v[\d.]+", "", url))
-        return original(url, *args, **kwargs)
-
-    monkeypatch.setattr(api, "_get", counting_get)
+    calls = _count_gets(monkeypatch, api)
     device.read()
     monkeypatch.undo()
 
@@ -197,18 +203,6 @@ def test_records_survive_a_new_manager(device, busybox_image):
     assert device.images.records() == [replace(record, docker_image_id="sha256:y")]
     device.images.forget(record)
     assert device.images.records() == []
-
-
-def _count_gets(monkeypatch, api) -> list[str]:
-    calls: list[str] = []
-    original = api._get
-
-    def counting_get(url: str, *args, **kwargs):
-        calls.append(re.sub(r"^.*?/v[\d.]+", "", url))
-        return original(url, *args, **kwargs)
-
-    monkeypatch.setattr(api, "_get", counting_get)
-    return calls
 
 
 def test_an_unchanged_engine_is_read_with_list_calls_only(busybox_image, device, docker_client, monkeypatch):
