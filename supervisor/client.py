@@ -287,7 +287,7 @@ class SupervisorClient:
         return self._json("GET", "/v2/containerId")["services"]
 
     def container_id(self, service_name: str) -> str:
-        """``GET /v2/containerId?serviceName=``; an unknown name is a :class:`SupervisorError` (503)."""
+        """``GET /v2/containerId?serviceName=``; an unknown name is :class:`NotFound` (404)."""
         return self._json("GET", "/v2/containerId", query={"serviceName": service_name})["containerId"]
 
     def version(self) -> str:

@@ -14,22 +14,7 @@ import requests
 from supervisor.client import SupervisorClient, SupervisorError
 from supervisor.runtime import Settings, Supervisor
 from supervisor.subsystem import Subsystem
-from tests.fixtures.device import free_port, global_api_key, write_config_json
-
-MANAGED = {"uuid": "b" * 32, "apiEndpoint": "https://api.example", "deviceApiKey": "d" * 32}
-
-
-@pytest.fixture
-def managed(device_root: Path, start_supervisor):
-    write_config_json(device_root, MANAGED)
-    sup = start_supervisor(device_root)
-    sup.key = global_api_key(device_root)
-    return sup
-
-
-@pytest.fixture
-def unmanaged(device_root: Path, start_supervisor):
-    return start_supervisor(device_root)
+from tests.fixtures.device import MANAGED, free_port, global_api_key, write_config_json
 
 
 def test_ping_and_healthy_need_no_key(managed) -> None:

@@ -240,10 +240,20 @@ def test_get_tags_is_500_when_the_api_fails(cloud_device: SupervisorProcess, fak
     assert DEVICE_KEY not in cloud_device.output()
 
 
-def test_get_tags_unmanaged_is_500(device: SupervisorProcess) -> None:
+def test_get_tags_without_a_cloud_is_409(device: SupervisorProcess) -> None:
+    """Unmanaged: no cloud to ask. A client-visible state, not a failure (the reference answers 500)."""
     response = device.get("/v2/device/tags")
-    assert response.status_code == 500
-    assert response.json()["status"] == "failed" and "unmanaged" in response.json()["message"]
+    assert (response.status_code, response.json()) == (409, {
+        "status": "failed", "message": "Device tags are kept by the balena cloud: this device is unmanaged"})
+
+
+def test_get_tags_not_provisioned_is_409(device_root: Path, start_supervisor, fake_cloud: FakeCloud) -> None:
+    write_config_json(device_root, {"uuid": UUID, "apiEndpoint": fake_cloud.url, "deviceApiKey": DEVICE_KEY})
+    sup = start_supervisor(device_root)  # no deviceId yet: the device is not provisioned
+    response = sup.get("/v2/device/tags", params={"apikey": global_api_key(device_root)})
+    assert (response.status_code, response.json()) == (409, {
+        "status": "failed", "message": "The device is not provisioned yet (no deviceId)"})
+    assert fake_cloud.requests == []
 
 
 def test_patch_tags_stores_and_reports_them(cloud_device: SupervisorProcess, fake_cloud: FakeCloud) -> None:

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from supervisor.runtime import Settings, Supervisor
-from tests.fixtures.device import free_port, write_config_json
+from tests.fixtures.device import free_port, wait_for, write_config_json
 
 FIRST = {"message": "Streaming logs", "isSystem": True}
 TARGET = {"local": {"name": "d", "config": {}, "apps": {"1011": {
@@ -29,15 +29,8 @@ TARGET = {"local": {"name": "d", "config": {}, "apps": {"1011": {
                         "environment": {}, "labels": {}}}}}}}
 
 
-def _until(check: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+def _until(check: Callable[[], Any], what: str) -> Any:
+    return wait_for(check, what, timeout=5.0, interval=0.02)
 
 
 @pytest.fixture(autouse=True)

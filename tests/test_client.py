@@ -6,18 +6,15 @@ one-service app on the real engine, scoped with ``--apps`` so nothing else on th
 
 from __future__ import annotations
 
-import contextlib
 import random
 import signal
 import sqlite3
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import pytest
 
 from supervisor import __version__
@@ -31,24 +28,8 @@ from supervisor.client import (
     Unauthorized,
 )
 from supervisor.compose.naming import lock_dir_for
-from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, write_config_json
-from tests.fixtures.docker import TEST_LABEL
-
-MANAGED = {"uuid": "e" * 32, "apiEndpoint": "https://api.example", "deviceApiKey": "d" * 32}
-
-
-@pytest.fixture
-def managed(device_root: Path, start_supervisor):
-    write_config_json(device_root, MANAGED)
-    sup = start_supervisor(device_root)
-    sup.key = global_api_key(device_root)
-    return sup
-
-
-@pytest.fixture
-def unmanaged(device_root: Path, start_supervisor):
-    return start_supervisor(device_root)
-
+from tests.fixtures.apps import local_target, main_service_app, remove_app, store_managed_target
+from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for
 
 # --- configuration from the environment ------------------------------------------------------------
 
@@ -187,70 +168,28 @@ class Installed:
         return Path(lock_dir_for(self.app_id, "main", str(self.sup.root))) / "updates.lock"
 
 
-def _remove_app(client: docker.DockerClient, app_id: int) -> None:
-    api = client.api
-    flt = {"label": f"io.balena.app-id={app_id}"}
-    for container in api.containers(all=True, filters=flt):
-        with contextlib.suppress(docker.errors.NotFound):
-            api.remove_container(container["Id"], force=True, v=True)
-    for network in api.networks(filters=flt):
-        with contextlib.suppress(docker.errors.NotFound):
-            api.remove_network(network["Id"])
-
-
-def _wait(check, what: str, sup: SupervisorProcess | None = None,  # type: ignore[no-untyped-def]
-          timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        log = sup.output()[-4000:] if sup is not None else ""
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log}"
-        time.sleep(0.1)
-    return value
-
-
 @pytest.fixture(scope="module")
 def installed(docker_client, make_image, tmp_path_factory) -> Iterator[Installed]:
     """A managed device (keys required) whose stored cloud target runs app ``main``, scoped with
-    ``--apps``. Its scoped key is made directly: the ``io.balena.features.supervisor-api`` label
-    that would make it also joins the ``supervisor0`` network, which a shared engine has not."""
-    from supervisor.apikeys import ApiKeys
-    from supervisor.config import Config, ConfigJson
-    from supervisor.db import Database
-    from supervisor.paths import Paths
-    from supervisor.state.store import TargetStore
-    from supervisor.state.target import from_v2_local
-
+    ``--apps``, and the app's scoped key."""
     app_id = random.randint(10**6, 10**9)
     image = f"pysupervisor-test/client-{uuid.uuid4().hex[:12]}:latest"
     make_image(image)
     root = tmp_path_factory.mktemp("client") / "root"
     endpoint = f"http://127.0.0.1:{free_port()}"  # a cloud that refuses connections at once
-    write_config_json(root, {**MANAGED, "apiEndpoint": endpoint})
-    service = {"serviceName": "main", "imageId": 801, "image": image, "environment": {"A": "1"},
-               "labels": {TEST_LABEL: "1"},
-               "running": True, "stop_grace_period": "0s"}
-    app = {"name": "client-app", "commit": uuid.uuid4().hex, "releaseId": 3,
-           "services": {"81": service}, "volumes": {}, "networks": {}}
-    paths = Paths.create(str(root), None)
-    config = Config(ConfigJson(paths.config_json), Database(paths.database))
-    config.initialise()
-    target = from_v2_local({"local": {"name": "client-device", "apps": {str(app_id): app}}},
-                           current_name="client-device")
-    TargetStore(config.db).set_target(target, endpoint)
-    config.set_db(targetStateSet=True)
-    scoped_key = ApiKeys(config.db).scoped_key(app_id, "main")
-    config.db.close()
+    app = main_service_app("client-app", image, image_id=801, service_id=81, release_id=3)
+    keys = store_managed_target(root, local_target({app_id: app}, "client-device"), endpoint)
 
     sup = SupervisorProcess(root, free_port(), ["--apps", str(app_id), "--no-host-setup"], {})
     try:
         sup.wait_ready()
-        _wait(lambda: docker_client.api.containers(
+        wait_for(lambda: docker_client.api.containers(
             filters={"label": f"io.balena.app-id={app_id}", "status": "running"}), "the app to run", sup)
         yield Installed(sup=sup, app_id=app_id, client=SupervisorClient(sup.url, global_api_key(root)),
-                        scoped=SupervisorClient(sup.url, scoped_key))
+                        scoped=SupervisorClient(sup.url, keys[app_id]))
     finally:
         sup.stop(signal.SIGKILL)  # dead before the app goes: a live loop would recreate it
-        _remove_app(docker_client, app_id)
+        remove_app(docker_client, app_id)
 
 
 def _container(docker_client, app_id: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -293,10 +232,19 @@ def test_scoped_key_reaches_its_own_app_only(installed: Installed) -> None:
 
 
 def test_an_app_that_is_not_installed_is_not_found(installed: Installed) -> None:
-    for action in (installed.client.start_service, installed.client.stop_service):
+    client, other = installed.client, installed.app_id + 1
+    for action in (client.start_service, client.stop_service):
         with pytest.raises(NotFound) as err:
-            action(installed.app_id + 1, "main")
+            action(other, "main")
         assert err.value.status == 404 and err.value.message.startswith("App not found")
+    for app_action in (client.restart_app, client.purge_app):  # 503 in the reference
+        with pytest.raises(NotFound) as err:
+            app_action(other)
+        assert err.value.body == {
+            "status": "failed", "message": f"Application with ID {other} is not in the current state"}
+    with pytest.raises(NotFound) as err:  # 503 in the reference
+        client.container_id("nope")
+    assert err.value.message == "Could not find service with that name"
 
 
 def test_stop_and_start_a_service(installed: Installed, docker_client) -> None:
@@ -325,7 +273,7 @@ def test_update_lock_is_locked_until_forced(installed: Installed, docker_client)
         assert err.value.body["Data"] == "" and err.value.message == err.value.body["Error"]
         assert _container(docker_client, app_id)["Id"] == before  # nothing was touched
         client.restart_service(app_id, "main", force=True)
-        after = _wait(lambda: _running_id(docker_client, app_id), "the restarted container")
+        after = wait_for(lambda: _running_id(docker_client, app_id), "the restarted container")
         assert after != before
     finally:
         lock.unlink(missing_ok=True)

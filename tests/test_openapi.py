@@ -4,16 +4,12 @@ Flask serves (no more, no fewer), and it is what ``GET /openapi.json`` answers o
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import pytest
 from openapi_spec_validator import validate
 
 from supervisor.api import auth, create_app
 from supervisor.api.openapi import document
-from tests.fixtures.device import global_api_key, write_config_json
 
-MANAGED = {"uuid": "c" * 32, "apiEndpoint": "https://api.example", "deviceApiKey": "d" * 32}
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
 
@@ -86,14 +82,6 @@ def test_every_response_says_its_media_type() -> None:
 
 
 # --- served over real HTTP ------------------------------------------------------------------------
-
-@pytest.fixture
-def managed(device_root: Path, start_supervisor):
-    write_config_json(device_root, MANAGED)
-    sup = start_supervisor(device_root)
-    sup.key = global_api_key(device_root)
-    return sup
-
 
 def test_served_document_is_the_document_and_needs_a_key(managed) -> None:
     assert managed.get("/openapi.json").status_code == 401

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +28,17 @@ import docker.errors
 import pytest
 import requests
 
-from tests.fixtures.device import SupervisorProcess, free_port
+from tests.fixtures.device import SupervisorProcess, free_port, wait_for
 from tests.fixtures.docker import TEST_LABEL
+from tests.fixtures.loopback import serve_loopback
 from tests.fixtures.registry import Registry
 
 pytestmark = pytest.mark.docker
 
 OWNER_LABEL = "io.pysupervisor.test.owner"
-DEADLINE_S = 60.0
 SETTLED = "Finished applying target state"
 #: imageId and serviceId of each service (the v2 target keys services by serviceId).
 IDS = {"main": (101, 11), "worker": (102, 12), "extra": (103, 13)}
-
-
-def wait_for(check: Callable[[], Any], what: str, sup: SupervisorProcess | None = None,
-             timeout: float = DEADLINE_S, interval: float = 0.1,
-             context: Callable[[], Any] | None = None) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the supervisor's log tail
-    (its API request lines left out: polling makes them most of it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            lines = (sup.output() if sup is not None else "").splitlines()
-            tail = "\n".join(line for line in lines if "supervisor.api:" not in line)[-8000:]
-            seen = f"\nlast seen: {context()!r}" if context is not None else ""
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{seen}\n"
-                        f"--- supervisor log ---\n{tail}")
-        time.sleep(interval)
 
 
 def new_commit() -> str:
@@ -186,22 +167,8 @@ class RegistryGate:
         self.opened = threading.Event()
         self.holding = threading.Event()  # set once some blob is held half-way
         self.held_count = 0
-        gate = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-                gate._forward(self, body=False)
-
-            def do_GET(self) -> None:  # noqa: N802
-                gate._forward(self, body=True)
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = serve_loopback({"HEAD": lambda h: self._forward(h, body=False),
+                                      "GET": lambda h: self._forward(h, body=True)})
 
     @property
     def host(self) -> str:
@@ -318,11 +285,12 @@ def installed(device: LocalDevice) -> LocalDevice:
     return device
 
 
-@pytest.fixture(scope="module")
-def converged(docker_client, make_image, registry, tmp_path_factory) -> Iterator[LocalDevice]:
-    """One installed app shared by the tests that only look (or whose changes are refused)."""
+@contextlib.contextmanager
+def applied_app(docker_client, make_image, registry, root: Path,  # type: ignore[no-untyped-def]
+                device: Callable[..., Any] = LocalDevice, **fields: Any) -> Iterator[Any]:
+    """A supervisor in local mode on a fresh ``root`` with a two-service app (main, worker) applied,
+    as ``device(sup=, client=, app_id=, images=, **fields)``; everything of the app removed after."""
     app_id, owner = random.randint(10**6, 10**9), uuid.uuid4().hex
-    root = tmp_path_factory.mktemp("converged") / "root"
     (root / "mnt/boot").mkdir(parents=True)
     fake_host(root)
     sup = None
@@ -330,13 +298,21 @@ def converged(docker_client, make_image, registry, tmp_path_factory) -> Iterator
         images = {n: publish(docker_client, make_image, registry, owner, n) for n in ("main", "worker")}
         sup = SupervisorProcess(root, free_port(), ["--apps", str(app_id), "--no-host-setup"], {})
         sup.wait_ready()
-        dev = LocalDevice(sup=sup, client=docker_client, app_id=app_id, images=images)
+        dev = device(sup=sup, client=docker_client, app_id=app_id, images=images, **fields)
         dev.apply()
         yield dev
     finally:
         if sup is not None:
             sup.stop(signal.SIGKILL)
         remove_app(docker_client, app_id, owner)
+
+
+@pytest.fixture(scope="module")
+def converged(docker_client, make_image, registry, tmp_path_factory) -> Iterator[LocalDevice]:
+    """One installed app shared by the tests that only look (or whose changes are refused)."""
+    root = tmp_path_factory.mktemp("converged") / "root"
+    with applied_app(docker_client, make_image, registry, root) as dev:
+        yield dev
 
 
 # ---------------------------------------------------------------------------- milestone 1
@@ -507,9 +483,9 @@ def test_container_id(converged: LocalDevice) -> None:
     for param in ("serviceName", "service"):
         body = dev.sup.get("/v2/containerId", params={param: "worker"}).json()
         assert body == {"status": "success", "containerId": ids["worker"]}
-    response = dev.sup.get("/v2/containerId", params={"serviceName": "nope"})
+    response = dev.sup.get("/v2/containerId", params={"serviceName": "nope"})  # 503 in the reference
     assert (response.status_code, response.json()) == (
-        503, {"status": "failed", "message": "Could not find service with that name"})
+        404, {"status": "failed", "message": "Could not find service with that name"})
 
 
 def test_v1_device(converged: LocalDevice) -> None:

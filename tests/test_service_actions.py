@@ -8,10 +8,7 @@ get an app of their own.
 
 from __future__ import annotations
 
-import random
-import signal
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -21,8 +18,7 @@ from supervisor.state.actions import (
     SERVICE_NOT_FOUND,
     V2_SERVICE_ENDPOINT_ERROR,
 )
-from tests.fixtures.device import SupervisorProcess, free_port
-from tests.test_reconcile import fake_host, publish, remove_app, wait_for
+from tests.test_reconcile import applied_app, wait_for
 from tests.test_update_strategies import (  # noqa: F401 - fixtures used here
     Lab,
     app_owner,
@@ -34,23 +30,10 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def shared(docker_client, make_image, registry, tmp_path_factory) -> Iterator[Lab]:
-    app_id, owner = random.randint(10**6, 10**9), uuid.uuid4().hex
     root = tmp_path_factory.mktemp("actions") / "root"
-    (root / "mnt/boot").mkdir(parents=True)
-    fake_host(root)
-    sup = None
-    try:
-        images = {n: publish(docker_client, make_image, registry, owner, n) for n in ("main", "worker")}
-        sup = SupervisorProcess(root, free_port(), ["--apps", str(app_id), "--no-host-setup"], {})
-        sup.wait_ready()
-        lab = Lab(sup=sup, client=docker_client, app_id=app_id, images=images, services=("main", "worker"),
-                  volumes={"main": ["data:/data"]})
-        lab.apply()
-        yield lab
-    finally:
-        if sup is not None:
-            sup.stop(signal.SIGKILL)
-        remove_app(docker_client, app_id, owner)
+    with applied_app(docker_client, make_image, registry, root, Lab, services=("main", "worker"),
+                     volumes={"main": ["data:/data"]}) as app:
+        yield app
 
 
 @pytest.fixture
@@ -221,9 +204,23 @@ def test_bad_requests_answer_as_the_reference(app: Lab) -> None:
                           ("/v2/applications/abc/stop-service", "Invalid app id")):
         response = post(path, json={})
         assert (response.status_code, response.json()) == (400, {"status": "failed", "message": message})
-    response = post("/v1/restart", json={"appId": 424242})
-    assert response.status_code == 503
-    assert response.json()["message"] == "Application with ID 424242 is not in the current state"
+    # Not installed: 404 with the reference's message (it answers 503; docs/API.md).
+    for path, body in (("/v1/restart", {"appId": 424242}), ("/v1/purge", {"appId": "424242"}),
+                       ("/v2/applications/424242/restart", {}), ("/v2/applications/424242/purge", {})):
+        response = post(path, json=body)
+        assert (response.status_code, response.json()) == (404, {
+            "status": "failed", "message": "Application with ID 424242 is not in the current state"}), path
+    # An app id is a positive integer: 0 and negatives get the endpoint's invalid-id answer.
+    for bad in (0, -3):
+        for response, message in ((post("/v1/restart", json={"appId": bad}), "Missing app id"),
+                                  (post("/v1/purge", json={"appId": str(bad)}), "Invalid or missing appId"),
+                                  (post(f"/v1/apps/{bad}/stop"), "Invalid app id")):
+            assert (response.status_code, response.text) == (400, message)
+        for path, message in ((f"/v2/applications/{bad}/restart", "Missing app id"),
+                              (f"/v2/applications/{bad}/purge", "Missing app id"),
+                              (f"/v2/applications/{bad}/start-service", "Invalid app id")):
+            response = post(path, json={"serviceName": "main"})
+            assert (response.status_code, response.json()) == (400, {"status": "failed", "message": message})
     assert states(app) == {"main": "running", "worker": "running"}
 
 

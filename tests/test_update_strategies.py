@@ -291,13 +291,20 @@ def test_each_strategy_orders_pull_kill_and_start(lab: Lab, publish_new, strateg
         assert pulled < new_started < old_died
 
 
-def test_handover_kills_the_old_container_when_the_new_one_says_so(lab: Lab, publish_new) -> None:
-    lab.labels = {"main": {STRATEGY: "hand-over", HANDOVER_TIMEOUT: "120000"}}
+def start_handover(lab: Lab, new_image: str, timeout_ms: int) -> tuple[str, int, float]:
+    """Install a hand-over service, then post a release with a new image and wait until both
+    containers run: (the old container's id, the log offset of the post, when both ran)."""
+    lab.labels = {"main": {STRATEGY: "hand-over", HANDOVER_TIMEOUT: str(timeout_ms)}}
     lab.apply()
     old = lab.one("main")["Id"]
-    lab.new_release(main=publish_new())
+    lab.new_release(main=new_image)
     offset = lab.apply(settle=False)
-    wait_for(lambda: len(lab.running("main")) == 2, "both containers to run", lab.sup)
+    wait_for(lambda: len(lab.running("main")) == 2, "both containers to run", lab.sup, interval=0.05)
+    return old, offset, time.monotonic()
+
+
+def test_handover_kills_the_old_container_when_the_new_one_says_so(lab: Lab, publish_new) -> None:
+    old, offset, _ = start_handover(lab, publish_new(), 120000)
     time.sleep(3)
     both = lab.running("main")
     assert len(both) == 2 and old in {c["Id"] for c in both}
@@ -315,13 +322,7 @@ def test_handover_kills_the_old_container_when_the_new_one_says_so(lab: Lab, pub
 
 
 def test_handover_kills_the_old_container_after_the_timeout(lab: Lab, publish_new) -> None:
-    lab.labels = {"main": {STRATEGY: "hand-over", HANDOVER_TIMEOUT: "6000"}}
-    lab.apply()
-    old = lab.one("main")["Id"]
-    lab.new_release(main=publish_new())
-    offset = lab.apply(settle=False)
-    wait_for(lambda: len(lab.running("main")) == 2, "both containers to run", lab.sup, interval=0.05)
-    both_since = time.monotonic()
+    old, offset, both_since = start_handover(lab, publish_new(), 6000)
     time.sleep(3)
     assert len(lab.running("main")) == 2  # nobody wrote the file: the old one keeps running
     wait_for(lambda: not any(c["Id"] == old for c in lab.running("main")), "the old container to go",

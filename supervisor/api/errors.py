@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge
 
 from ..state.locks import UpdatesLockedError
@@ -23,6 +23,11 @@ def failed(message: str, status: int):  # type: ignore[no-untyped-def]
     response = jsonify(status="failed", message=message)
     response.status_code = status
     return response
+
+
+def text(body: str, status: int = 200) -> Response:
+    """A plain-text answer: the reference answers several endpoints (and errors) as text."""
+    return Response(body, status=status, mimetype="text/plain")
 
 
 def install(app: Flask) -> None:

@@ -4,9 +4,9 @@ It is built from Python data rather than shipped as a file so it lives in the wh
 describes, and tests (tests/test_openapi.py, tests/test_schemathesis.py) keep the two in step: every
 Flask route is documented, every documented path is routed, and fuzzed responses match it.
 
-Status codes and bodies follow the reference, including its odd ones (``503`` for an unknown
-``serviceName``, ``409`` for an app out of scope); where we deliberately differ (docs/API.md) the
-document describes what this supervisor answers.
+Status codes and bodies follow the reference, including its odd ones (``409`` for an app out of
+scope); where we deliberately differ (docs/API.md: no 5xx for a client's mistake) the document
+describes what this supervisor answers.
 """
 
 from __future__ import annotations
@@ -236,27 +236,28 @@ RESPONSES: dict[str, Any] = {
 # --- paths ---------------------------------------------------------------------------------------
 
 def _paths() -> dict[str, dict[str, Any]]:
-    service_action_errors = {
-        400: _both("Invalid app id, or no serviceName/imageId for a multi-container app"),
-        401: _both("No valid key (text), or the app is out of the key's scope (JSON)",
-                   text=_const("Unauthorized")),
-        404: _text("The app, or the service, is not installed"),
-        423: LOCKED,
-        503: _failed("The action failed"),
-    }
-    app_action_errors = {
-        400: _both("Invalid or missing app id"),
-        401: _both("No valid key (text), or the app is out of the key's scope (JSON)",
-                   text=_const("Unauthorized")),
-        404: _both("The app is not installed"),
-        423: LOCKED,
-        503: _failed("The app is not in the current state (`Application with ID <id> is not in the "
-                     "current state`, as the reference answers), or the action failed"),
-    }
+    out_of_scope = _both("No valid key (text), or the app is out of the key's scope (JSON)",
+                         text=_const("Unauthorized"))
+
+    def scoped(invalid: str, not_installed: dict[str, Any]) -> dict[int, Any]:
+        """Errors of an action on one app: its id, the key's scope, its update locks."""
+        return {
+            400: _both(invalid),
+            401: out_of_scope,
+            404: not_installed,
+            423: LOCKED,
+            503: _failed("The action failed"),
+        }
+
+    service_action_errors = scoped("Invalid app id (not a positive integer), or no serviceName/imageId "
+                                   "for a multi-container app",
+                                   _text("The app, or the service, is not installed"))
+    app_action_errors = scoped("Invalid or missing app id (not a positive integer)", _failed(
+        "The app is not installed: `Application with ID <id> is not in the current state` (the reference "
+        "answers 503)"))
     v1_app_errors = {
         400: _both("Invalid app id, app not installed, or not a single-container app"),
-        401: _both("No valid key (text), or the app is out of the key's scope (JSON)",
-                   text=_const("Unauthorized")),
+        401: out_of_scope,
         503: _failed("The engine could not be read or the action failed"),
     }
 
@@ -420,7 +421,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                      services={"type": "object", "additionalProperties": {"type": "string"}}),
                 _obj(["status", "containerId"], status=_const("success"), containerId={"type": "string"}),
             ]}),
-             503: _failed("No service has that name (503 as in the reference)")},
+             404: _failed("No service in the key's scope has that name (the reference answers 503)")},
             parameters=[
                 {"name": "serviceName", "in": "query", "required": False, "schema": {"type": "string"}},
                 {"name": "service", "in": "query", "required": False, "schema": {"type": "string"},
@@ -441,7 +442,9 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "The device's tags (from the cloud)",
                 {200: _json("The tags", _obj(["status", "tags"], status=_const("success"),
                                              tags={"type": "array", "items": _ref("Tag")})),
-                 500: _failed("The cloud could not be reached, or the device is not provisioned")},
+                 409: _failed("The device has no cloud to ask: it is unmanaged, or not provisioned yet "
+                              "(the reference answers 500)"),
+                 500: _failed("The cloud could not be reached, or answered with an error")},
             ),
             "patch": _op(
                 "Add or change tags (never deletes)",

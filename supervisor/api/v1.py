@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from flask import Blueprint, Response, jsonify
 
 from ..apikeys import KeyNotFoundError
 from ..compose.validation import check_int, check_truthy
 from ..state import report
+from .app_actions import IdErrors, app_action
 from .auth import current_key, presented_key
 from .body import request_body
 from .context import supervisor
 from .errors import failed
+from .errors import text as _text
 
 log = logging.getLogger("supervisor.api")
 
 bp = Blueprint("v1", __name__)
-
-
-def _text(body: str, status: int = 200) -> Response:
-    return Response(body, status=status, mimetype="text/plain")
 
 
 @bp.get("/ping")
@@ -94,9 +93,6 @@ PRIVATE_ENV_VARS = frozenset(
 def get_app(raw_app_id: str) -> Response:
     """A single-container app's container. The scope is checked before the app is looked up, so a
     scoped key learns nothing about other apps (the reference answers 400 for a missing app first)."""
-    from ..compose.validation import check_int
-    from .auth import current_key
-
     app_id = check_int(raw_app_id)
     if not app_id:
         return _text("Missing app id", 400)
@@ -159,52 +155,37 @@ def _service_actions():  # type: ignore[no-untyped-def]
 @bp.post("/v1/restart")
 def restart_app() -> Response:
     """Kill and recreate every container of ``body.appId``, under its update locks (423 when locked)."""
-    body = request_body()
-    app_id = check_int(body.get("appId"))
-    if app_id is None:
-        return _text("Missing app id", 400)
-    if not current_key().allows_app(app_id):
-        return failed("Unauthorized", 401)
-    _service_actions().restart_app(supervisor(), app_id, force=check_truthy(body.get("force")))
-    return _text("OK")
+
+    def run(app_id: int, _body: dict, force: bool) -> Response:
+        _service_actions().restart_app(supervisor(), app_id, force=force)
+        return _text("OK")
+
+    return app_action(request_body().get("appId"), IdErrors("Missing app id"), run)
 
 
 def _stop_or_start(raw_app_id: str, action: str) -> Response:
     """Legacy single-container stop/start; answers the app's first container id."""
-    app_id = check_int(raw_app_id)
-    if app_id is None:
-        return _text("Invalid app id", 400)
-    if not current_key().allows_app(app_id):
-        return _text("Unauthorized", 401)
-    actions = _service_actions()
-    force = check_truthy(request_body().get("force"))
-    try:
+
+    def run(app_id: int, _body: dict, force: bool) -> Response:
+        actions = _service_actions()
         container_id = actions.service_action(supervisor(), action, app_id, force=force, legacy=True)
-    except actions.ActionError as err:
-        return _text(err.message, err.status)
-    return jsonify(containerId=container_id)
+        return jsonify(containerId=container_id)
+
+    return app_action(raw_app_id, IdErrors("Invalid app id", unauthorized_json=False), run)
 
 
-@bp.post("/v1/apps/<raw_app_id>/stop")
-def stop_app(raw_app_id: str) -> Response:
-    return _stop_or_start(raw_app_id, "stop")
-
-
-@bp.post("/v1/apps/<raw_app_id>/start")
-def start_app(raw_app_id: str) -> Response:
-    return _stop_or_start(raw_app_id, "start")
+for _action in ("stop", "start"):
+    bp.add_url_rule(f"/v1/apps/<raw_app_id>/{_action}", f"{_action}_app",
+                    partial(_stop_or_start, action=_action), methods=["POST"])
 
 
 @bp.post("/v1/purge")
 def purge_app() -> Response:
-    body = request_body()
-    app_id = check_int(body.get("appId"))
-    if app_id is None:
-        return _text("Invalid or missing appId", 400)
-    if not current_key().allows_app(app_id):
-        return failed("Unauthorized", 401)
-    _service_actions().purge(supervisor(), app_id, force=check_truthy(body.get("force")))
-    return jsonify(Data="OK", Error="")
+    def run(app_id: int, _body: dict, force: bool) -> Response:
+        _service_actions().purge(supervisor(), app_id, force=force)
+        return jsonify(Data="OK", Error="")
+
+    return app_action(request_body().get("appId"), IdErrors("Invalid or missing appId"), run)
 
 
 def _power(reboot: bool) -> Response:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from flask import Blueprint, Response, jsonify, request
 
 from .. import __version__
 from ..compose.validation import check_int
 from ..state import report
 from ..state.target import TargetStateError
+from .app_actions import IdErrors, app_action
 from .auth import current_key
 from .body import request_body
 from .context import supervisor
-from .errors import failed
+from .errors import failed, text
 
 bp = Blueprint("v2", __name__)
 
@@ -75,7 +78,7 @@ def application_state(raw_app_id: str) -> Response:
 @bp.get("/v2/containerId")
 def container_id() -> Response:
     """One service's container id (``?serviceName=`` or ``?service=``), or all of them. A name
-    nothing runs under is 503, as the reference answers."""
+    nothing runs under is 404 (the reference answers 503: docs/API.md)."""
     ids = report.container_ids(supervisor().observe(), allows=current_key().allows_app)
     name = request.args.get("serviceName") or request.args.get("service")
     if name is None and ("serviceName" in request.args or "service" in request.args):
@@ -83,79 +86,44 @@ def container_id() -> Response:
     if name is None:
         return jsonify(status="success", services=ids)
     if name not in ids:
-        return failed("Could not find service with that name", 503)
+        return failed("Could not find service with that name", 404)
     return jsonify(status="success", containerId=ids[name])
 
 
 # --- service actions (issue #4)
-def _plain(body: str, status: int = 200) -> Response:
-    return Response(body, status=status, mimetype="text/plain")
-
-
 def _app_action(raw_app_id: str, action: str) -> Response:
     """``restart``/``purge`` of one app: 200 ``OK`` (text); 423 JSON while its services are locked."""
-    from ..compose.validation import check_truthy
     from ..state import actions
 
-    app_id = check_int(raw_app_id)
-    if app_id is None:
-        return failed("Missing app id", 400)
-    if not current_key().allows_app(app_id):
-        return failed("Unauthorized", 401)
-    force = check_truthy(request_body().get("force"))
-    run = actions.restart_app if action == "restart" else actions.purge
-    run(supervisor(), app_id, force=force)
-    return _plain("OK")
+    def run(app_id: int, _body: dict, force: bool) -> Response:
+        (actions.restart_app if action == "restart" else actions.purge)(supervisor(), app_id, force=force)
+        return text("OK")
 
-
-@bp.post("/v2/applications/<raw_app_id>/restart")
-def restart_app(raw_app_id: str) -> Response:
-    return _app_action(raw_app_id, "restart")
-
-
-@bp.post("/v2/applications/<raw_app_id>/purge")
-def purge_app(raw_app_id: str) -> Response:
-    return _app_action(raw_app_id, "purge")
+    return app_action(raw_app_id, IdErrors("Missing app id", invalid_json=True), run)
 
 
 def _service_action(raw_app_id: str, action: str) -> Response:
     """One service by ``serviceName`` or ``imageId``: 200 ``OK``; 400/404 as text (§1.4)."""
-    from ..compose.validation import check_truthy
     from ..state import actions
 
-    app_id = check_int(raw_app_id)
-    if app_id is None:
-        return failed("Invalid app id", 400)
-    if not current_key().allows_app(app_id):
-        return failed("Unauthorized", 401)
-    body = request_body()
-    service_name = body.get("serviceName") or None
-    image_id = check_int(body.get("imageId"))
-    if service_name is None and image_id is None:
-        return _plain(actions.V2_SERVICE_ENDPOINT_ERROR, 400)
-    try:
-        actions.service_action(
-            supervisor(), action, app_id, service_name=str(service_name) if service_name else None,
-            image_id=image_id, force=check_truthy(body.get("force")),
-        )
-    except actions.ActionError as err:
-        return _plain(err.message, err.status)
-    return _plain("OK")
+    def run(app_id: int, body: dict, force: bool) -> Response:
+        service_name = body.get("serviceName") or None
+        image_id = check_int(body.get("imageId"))
+        if service_name is None and image_id is None:
+            return text(actions.V2_SERVICE_ENDPOINT_ERROR, 400)
+        actions.service_action(supervisor(), action, app_id, service_name=str(service_name) if service_name
+                               else None, image_id=image_id, force=force)
+        return text("OK")
+
+    return app_action(raw_app_id, IdErrors("Invalid app id", invalid_json=True), run)
 
 
-@bp.post("/v2/applications/<raw_app_id>/restart-service")
-def restart_service(raw_app_id: str) -> Response:
-    return _service_action(raw_app_id, "restart")
-
-
-@bp.post("/v2/applications/<raw_app_id>/stop-service")
-def stop_service(raw_app_id: str) -> Response:
-    return _service_action(raw_app_id, "stop")
-
-
-@bp.post("/v2/applications/<raw_app_id>/start-service")
-def start_service(raw_app_id: str) -> Response:
-    return _service_action(raw_app_id, "start")
+for _action in ("restart", "purge"):
+    bp.add_url_rule(f"/v2/applications/<raw_app_id>/{_action}", f"{_action}_app",
+                    partial(_app_action, action=_action), methods=["POST"])
+for _action in ("restart", "stop", "start"):
+    bp.add_url_rule(f"/v2/applications/<raw_app_id>/{_action}-service", f"{_action}_service",
+                    partial(_service_action, action=_action), methods=["POST"])
 
 
 # --- device endpoints (issue #5) -----------------------------------------------------------------
@@ -178,12 +146,16 @@ def device_name() -> Response:
 
 @bp.get("/v2/device/tags")
 def get_device_tags() -> Response:
-    """The device's tags, which only the balena API knows: 500 when it cannot be asked."""
+    """The device's tags, which only the balena API knows. A device with no cloud to ask (unmanaged,
+    or not provisioned yet) is 409: nothing failed, the device is not in a state to answer (the
+    reference answers 500, docs/API.md); 500 stays for a cloud that fails."""
     from ..cloud import CloudRequestError, CloudUnavailableError
 
     try:
         tags = supervisor().cloud.device_tags()
-    except (CloudUnavailableError, CloudRequestError) as exc:
+    except CloudUnavailableError as exc:
+        return failed(str(exc), 409)
+    except CloudRequestError as exc:
         return failed(str(exc), 500)
     return jsonify(status="success", tags=tags)
 

@@ -42,6 +42,7 @@ __all__ = [
     "TARGET_SERVICE_NOT_FOUND",
     "V2_SERVICE_ENDPOINT_ERROR",
     "ActionError",
+    "AppNotCurrentError",
     "purge",
     "restart_app",
     "service_action",
@@ -71,8 +72,9 @@ class ActionError(Exception):
         self.message = message
 
 
-class InconsistencyError(Exception):
-    """The reference's ``InternalInconsistencyError`` (answered 503 by the error handler)."""
+class AppNotCurrentError(Exception):
+    """Restart or purge of an app that is not installed: the reference's ``InternalInconsistencyError``
+    (503 there); the API answers 404 with the same message (docs/API.md)."""
 
 
 # ------------------------------------------------------------------------------ app actions
@@ -81,7 +83,7 @@ def restart_app(sup: Supervisor, app_id: int, *, force: bool = False) -> None:
     engine = sup.reconciler.require_engine()
     app = _current_app(sup, engine, app_id)
     if app is None:
-        raise InconsistencyError(f"Application with ID {app_id} is not in the current state")
+        raise AppNotCurrentError(f"Application with ID {app_id} is not in the current state")
     names = _names(app.services)
     with sup.locks.with_lock([app_id], force=force or sup.lock_override(), services={app_id: names}):
         _run(engine, [Kill(svc) for svc in app.services])
@@ -96,7 +98,7 @@ def purge(sup: Supervisor, app_id: int, *, force: bool = False) -> None:
         engine = sup.reconciler.require_engine()
         app = _current_app(sup, engine, app_id)
         if app is None:
-            raise InconsistencyError(f"Application with ID {app_id} is not in the current state")
+            raise AppNotCurrentError(f"Application with ID {app_id} is not in the current state")
         names = _names(app.services)
         target = _target_app(sup, engine, app_id)
         with sup.locks.with_lock([app_id], force=force or sup.lock_override(), services={app_id: names}):

@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:  # tests.fixtures, when run as a script
     sys.path.insert(0, str(ROOT))
 
 from supervisor.state.steps import describe  # noqa: E402
+from tests.fixtures.apps import local_target, remove_app  # noqa: E402
 from tests.fixtures.docker import TEST_LABEL, build_image_archive, build_layer  # noqa: E402
 from tests.fixtures.registry import Registry  # noqa: E402
 
@@ -169,10 +170,10 @@ class DeviceSupervisor:
         engine.executor.execute_batch = counted  # type: ignore[method-assign]
 
     def set_target(self, services: dict[str, dict[str, Any]], *, release: int) -> None:
-        self.sup.set_local_target({"local": {"name": "bench", "apps": {str(self.app_id): {
+        self.sup.set_local_target(local_target({self.app_id: {
             "name": "bench", "commit": f"c{release}", "releaseId": release, "services": services,
             "volumes": {}, "networks": {},
-        }}}})
+        }}, "bench"))
 
     def cycle(self) -> list:
         return self.sup.reconciler._plan(self.engine, False)
@@ -192,13 +193,7 @@ class DeviceSupervisor:
         """Stop the loop, then remove what the supervisor made for the app (its networks carry
         the app's labels, not the run's)."""
         self.sup.stop()
-        api, flt = self.engine.client.api, {"label": f"io.balena.app-id={self.app_id}"}
-        for c in api.containers(all=True, filters=flt):
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_container(c["Id"], force=True, v=True)
-        for n in api.networks(filters=flt):
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_network(n["Id"])
+        remove_app(self.engine.client, self.app_id)
 
 
 def bench_noop(bench: Bench, base: str, args: argparse.Namespace) -> bool:
