@@ -23,7 +23,7 @@ import requests
 
 from supervisor.compose.naming import lock_dir_for
 from tests.fixtures.apps import local_target, main_service_app, remove_app, store_managed_target
-from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for
+from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for, write_config_json
 from tests.fixtures.docker import TEST_LABEL
 
 #: (method, path, json body) of every endpoint this issue adds.
@@ -117,13 +117,17 @@ def test_invalid_json_is_400_not_503(device_root: Path, start_supervisor, method
     assert response.json()["status"] == "failed"
 
 
-def test_host_config_form_body_is_400(device_root: Path, start_supervisor) -> None:
-    """Form bodies are parsed (PATCH /v2/device/tags and /v2/journal-logs take them, see their
-    tests), but host-config needs the nested ``network`` object that a form cannot carry."""
+def test_host_config_takes_a_form_body_with_brackets(device_root: Path, start_supervisor) -> None:
+    """Forms are parsed as the reference's extended ``qs`` parser does, so ``network[hostname]``
+    carries the nested object host-config needs; a flat form without it is a 400."""
+    write_config_json(device_root, {"uuid": "0123456789abcdef" * 2})
     sup = start_supervisor(device_root)
+    response = requests.patch(sup.url + "/v1/device/host-config",
+                              data={"network[hostname]": "formhost"}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert json.loads((device_root / "mnt/boot/config.json").read_text())["hostname"] == "formhost"
     response = requests.patch(sup.url + "/v1/device/host-config", data={"force": "true"}, timeout=10)
     assert response.status_code == 400
-    assert "'network' must exist" in response.text
 
 
 # ------------------------------------------------------------------- app scope (spec §1.2-1.3)
