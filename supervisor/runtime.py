@@ -19,6 +19,7 @@ from .db import Database
 from .host import HostFacts
 from .paths import Paths
 from .power import PowerBackend, StubPowerBackend
+from .state.admission import WarningLog, validate_local
 from .state.contexts import TargetBuilder
 from .state.device_config import with_defaults
 from .state.locks import LockRegistry
@@ -26,7 +27,7 @@ from .state.planner import PlanContext
 from .state.reconcile import Engine, Reconciler
 from .state.report import Observation
 from .state.store import LOCAL_SOURCE, TargetStore
-from .state.target import from_v2_local, thaw
+from .state.target import thaw
 from .subsystem import Subsystem
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class Supervisor:
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
         )
         self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
+        self._target_warnings = WarningLog(log)  # each admitted target's warnings, logged once
         self._extra_firmware_unsaved: str | None = None
         self.reconciler = Reconciler(
             self._connect_engine,
@@ -357,13 +359,16 @@ class Supervisor:
         """Whose target the engine follows: local mode's, or the cloud's (keyed by apiEndpoint)."""
         return LOCAL_SOURCE if self.config.local_mode else self.config.api_endpoint
 
-    def set_local_target(self, body: dict) -> None:
-        """POST /v2/local/target-state: validate the whole v2 body, store it in one transaction,
-        then have it applied (the stored target is what a restart resumes from)."""
-        device = from_v2_local(body, current_name=self.config.get_db("name"))
+    def set_local_target(self, body: Any) -> list[str]:
+        """POST /v2/local/target-state: admit the whole v2 body (state/admission.py: refused with
+        TargetStateError before anything changes), store it in one transaction, then have it applied
+        (the stored target is what a restart resumes from). Returns the admission's warnings."""
+        device, warnings = validate_local(body, current_name=self.config.get_db("name"))
         self.targets.set_target(device, LOCAL_SOURCE)
         log.info("Local target state set (%d apps)", len(device.apps))
+        self._target_warnings(warnings)
         self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
+        return warnings
 
     def update(self, *, force: bool, cancel: bool) -> None:
         """POST /v1/update: apply the stored target now (there is no cloud poll to run yet)."""

@@ -66,7 +66,7 @@ def test_set_and_get_local_target(device_root: Path, start_supervisor) -> None:
     [
         (lambda t: t["local"]["apps"]["1011"]["services"]["23"].update(environment={"A B": "1"}),
          "environment"),
-        (lambda t: t["local"]["apps"]["1011"]["services"]["23"].update(imageId="x"), "image_id"),
+        (lambda t: t["local"]["apps"]["1011"]["services"]["23"].update(imageId="x"), "services.main.imageId"),
         (lambda t: t["local"].update(name="two\nlines"), "name"),
         (lambda t: t["local"]["apps"].update({"abc": {}}), "abc"),
     ],

@@ -645,6 +645,10 @@ def test_v2_without_commit_has_no_release() -> None:
         else:
             app["commit"] = commit
         del app["releaseId"]
+        # Services without a commit would be dropped silently (a misspelt `commit` removed the app).
+        err = refused(copy.deepcopy(body), lambda d: from_v2_local(d, current_name="c"))
+        assert (err.path, err.rule) == ("local.apps.1011.commit", "is required when the app has services")
+        app["services"] = {}
         converted = from_v2_local(body, current_name="c").apps["1011"]
         assert converted.release is None and converted.to_v3()["releases"] == {}
 
@@ -656,16 +660,24 @@ def test_v2_name_and_config_fallbacks() -> None:
     assert device.name == "current" and device.config == {}
     body["local"]["name"] = None
     assert from_v2_local(body, current_name="current").name == "current"
-    for empty in ({}, {"local": None}, {"local": {}}, {"local": {"apps": None}}):
-        assert from_v2_local(empty, current_name="cur") == TargetDevice("cur", {}, {})
+    # Only the documented empty shape removes every app; anything else that says nothing is refused.
+    assert from_v2_local({"local": {"apps": {}}}, current_name="cur") == TargetDevice("cur", {}, {})
+    for empty, where in (({}, "local"), ({"local": None}, "local"), ({"apps": {}}, "local"),
+                         ({"local": {}}, "local.apps"), ({"local": {"apps": None}}, "local.apps")):
+        err = refused(empty, lambda d: from_v2_local(d, current_name="cur"))
+        assert err.path == where and err.rule.startswith("is required"), err
 
 
-def test_v2_services_and_volumes_default_to_empty() -> None:
+def test_v2_volumes_and_networks_default_to_empty_but_services_are_required() -> None:
     body = v2_body()
     app = body["local"]["apps"]["1011"]
-    del app["services"], app["volumes"], app["networks"]
+    del app["volumes"], app["networks"]
+    app["services"] = {}
     release = from_v2_local(body, current_name="c").apps["1011"].release
     assert (release.services, release.volumes, release.networks) == ({}, {}, {})
+    app["servics"] = app.pop("services")
+    err = refused(body, lambda d: from_v2_local(d, current_name="c"))
+    assert err.path == "local.apps.1011.services" and "(found 'servics')" in err.rule
 
 
 @pytest.mark.parametrize(
@@ -683,13 +695,16 @@ def test_v2_services_and_volumes_default_to_empty() -> None:
             {"24": {**b["local"]["apps"]["1011"]["services"]["23"]}}),
          "local.apps.1011.services.24.serviceName", "duplicate service name 'main'"),  # fmt: skip
         (lambda b: b["local"]["apps"]["1011"]["services"]["23"].pop("environment"),
-         "apps.1011.releases.localcommit.services.main.environment", "is required"),  # fmt: skip
+         "services.main.environment", "is required"),  # fmt: skip
+        (lambda b: b["local"]["apps"]["1011"]["services"]["23"].update(imageId="x"),
+         "services.main.imageId", "got 'x'"),  # fmt: skip
         (lambda b: b["local"]["apps"]["1011"].pop("releaseId"),
-         "apps.1011.releases.localcommit.id", "is required"),  # fmt: skip
-        (lambda b: b["local"]["apps"]["1011"].pop("name"), "apps.1011.name", "is required"),
+         "local.apps.1011.releaseId", "is required"),  # fmt: skip
+        (lambda b: b["local"]["apps"]["1011"].pop("name"), "local.apps.1011.name", "is required"),
         (lambda b: b["local"]["apps"]["1011"]["services"].update(x={"serviceName": "x"}),
-         "apps.1011.releases.localcommit.services.x.id", "got 'x'"),  # fmt: skip
-        (lambda b: b["local"].update(name="a\nb"), "name", "newline"),
+         "local.apps.1011.services.x", "got 'x'"),  # fmt: skip
+        (lambda b: b["local"].update(name="a\nb"), "local.name", "newline"),
+        (lambda b: b["local"]["config"].update({"A B": "1"}), "local.config", "must match"),
     ],
 )
 def test_v2_errors(mutate: Any, where: str, rule: str) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import BadRequest
 
 from .. import __version__
 from ..compose.validation import check_int
@@ -34,12 +37,31 @@ def set_local_target_state() -> Response:
     sup = supervisor()
     if not sup.config.local_mode:
         return failed("Target state can only set when device is in local mode", 400)
-    body = request_body()
+    body = _json_object_body()
     try:
-        sup.set_local_target(body)
+        warnings = sup.set_local_target(body)
     except TargetStateError as exc:
         return failed(str(exc), 400)
+    if warnings:  # keys accepted but not applied (docs/API.md); the reference's body otherwise
+        return jsonify(status="success", message="OK", warnings=warnings)
     return jsonify(status="success", message="OK")
+
+
+def _json_object_body() -> Any:
+    """A target is JSON only: no body, a form or text/plain was read as "no apps" by the reference,
+    which then removed every service. Returns the decoded JSON (its shape is the admission's job)."""
+    if not request.is_json:
+        raise BadRequest(
+            "The target state must be sent as JSON (Content-Type: application/json), got "
+            f"{request.mimetype or 'no content type'}"
+        )
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        raise BadRequest('The target state body is empty: send {"local": {"apps": {...}}}')
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise BadRequest(f"Invalid JSON body: {err}") from None
 
 
 @bp.get("/v2/state/status")

@@ -188,8 +188,8 @@ class Service:
             },
         }
         raw, ignored = split_supported(merged)
-        if ignored:
-            log.warning("Ignoring unsupported or unknown compose fields: %s", ", ".join(ignored))
+        if ignored:  # the user was told when the target was admitted (state/admission.py)
+            log.debug("Ignoring unsupported or unknown compose fields: %s", ", ".join(ignored))
 
         networks, network_mode, mode_dependency = endpoints.from_compose(
             raw.get("networks"), raw.get("networkMode"), ctx.app_uuid, service_name

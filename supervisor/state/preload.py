@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_atomic
+from .admission import validate_preload
 from .device_config import format_config_keys
 from .store import TargetStore
-from .target import AppsJsonParseError, parse_apps_json
+from .target import AppsJsonParseError
 
 log = logging.getLogger("supervisor")
 
@@ -50,10 +51,13 @@ def load_apps_json(
         log.error("Invalid preloaded apps file %s: not valid JSON (%s)", path, err)
         return False
     try:
-        preload = parse_apps_json(doc, current_name=current_name)
+        # The same gate as every other target (state/admission.py): nothing the engine would refuse.
+        preload, warnings = validate_preload(doc, current_name=current_name)
     except AppsJsonParseError as err:
         log.error("Invalid preloaded apps file %s: %s", path, err)
         return False
+    for warning in warnings:
+        log.warning("Preloaded apps file %s: %s", path, warning)
     if preload.is_empty:
         return False  # already consumed ({}), or deliberately empty
 

@@ -601,6 +601,69 @@ _V2_SERVICE_FIELDS: Final = {
     "contract": "contract",
 }
 _V2_DROPPED: Final = frozenset({"serviceName", "serviceId"})
+#: Keys of the v2 body's levels (§2.5.1); `dependent` is what older balena CLIs send (ignored).
+V2_BODY_KEYS: Final = ("local", "force", "dependent")
+V2_LOCAL_KEYS: Final = ("name", "config", "apps")
+V2_APP_KEYS: Final = ("name", "commit", "releaseId", "services", "volumes", "networks")
+
+
+_V2_SHAPE: Final = '{"local": {"apps": {"<appId>": {...}}}} ({"local": {"apps": {}}} removes every app)'
+
+
+def _hint(obj: Mapping[str, Any], known: tuple[str, ...]) -> str:
+    """`` (found 'servics')`` when the object has an unknown key, likely the missing one misspelt."""
+    unknown = [key for key in obj if key not in known]
+    return f" (found {', '.join(repr(k) for k in unknown[:3])})" if unknown else ""
+
+
+class V2Paths:
+    """Maps a path in the converted v3 document back to where the user wrote it in the v2 body.
+
+    Service, volume and network fields are named as in the compose file the body was made from
+    (``services.web.ports[0]``, ``volumes.data.driver``), prefixed with ``apps.<appId>.`` only when
+    the body has several apps; everything else is named by its place in the body
+    (``local.apps.1011.releaseId``). A v3-only level disappears: ``composition`` holds the service's
+    own keys, ``image_id`` is ``imageId``, a service's ``id`` is its key in ``services``.
+    """
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[str, str]] = [("apps", "local.apps"), ("name", "local.name"),
+                                              ("config", "local.config")]
+
+    def add_app(self, key: str, commit: str | None, service_ids: Mapping[str, str], single: bool) -> None:
+        app3, app2 = child("apps", key), child("local.apps", key)
+        self._pairs.append((app3, app2))
+        if not commit:
+            return
+        rel3 = child(child(app3, "releases"), commit)
+        compose = "" if single else child("apps", key)
+        self._pairs += [
+            (rel3, app2),
+            (child(rel3, "id"), child(app2, "releaseId")),
+            (child(rel3, "services"), child(app2, "services")),
+            (child(rel3, "volumes"), child(compose, "volumes")),
+            (child(rel3, "networks"), child(compose, "networks")),
+        ]
+        for name, service_id in service_ids.items():
+            svc3, svc2 = child(child(rel3, "services"), name), child(child(compose, "services"), name)
+            self._pairs += [
+                (svc3, svc2),
+                (child(svc3, "composition"), svc2),
+                (child(svc3, "image_id"), child(svc2, "imageId")),
+                (child(svc3, "id"), child(child(app2, "services"), service_id)),
+            ]
+
+    def user_path(self, path: str) -> str:
+        """The user's path for ``path`` (a v3 path of the converted document)."""
+        best = ("", "")
+        for v3, v2 in self._pairs:
+            boundary = path[len(v3): len(v3) + 1] in ("", ".", "[")
+            if path.startswith(v3) and boundary and len(v3) > len(best[0]):
+                best = (v3, v2)
+        rest = path[len(best[0]):]
+        if not best[1] and rest.startswith("."):
+            rest = rest[1:]
+        return best[1] + rest
 
 
 def _v2_app_id(key: str, path: str) -> int:
@@ -609,8 +672,10 @@ def _v2_app_id(key: str, path: str) -> int:
     return int(key)
 
 
-def _v2_services(value: Any, path: str) -> dict[str, Any]:
+def _v2_services(value: Any, path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(v3 services by name, serviceId key by name)."""
     services: dict[str, Any] = {}
+    ids: dict[str, str] = {}
     for service_id, item in expect_object(value, path).items():
         svc_path = child(path, service_id)
         svc = expect_object(item, svc_path)
@@ -627,10 +692,11 @@ def _v2_services(value: Any, path: str) -> dict[str, Any]:
             k: v for k, v in svc.items() if k not in _V2_SERVICE_FIELDS and k not in _V2_DROPPED
         }
         services[name] = v3
-    return services
+        ids[name] = service_id
+    return services, ids
 
 
-def _v2_app(key: str, value: Any, path: str) -> dict[str, Any]:
+def _v2_app(key: str, value: Any, path: str, paths: V2Paths, single: bool) -> dict[str, Any]:
     app_id = _v2_app_id(key, path)
     app_path = child(path, key)
     app = expect_object(value, app_path)
@@ -640,46 +706,78 @@ def _v2_app(key: str, value: Any, path: str) -> dict[str, Any]:
     commit = _get(app, "commit")
     if commit is not MISSING and commit is not None:
         commit = expect_string(commit, child(app_path, "commit"))
-    if commit:  # no commit (or an empty one): no release, as in the reference
-        release: dict[str, Any] = {
-            "services": _v2_services(
-                with_default(expect_object, {})(_get(app, "services"), child(app_path, "services")),
-                child(app_path, "services"),
-            ),
-            "volumes": _get(app, "volumes"),
-            "networks": _get(app, "networks"),
-        }
-        if "releaseId" in app:
-            release["id"] = app["releaseId"]
-        v3["releases"] = {commit: {k: v for k, v in release.items() if v is not MISSING}}
+    services_v2 = _get(app, "services")
+    if not commit:
+        # No commit: no release, as in the reference. Services given without one would be dropped
+        # silently (a misspelt `commit` removed the app), so they are refused.
+        if services_v2 not in (MISSING, None) and services_v2 != {}:
+            raise ValidationError(
+                child(app_path, "commit"), "is required when the app has services"
+            )
+        paths.add_app(key, None, {}, single)
+        return v3
+    if services_v2 is MISSING or services_v2 is None:
+        raise ValidationError(
+            child(app_path, "services"),
+            f"is required ({{}} for a release without services){_hint(app, V2_APP_KEYS)}",
+        )
+    services, ids = _v2_services(services_v2, child(app_path, "services"))
+    release: dict[str, Any] = {
+        "services": services,
+        "volumes": _get(app, "volumes"),
+        "networks": _get(app, "networks"),
+    }
+    if "releaseId" in app:
+        release["id"] = app["releaseId"]
+    v3["releases"] = {commit: {k: v for k, v in release.items() if v is not MISSING}}
+    paths.add_app(key, commit, ids, single)
     return v3
+
+
+def v2_to_v3(doc: Any, *, current_name: str) -> tuple[dict[str, Any], V2Paths]:
+    """The v3 ``TargetDevice`` document a v2 body stands for, and the map back to the body's paths.
+
+    The documented shape is required: ``{"local": {"apps": {...}}}``; ``{"local": {"apps": {}}}`` is
+    how a user removes every app. A body without ``local`` or ``local.apps`` (``{}``, ``{"apps": {}}``)
+    is refused: the reference read it as "no apps" and removed everything.
+    """
+    paths = V2Paths()
+    body = expect_object(doc, "")
+    local = _get(body, "local")
+    if local is MISSING or local is None:
+        raise ValidationError("local", f"is required: the body is {_V2_SHAPE}{_hint(body, V2_BODY_KEYS)}")
+    local = expect_object(local, "local")
+    apps_v2 = _get(local, "apps")
+    if apps_v2 is MISSING or apps_v2 is None:
+        hint = _hint(local, V2_LOCAL_KEYS)
+        raise ValidationError("local.apps", f"is required ({{}} removes every app){hint}")
+    apps_v2 = expect_object(apps_v2, "local.apps")
+    single = len(apps_v2) == 1
+    apps = {key: _v2_app(key, app, "local.apps", paths, single) for key, app in apps_v2.items()}
+    name = _get(local, "name")
+    config = _get(local, "config")
+    v3 = {
+        "name": current_name if name is MISSING or name is None else name,
+        "config": {} if config is MISSING or config is None else config,
+        "apps": apps,
+    }
+    return v3, paths
 
 
 def from_v2_local(doc: Any, *, current_name: str) -> TargetDevice:
     """Convert and decode a ``POST /v2/local/target-state`` body (§2.5.1, local=True).
 
-    ``{local: {name?, config?, apps?}, force?}``: the app uuid is the appId key, services are
+    ``{local: {name?, config?, apps}, force?}``: the app uuid is the appId key, services are
     keyed by ``serviceName`` with the serviceId key as ``id``, and every other service field goes
     into ``composition``. A missing name falls back to ``current_name``. ``force`` is the caller's.
-    Structural errors carry v2 paths (``local.apps.1...``); rule errors of the converted target
-    carry v3 paths (``apps.1.releases.<commit>.services.<name>...``).
+    Every error names the field where the user wrote it (see :class:`V2Paths`).
     """
+    paths = V2Paths()
     try:
-        body = expect_object(doc, "")
-        local = with_default(expect_object, {})(_get(body, "local"), "local")
-        apps_v2 = with_default(expect_object, {})(_get(local, "apps"), "local.apps")
-        apps = {key: _v2_app(key, app, "local.apps") for key, app in apps_v2.items()}
+        v3, paths = v2_to_v3(doc, current_name=current_name)
+        return _device(v3, "")
     except ValidationError as err:
-        raise _refused(err) from err
-    name = _get(local, "name")
-    config = _get(local, "config")
-    return parse_target_device(
-        {
-            "name": current_name if name is MISSING or name is None else name,
-            "config": {} if config is MISSING or config is None else config,
-            "apps": apps,
-        }
-    )
+        raise _refused(ValidationError(paths.user_path(err.path), err.rule)) from err
 
 
 # ---------------------------------------------------------------------------- apps.json
