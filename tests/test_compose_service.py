@@ -316,10 +316,13 @@ def test_rich_composition_is_normalised():
     assert svc.depends_on == ["db"]
 
 
-def test_unsupported_fields_are_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="supervisor.compose"):
+def test_unsupported_fields_are_logged_at_debug_only(caplog):
+    """Every planning round builds the services: the user hears of ignored keys once, when the
+    target is admitted (tests/test_admission.py), not every round."""
+    with caplog.at_level(logging.DEBUG, logger="supervisor.compose"):
         target({"build": ".", "expose": [1]})
-    assert "Ignoring unsupported or unknown compose fields: build, expose" in caplog.text
+    (record,) = [r for r in caplog.records if "Ignoring unsupported" in r.getMessage()]
+    assert record.levelno == logging.DEBUG and record.getMessage().endswith("build, expose")
 
 
 def test_image_fallbacks():

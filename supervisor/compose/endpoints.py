@@ -64,7 +64,7 @@ def from_compose(
         if service_match:
             depends = service_match[1]
         elif CONTAINER_MODE_RE.search(mode):
-            log.warning("A network_mode referencing a container is not supported. Ignoring.")
+            log.debug("A network_mode referencing a container is not supported. Ignoring.")  # see admission
             mode = None
     if mode is None:
         mode = next(iter(keyed), "default")

@@ -75,7 +75,7 @@ def security_opt(value: Iterable[Any] | None, *, warn: bool = False) -> list[str
     opts = [str(o) for o in value or []]
     dropped = [o for o in opts if _SELINUX_LABEL.search(o)]
     if dropped and warn:
-        log.warning("Ignoring unsupported security options: %s", ",".join(dropped))
+        log.debug("Ignoring unsupported security options: %s", ",".join(dropped))  # see admission
     return [o for o in opts if not _SELINUX_LABEL.search(o)]
 
 

@@ -54,7 +54,7 @@ def sanitise(entries: Iterable[Any] | None, app_id: int) -> list[Mount]:
                 continue
             source, target, *rest = entry.split(":")
             if _is_abs(source):
-                log.warning("Ignoring invalid bind mount %s", entry)
+                log.debug("Ignoring invalid bind mount %s", entry)  # the user was told at admission
                 continue
             short = f"{volume_name(app_id, source.strip())}:{target.strip()}"
             if rest:
@@ -64,7 +64,7 @@ def sanitise(entries: Iterable[Any] | None, app_id: int) -> list[Mount]:
             kind = entry.get("type")
             source = entry.get("source")
             if kind == "bind" and _is_abs(source):
-                log.warning("Ignoring invalid bind mount %s", json.dumps(entry, default=str))
+                log.debug("Ignoring invalid bind mount %s", json.dumps(entry, default=str))
             elif kind == "volume" and source is None:
                 kept.append(normalise_long(entry))
             elif kind == "volume" and isinstance(source, str) and not _is_abs(source):

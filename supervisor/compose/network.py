@@ -52,7 +52,8 @@ class Network:
         for entry in ipam.get("config") or []:
             pools.append({key: entry[src] for src, key, _ in _POOL_KEYS if entry.get(src)})
         if any(not p.get("subnet") or not p.get("gateway") for p in pools):
-            log.warning(
+            # Said once to the user when the target is admitted (compose/rules.py); this runs every round.
+            log.debug(
                 "Network IPAM config entries must have both a subnet and gateway defined."
                 " Your network might not work properly otherwise."
             )

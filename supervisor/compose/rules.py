@@ -124,6 +124,8 @@ def _integer(value: Any, path: str, low: int | None = None, high: int | None = N
         number = int(value)
     if number is None:
         raise _fail(path, f"expected an integer, got {json_type(value)} {describe(value)}")
+    if high is None and low is not None and number < low:
+        raise _fail(path, f"{number} must be at least {low}")
     if (low is not None and number < low) or (high is not None and number > high):
         raise _fail(path, f"{number} is out of range {low}-{high}")
     return number
@@ -238,7 +240,11 @@ def _port_entry(item: Any, path: str) -> dict[str, Any]:
         _port_text(text, path)
     try:
         port = parse_port(item)
-    except ComposeError:
+    except ComposeError as err:
+        if "does not match" in str(err):
+            raise _fail(path, "the host and container port ranges have different lengths") from None
+        if "cannot be lower" in str(err):
+            raise _fail(path, "a port range ends before it starts") from None
         raise _fail(
             path,
             f"invalid port {describe(item if not isinstance(item, Mapping) else dict(item))}: expected "
@@ -910,7 +916,7 @@ RULES: Final[dict[str, Check]] = {
     "securityOpt": _security_opt, "stopGracePeriod": _stop_grace, "stopSignal": _stop_signal,
     "storageOpt": _storage_opt, "sysctls": _sysctls, "ulimits": _ulimits,
     "usernsMode": _mode_rule(("", "host"), "userns mode"), "volumes": _volumes, "restart": _restart,
-    "cpuShares": _int_rule(0, 262144), "cpuQuota": _cpu_quota, "cpus": _cpus, "cpuset": _cpuset,
+    "cpuShares": _int_rule(0, None), "cpuQuota": _cpu_quota, "cpus": _cpus, "cpuset": _cpuset,
     "domainname": _any_string, "hostname": _hostname,
     "ipc": _mode_rule(("", "private", "shareable", "none", "host"), "ipc mode"), "macAddress": _mac,
     "memLimit": _memory, "memReservation": _memory, "shmSize": _shm_size,
@@ -965,6 +971,9 @@ def check_service(composition: Mapping[str, Any], path: str, scope: ReleaseScope
                     child(path, key),
                     f"{describe(composition[key])} is below mem_reservation {describe(reservation)}",
                 )
+    if scope.network_mode == "host" and composition.get("ports"):
+        warnings.append(f"{child(path, 'ports')}: not published with network_mode: host (the service "
+                        "listens on the host's ports directly)")
     quota = composition.get("cpu_quota", composition.get("cpuQuota"))
     cpus = composition.get("cpus")
     if cpus not in (None, 0, "0") and quota not in (None, 0, "0"):
@@ -1040,6 +1049,9 @@ def _ipam(value: Any, path: str) -> list[str]:
         elif key == "config":
             for pool, pool_path in _list(item, key_path, string_ok=False):
                 _pool(pool, pool_path)
+                if not pool.get("subnet") or not pool.get("gateway"):
+                    warnings.append(f"{pool_path}: IPAM config entries must have both a subnet and gateway "
+                                    "defined; your network might not work properly otherwise")
         else:
             warnings.append(
                 f"unknown key {key!r} in {path} ignored{suggest(key, ['driver', 'config', 'options'])}"
