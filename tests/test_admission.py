@@ -9,7 +9,6 @@ property is in tests/test_target_refusals.py).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -628,4 +627,63 @@ def test_random_documents_are_admitted_or_refused(doc: Any) -> None:
     judge({"local": {"apps": doc}})
 
 
-CHECKS: list[Callable[..., Any]] = [judge]  # shared with tests/test_target_refusals.py
+# --------------------------------------------------------------------- the OpenAPI LocalTarget schema
+def local_target_schema() -> Any:
+    import jsonschema
+
+    from supervisor.api.openapi import document
+
+    schema = document()["components"]["schemas"]["LocalTarget"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_the_openapi_schema_accepts_the_documented_shape() -> None:
+    from tests.test_local_target import TARGET
+
+    validator = local_target_schema()
+    for body in (v2_body(), TARGET, {"local": {"apps": {}}}, v2_body(restrt="no", build=".")):
+        assert list(validator.iter_errors(body)) == [], body
+
+
+SCHEMA_REFUSES = [
+    ({}, "'local' is a required property"),
+    ({"apps": {}}, "'local' is a required property"),
+    ({"local": {}}, "'apps' is a required property"),
+    ([], "is not of type 'object'"),
+    (v2_body(restart="sometimes"), "'sometimes' is not valid"),
+    (v2_body(ports=["99999:80"]), "is not valid under any of the given schemas"),
+    (v2_body(mem_limit="1.5g"), "is not valid under any of the given schemas"),
+    (v2_body(cap_add=["NET_ADMN"]), "['NET_ADMN'] is not valid"),
+    (v2_body(imageId="x"), "is not valid under any of the given schemas"),
+    (v2_body(ulimits={"nofile": {"soft": 1}}), "is not valid under any of the given schemas"),
+]
+
+
+@pytest.mark.parametrize(("body", "says"), SCHEMA_REFUSES, ids=[str(i) for i in range(len(SCHEMA_REFUSES))])
+def test_the_openapi_schema_refuses_what_the_supervisor_refuses(body: Any, says: str) -> None:
+    errors = [e.message for e in local_target_schema().iter_errors(body)]
+    assert any(says in e for e in errors), errors
+    refusal(body)  # and so does the supervisor
+
+
+def test_missing_required_keys_fail_the_schema() -> None:
+    body = v2_body()
+    app = body["local"]["apps"]["1011"]
+    app["servics"] = app.pop("services")
+    errors = [e.message for e in local_target_schema().iter_errors(body)]
+    assert any("'services' is a dependency of 'commit'" in e for e in errors), errors
+    body = v2_body()
+    del body["local"]["apps"]["1011"]["services"]["1"]["image"]
+    errors = [e.message for e in local_target_schema().iter_errors(body)]
+    assert "'image' is a required property" in errors, errors
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MUTATION, min_size=1, max_size=4))
+def test_the_openapi_schema_never_refuses_what_the_supervisor_admits(
+    mutations: list[tuple[str, Any]],
+) -> None:
+    body = v2_body(**dict(mutations))
+    if judge(copy.deepcopy(body)) is not None:
+        assert [e.message for e in local_target_schema().iter_errors(body)] == []

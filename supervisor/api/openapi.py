@@ -19,6 +19,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from .. import __version__
+from .target_schema import ACCEPTED as LOCAL_TARGET_ACCEPTED
+from .target_schema import LOCAL_TARGET
 
 bp = Blueprint("openapi", __name__)
 
@@ -203,15 +205,8 @@ SCHEMAS: dict[str, Schema] = {
         )},
         release={"type": ["string", "null"]},
     ),
-    "LocalTarget": _obj(
-        ["local"],
-        local=_obj(
-            name={"type": "string"},
-            config={"type": "object", "additionalProperties": {"type": "string"}},
-            apps={"type": "object", "description": "Keyed by appId (v2 format, spec §2.5)"},
-        ),
-        force={"type": "boolean"},
-    ),
+    "LocalTarget": LOCAL_TARGET,
+    "LocalTargetAccepted": LOCAL_TARGET_ACCEPTED,
     "Tag": _obj(["id", "name", "value"], id={"type": "integer"}, name={"type": "string"},
                 value={"type": "string"}),
     "JournalQuery": _obj(
@@ -388,9 +383,11 @@ def _paths() -> dict[str, dict[str, Any]]:
             ),
             "post": _op(
                 "Set the target state (local mode only)",
-                {200: _json("Stored; the engine applies it", _obj(
-                    ["status", "message"], status=_const("success"), message=_const("OK"))),
-                 400: _failed("Not in local mode, or the target is invalid (the message names the field)")},
+                {200: _json("Stored; the engine applies it", _ref("LocalTargetAccepted")),
+                 400: _failed("Not in local mode, or not a target the device can apply: not JSON, not the "
+                              "documented shape, or a value the engine would refuse. Nothing changes; the "
+                              "message names the field as written, e.g. `Invalid target state: "
+                              "services.web.ports[0]: port 99999 is out of range 0-65535`")},
                 body=_body(_ref("LocalTarget"), form=False, required=True),
             ),
         },

@@ -1069,6 +1069,9 @@ def _pool(pool: Any, path: str) -> None:
                 child(path, str(key)),
                 f"unknown IPAM key{suggest(str(key), ['subnet', 'gateway', 'ip_range', 'aux_addresses'])}",
             )
+    for key in ("subnet", "gateway", "ip_range"):
+        if pool.get(key) is not None:
+            _string(pool[key], child(path, key))
     if pool.get("subnet"):
         text = _string(pool["subnet"], child(path, "subnet"))
         try:
