@@ -25,7 +25,7 @@ from supervisor.state.validation import (
 
 Schema = dict[str, Any]
 
-_PORT_NUMBER = r"(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_PORT_NUMBER = r"0*(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 _RANGE = rf"{_PORT_NUMBER}(?:-{_PORT_NUMBER})?"
 PORT_PATTERN: Final = rf"^(?:(?:[0-9a-fA-F.:]+:)?(?:{_RANGE})?:)?{_RANGE}(?:/(?:tcp|udp))?$"
 SIZE_PATTERN: Final = r"^[0-9]+[bBkKmMgG]?[bB]?$"
@@ -172,7 +172,7 @@ SERVICE: Final[Schema] = {
         "extra_hosts": _STRING_OR_LIST,
         "tmpfs": _STRING_OR_LIST,
         "security_opt": _STRING_OR_LIST,
-        "group_add": {"type": "array", "items": {"type": ["string", "integer"]}},
+        "group_add": _STRING_OR_LIST,
         "sysctls": {"anyOf": [_STRING_MAP, {"type": "array", "items": {"type": "string", "pattern": "="}}]},
         "ulimits": {
             "type": "object",
@@ -209,7 +209,7 @@ SERVICE: Final[Schema] = {
         "cpus": {"type": ["number", "string"]},
         "cpu_shares": _int(0),
         "cpu_quota": _int(-1),
-        "cpuset": {"type": "string"},
+        "cpuset": {"type": ["string", "number"]},
         "oom_score_adj": _int(-1000, 1000),
         "pids_limit": _int(-1),
         "privileged": _BOOL,
@@ -218,9 +218,9 @@ SERVICE: Final[Schema] = {
         "init": _BOOL,
         "oom_kill_disable": _BOOL,
         "working_dir": {"type": "string", "pattern": "^(/.*)?$"},
-        "user": {"type": ["string", "integer"]},
-        "hostname": {"type": "string", "maxLength": 64},
-        "stop_signal": {"type": ["string", "integer"]},
+        "user": {"type": ["string", "number"]},
+        "hostname": {"type": ["string", "number"], "maxLength": 64},
+        "stop_signal": {"type": ["string", "number"]},
         "pid": {"enum": ["", "host"]},
         "ipc": {"enum": ["", "private", "shareable", "none", "host"]},
         "userns_mode": {"enum": ["", "host"]},
