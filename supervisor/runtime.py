@@ -84,6 +84,11 @@ class Supervisor:
         self.api_keys = ApiKeys(self.config.db)
         self.api_keys.global_key()
         self.targets = TargetStore(self.config.db)
+        # The port is taken first: a port in use is then the one line the CLI prints (issue #11).
+        self.app = create_app(self)
+        port = settings.port if settings.port is not None else self.config.listen_port
+        self.server = ApiServer(self.app, settings.host, port,
+                               threads=settings.api_threads + settings.api_streams)
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
@@ -92,10 +97,6 @@ class Supervisor:
         self.blinker = Blinker(led, duration=settings.blink_seconds)
 
         self._init_device_endpoints()
-        self.app = create_app(self)
-        port = settings.port if settings.port is not None else self.config.listen_port
-        self.server = ApiServer(self.app, settings.host, port,
-                               threads=settings.api_threads + settings.api_streams)
 
         # Host paths under the root prefix: "" on a device, so locks are /tmp/balena-supervisor/...
         self.lock_root = str(self.paths.root).rstrip("/")

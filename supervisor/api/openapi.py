@@ -333,6 +333,22 @@ def _paths() -> dict[str, dict[str, Any]]:
                                                  "in progress"})),
             tag="v1",
         )},
+        "/v1/tcp-ping": {
+            verb: _op(
+                f"{what} the TCP connectivity heartbeat (older API docs): today's connectivity "
+                "check, `SUPERVISOR_CONNECTIVITY_CHECK`",
+                {204: {"description": f"{what}d; no body"}}, tag="v1",
+            )
+            for verb, what in (("post", "Enable"), ("delete", "Disable"))
+        },
+        **{
+            f"/v1/{name}": {"post": _op(
+                f"Removed (older API docs): {summary}",
+                {410: _failed("Gone: the message names the replacement, the host's SSH on port 22222 "
+                              "(`balena ssh`)")}, tag="v1",
+            )}
+            for name, summary in (("spawn-tty", "open a web terminal"), ("despawn-tty", "close it"))
+        },
         "/v1/device/host-config": {
             "get": _op(
                 "Hostname and proxy of the host OS",

@@ -55,6 +55,9 @@ BATCH_DELAY_S: Final = 0.2
 NOOP_DELAY_S: Final = 1.0
 BACKOFF_BASE_S: Final = 0.5
 CONNECT_RETRY_MAX_S: Final = 30.0
+#: How long an API request that needs the engine waits for the first connection attempt (issue #11:
+#: the API answers /ping before the state engine's thread has connected).
+FIRST_CONNECT_WAIT_S: Final = 5.0
 
 
 class EngineUnavailableError(Exception):
@@ -135,6 +138,7 @@ class Reconciler(Subsystem):
 
         self._cond = threading.Condition()
         self._engine: Engine | None = None
+        self._first_attempt = threading.Event()  # set once the first connection attempt has ended
         # Guarded by _cond: the trigger queue (one slot) and what the API reads.
         self._pending = False
         self._cancel = False
@@ -166,8 +170,12 @@ class Reconciler(Subsystem):
         return self._engine
 
     def require_engine(self) -> Engine:
-        """The connected engine; :class:`EngineUnavailableError` while there is none."""
+        """The connected engine; :class:`EngineUnavailableError` while there is none. Until the
+        first connection attempt has ended (at most ``FIRST_CONNECT_WAIT_S``), waits for it: an engine
+        that is up must not read as "not connected" in the moment after the API starts."""
         engine = self._engine
+        if engine is None and self._first_attempt.wait(FIRST_CONNECT_WAIT_S):
+            engine = self._engine
         if engine is None:
             raise EngineUnavailableError(self.status().engine_error or "Docker engine not connected yet")
         return engine
@@ -221,8 +229,10 @@ class Reconciler(Subsystem):
             if self.status().engine_error != message:
                 log.error("%s (will keep retrying)", message)
             self._update(engine_error=message)
+            self._first_attempt.set()
             return False
         self._engine = engine
+        self._first_attempt.set()
         if self.status().engine_error is not None:
             log.info("Docker engine reachable again")
         self._update(engine_error=None)
