@@ -167,18 +167,27 @@ class Supervisor:
         """Containers, images and commits of the managed apps, read now (for the API)."""
         from .state.engine import current_commits
         from .state.images import DOWNLOADED
+        from .state.report import device_images
 
         engine = self.reconciler.require_engine()
         manages = self.reconciler.manages
         services = engine.reader.services(apps=self.managed_apps)
         present = {entry["Id"] for entry in engine.client.api.images()}
-        images = [
-            img for img in engine.images.status()
-            if manages(img["appId"], img["appUuid"])
-            and (img["status"] != DOWNLOADED or img["dockerImageId"] in present)
-        ]
-        commits = {app: c for app, c in current_commits(self.config.db).items() if manages(app)}
-        return Observation(services=services, images=images, commits=commits)
+        # Apps the device has: in the target, or with containers (a removed app's kept images and
+        # stored commit are not reported: issue #11).
+        target = {app.id: app.release.commit if app.release is not None else None
+                  for app in self.targets.get_target(self.target_source).apps.values()}
+        images = device_images(
+            (img for img in engine.images.status()
+             if manages(img["appId"], img["appUuid"])
+             and (img["status"] != DOWNLOADED or img["dockerImageId"] in present)),
+            services, target,
+        )
+        apps = set(target) | {svc.app_id for svc in services}
+        commits = {app: c for app, c in current_commits(self.config.db).items()
+                   if app in apps and manages(app)}
+        return Observation(services=services, images=images, commits=commits,
+                           errors=self.reconciler.errors.snapshot())
 
     def volatile_state(self) -> dict[str, Any]:
         """The device fields the reference keeps in memory (``currentVolatile``)."""

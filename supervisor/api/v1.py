@@ -79,7 +79,8 @@ def update() -> Response:
 def device() -> Response:
     sup = supervisor()
     status = sup.reconciler.status()
-    return jsonify(report.v1_device(sup.observe(), sup.volatile_state(), applying=status.applying))
+    return jsonify(report.v1_device(sup.observe(), sup.volatile_state(), applying=status.applying,
+                                    last_error=status.last_error))
 
 
 # --- device endpoints (issue #5) -----------------------------------------------------------------

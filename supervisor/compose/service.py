@@ -150,6 +150,11 @@ class Service:
     depends_on: list[str] | None = None
     docker_image_id: str | None = None
     exit_error_message: str | None = None
+    #: A container the engine keeps restarting (``State.Restarting``; issue #11): ``RestartCount``,
+    #: the last ``ExitCode`` and ``FinishedAt`` (engine timestamp), for the API's ``error`` field.
+    restart_count: int = 0
+    exit_code: int | None = None
+    finished_at: str | None = None
     ignored_fields: tuple[str, ...] = field(default=())
 
     # ---------------------------------------------------------------- building
@@ -331,7 +336,9 @@ class Service:
         cfg = inspect.get("Config") or {}
         container_id = str(inspect.get("Id") or "")
 
-        if state.get("Running"):
+        if state.get("Restarting"):  # Running is true too: a crash loop is not "Running" (issue #11)
+            status = "Restarting"
+        elif state.get("Running"):
             status = "Running"
         elif state.get("Status") == "created":
             status = "Installed"
@@ -428,6 +435,9 @@ class Service:
             created_at=inspect.get("Created"),
             docker_image_id=cfg.get("Image"),
             exit_error_message=state.get("Error"),
+            restart_count=int(inspect.get("RestartCount") or 0),
+            exit_code=state.get("ExitCode"),
+            finished_at=state.get("FinishedAt"),
         )
 
     # ---------------------------------------------------------------- engine

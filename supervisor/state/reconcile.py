@@ -36,6 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
+from supervisor.state.errors import ServiceErrors
 from supervisor.state.planner import PlanContext, TargetApps, plan
 from supervisor.state.steps import Fetch, Noop, Reboot, Step, describe
 from supervisor.subsystem import Subsystem
@@ -135,6 +136,8 @@ class Reconciler(Subsystem):
         self.backoff_base = backoff_base
         self.connect_retry_max = connect_retry_max
         self._planner = planner
+        #: The last failed step of each service, for the API (state/errors.py, issue #11).
+        self.errors = ServiceErrors()
 
         self._cond = threading.Condition()
         self._engine: Engine | None = None
@@ -291,6 +294,7 @@ class Reconciler(Subsystem):
         results = self._execute(engine, steps)
         if results is None:
             return 0.0  # stopping: the batch finishes (or not) without us
+        self.errors.note(results)
         if any(isinstance(s, Fetch) for s in steps):
             with self._cond:
                 self._fetch_seconds += time.monotonic() - started
@@ -361,6 +365,7 @@ class Reconciler(Subsystem):
                 last_error=None,
             )
             self._applying_since = None
+        self.errors.clear()
         log.info("Finished applying target state")
 
     # ------------------------------------------------------------------ helpers
