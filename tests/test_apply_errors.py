@@ -205,3 +205,35 @@ def test_images_are_listed_once_and_go_with_their_app(start_supervisor, device_r
     assert status["containers"] == [] and status["images"] == [] and "release" not in status
     device = sup.get("/v1/device").json()
     assert "commit" not in device and "status" not in device
+
+
+def test_a_supervisor_api_service_reaches_the_api_without_host_setup(
+        start_supervisor, device_root: Path, local_image: str, app_owner, docker_client) -> None:
+    """Under ``--no-host-setup`` there is no supervisor0: the service reaches the API through the host's
+    address on its own network (``host.docker.internal``, mapped to ``host-gateway``); the API listens on
+    every address, as by default."""
+    app_id, _ = app_owner
+    # The fixture's 127.0.0.1 is not reachable from a container: listen everywhere (the default).
+    sup = start_supervisor(device_root, "--apps", str(app_id), "--no-host-setup", "--host", "0.0.0.0",
+                           engine=True)
+    poll = ('while true; do wget -q -O - "$BALENA_SUPERVISOR_ADDRESS/v2/applications/state'
+            '?apikey=$BALENA_SUPERVISOR_API_KEY" && echo; sleep 1; done')
+    service = _service("main", local_image, 101, command=["sh", "-c", poll],
+                       labels={TEST_LABEL: "1", "io.balena.features.supervisor-api": "1"})
+    offset = len(sup.output())
+    _apply(sup, _target(app_id, {"main": service}))
+    wait_for(lambda: SETTLED in sup.output()[offset:], "the service to start", sup)
+
+    (entry,) = docker_client.api.containers(filters={"label": f"io.balena.app-id={app_id}"})
+    inspect = docker_client.api.inspect_container(entry["Id"])
+    env = dict(item.split("=", 1) for item in inspect["Config"]["Env"])
+    assert env["BALENA_SUPERVISOR_HOST"] == "host.docker.internal"
+    assert env["BALENA_SUPERVISOR_ADDRESS"] == f"http://host.docker.internal:{sup.port}"
+    assert "supervisor0" not in inspect["NetworkSettings"]["Networks"]
+
+    def answered() -> bool:
+        return '"errors-test"' in docker_client.api.logs(entry["Id"]).decode(errors="replace")
+
+    wait_for(answered, "the service's request to the supervisor API", sup,
+             context=lambda: docker_client.api.logs(entry["Id"])[-500:])
+    assert sup.get("/v2/state/status").json()["appState"] == "applied"  # no restart loop, no backoff

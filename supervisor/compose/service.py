@@ -84,6 +84,7 @@ class ServiceContext:
     device_api_key: str = ""
     scoped_api_key: str | None = None
     supervisor_host: str = "10.114.104.1"
+    supervisor_network: bool = True  # False: no supervisor0 (--no-host-setup), see compose/features.py
     hostname: str = ""
     docker_socket: str = "/var/run/docker.sock"
     lock_dir: str = ""
@@ -307,6 +308,7 @@ class Service:
                 device_api_key=ctx.device_api_key,
                 scoped_api_key=ctx.scoped_api_key,
                 supervisor_host=ctx.supervisor_host,
+                supervisor_network=ctx.supervisor_network,
                 docker_socket=ctx.docker_socket,
                 host_paths=ctx.host_paths,
                 board_rev=ctx.board_rev,
