@@ -5,17 +5,16 @@ offline and a free port; nothing else of the text is changed."""
 
 from __future__ import annotations
 
-import random
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import test_apply_errors as apply_errors
 from tests.fixtures.device import REPO, free_port, wait_for
-from tests.test_reconcile import OWNER_LABEL, remove_app, start_local
+from tests.test_reconcile import OWNER_LABEL, start_local
 
 pytestmark = pytest.mark.docker
 
@@ -29,13 +28,8 @@ def examples() -> dict[str, str]:
     return blocks
 
 
-@pytest.fixture
-def app(docker_client) -> Iterator[tuple[int, str]]:
-    app_id, owner = random.randint(10**6, 10**9), uuid.uuid4().hex
-    try:
-        yield app_id, owner
-    finally:
-        remove_app(docker_client, app_id, owner)
+#: (app id, image owner token), the app removed afterwards: the apply-error tests' fixture.
+app = apply_errors.app_owner
 
 
 def test_the_local_mode_guide_works_as_written(start_supervisor, device_root: Path, tmp_path: Path,
