@@ -160,7 +160,7 @@ def _make_gpio(spec: str, pin: int | str, pin_factory: Any) -> LED:
         log.warning("identify LED %s unavailable (running without it): %s", spec, reason)
         return NullLed(f"{spec}: {reason}")
     except (GPIOZeroError, ImportError, OSError, RuntimeError) as exc:
-        # BadPinFactory off a Pi, a pin already in use, no access to /dev/gpiomem, ...
+        # A pin already in use, no access to /dev/gpiomem, ...
         log.warning("identify LED %r unavailable, blinking disabled: %s", spec, exc)
         return NullLed(f"{spec}: {exc}")
 
