@@ -194,6 +194,8 @@ DB_KEYS: dict[str, _DbKey] = {
     "instantUpdates": _DbKey(True, _parse_bool),
     "targetStateSet": _DbKey(False, _parse_bool),
     "pinDevice": _DbKey(None, json.loads),  # {app, commit}, set by a preload (spec §11.2)
+    # SUPERVISOR_CONNECTIVITY_CHECK (§5.2, §10.7); also set by POST/DELETE /v1/tcp-ping.
+    "connectivityCheckEnabled": _DbKey(True, _parse_bool),
 }
 
 
