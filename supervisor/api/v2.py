@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any
 
@@ -50,18 +49,14 @@ def set_local_target_state() -> Response:
 def _json_object_body() -> Any:
     """A target is JSON only: no body, a form or text/plain was read as "no apps" by the reference,
     which then removed every service. Returns the decoded JSON (its shape is the admission's job)."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
+    if not request.get_data(cache=True).strip():
         raise BadRequest('The target state body is empty: send {"local": {"apps": {...}}} as JSON')
     if not request.is_json:
         raise BadRequest(
             "The target state must be sent as JSON (Content-Type: application/json), got "
             f"{request.mimetype or 'no content type'}"
         )
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise BadRequest(f"Invalid JSON body: {err}") from None
+    return json_body()
 
 
 @bp.get("/v2/state/status")
