@@ -461,22 +461,11 @@ def create_kwargs_pass_docker_py(body: dict[str, Any]) -> None:
 
 
 def built_bodies(device: Any) -> list[dict[str, Any]]:
-    from supervisor.compose.service import ServiceContext
+    from supervisor.state.admission import placeholder_context
     from supervisor.state.planner import target_apps
 
-    def context(app: Any, svc: Any) -> ServiceContext:
-        return ServiceContext(
-            app_id=app.id,
-            app_uuid=app.uuid,
-            app_name=app.name,
-            release_id=app.release.id,
-            commit=app.release.commit,
-            device_uuid="d" * 32,
-            device_type="generic",
-            device_arch="amd64",
-            device_name="dev",
-            os_version="",
-        )
+    def context(app: Any, svc: Any) -> Any:
+        return placeholder_context(app, "dev")
 
     bodies = []
     for app in target_apps(device, context).values():

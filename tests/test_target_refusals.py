@@ -238,26 +238,14 @@ def test_unknown_keys_are_applied_with_warnings_and_logged_once(running: VolumeD
 def _engine_create(client: docker.DockerClient, body: dict[str, Any], image: str) -> None:
     """Create (not start) every network, volume and container the admitted ``body`` stands for, on
     the real engine, under throwaway names; everything is removed again."""
-    from supervisor.compose.service import ServiceContext
-    from supervisor.state.admission import validate_local
+    from supervisor.state.admission import placeholder_context, validate_local
     from supervisor.state.planner import target_apps
 
     api = client.api
     device, _ = validate_local(body, current_name="dev")
 
-    def context(app: Any, svc: Any) -> ServiceContext:
-        return ServiceContext(
-            app_id=app.id,
-            app_uuid=app.uuid,
-            app_name=app.name,
-            release_id=app.release.id,
-            commit=app.release.commit,
-            device_uuid="d" * 32,
-            device_type="generic",
-            device_arch="amd64",
-            device_name="dev",
-            os_version="",
-        )
+    def context(app: Any, svc: Any) -> Any:
+        return placeholder_context(app, "dev")
 
     created: list[tuple[str, str]] = []
     try:

@@ -42,6 +42,7 @@ __all__ = [
     "RULES",
     "ReleaseScope",
     "check_environment_size",
+    "env_pairs",
     "image_reference",
     "check_network_config",
     "check_service",
@@ -358,7 +359,7 @@ def _text_bytes(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _env_pairs(value: Any, path: str, *, what: str) -> list[tuple[str, str, str]]:
+def env_pairs(value: Any, path: str, *, what: str) -> list[tuple[str, str, str]]:
     """(key, value, path) of a compose environment/labels field: a mapping or a ``K=V`` list."""
     out: list[tuple[str, str, str]] = []
     if isinstance(value, Mapping):
@@ -385,11 +386,11 @@ def _env_pairs(value: Any, path: str, *, what: str) -> list[tuple[str, str, str]
 
 
 def _environment(value: Any, path: str, scope: ReleaseScope) -> None:
-    _env_pairs(value, path, what="variable")
+    env_pairs(value, path, what="variable")
 
 
 def _labels(value: Any, path: str, scope: ReleaseScope) -> None:
-    _env_pairs(value, path, what="label")
+    env_pairs(value, path, what="label")
 
 
 def check_environment_size(pairs: list[tuple[str, str, str]], path: str, *, what: str) -> None:
@@ -1011,22 +1012,30 @@ def _string_map(value: Any, path: str) -> None:
             _scalar(item, child(path, str(key)))
 
 
+def _ignored_key(key: str, path: str, known: tuple[str, ...], unsupported: tuple[str, ...]) -> str | None:
+    """The warning for a key of a volume/network definition that is not applied, else None."""
+    if key not in known:
+        return f"unknown key {key!r} in {path} ignored{suggest(key, list(known))}"
+    if key in unsupported:
+        return f"key {key!r} in {path} is not supported by the supervisor and ignored"
+    return None
+
+
 def check_network_config(config: Mapping[str, Any], path: str) -> list[str]:
     """A release's network definition: what `docker network create` would refuse."""
     warnings: list[str] = []
     for key, value in config.items():
         key_path = child(path, key)
-        if key not in _NETWORK_KEYS:
-            warnings.append(f"unknown key {key!r} in {path} ignored{suggest(key, list(_NETWORK_KEYS))}")
-        elif key in ("external", "name", "attachable"):
-            warnings.append(f"key {key!r} in {path} is not supported by the supervisor and ignored")
+        ignored = _ignored_key(key, path, _NETWORK_KEYS, ("external", "name", "attachable"))
+        if ignored:
+            warnings.append(ignored)
         elif value is None:
             continue
         elif key == "driver":
             _one_of(value, key_path, _NETWORK_DRIVERS, "network driver")
         elif key in ("driver_opts", "labels"):
             if key == "labels" and isinstance(value, list | tuple):
-                _env_pairs(value, key_path, what="label")
+                env_pairs(value, key_path, what="label")
             else:
                 _string_map(value, key_path)
         elif key in ("enable_ipv6", "internal", "config_only"):
@@ -1110,16 +1119,15 @@ def check_volume_config(config: Mapping[str, Any], path: str) -> list[str]:
     warnings: list[str] = []
     for key, value in config.items():
         key_path = child(path, key)
-        if key not in _VOLUME_KEYS:
-            warnings.append(f"unknown key {key!r} in {path} ignored{suggest(key, list(_VOLUME_KEYS))}")
-        elif key in ("external", "name"):
-            warnings.append(f"key {key!r} in {path} is not supported by the supervisor and ignored")
+        ignored = _ignored_key(key, path, _VOLUME_KEYS, ("external", "name"))
+        if ignored:
+            warnings.append(ignored)
         elif value is None:
             continue
         elif key == "driver":
             _one_of(value, key_path, ("local",), "volume driver")
         elif key == "labels" and isinstance(value, list | tuple):
-            _env_pairs(value, key_path, what="label")
+            env_pairs(value, key_path, what="label")
         else:
             _string_map(value, key_path)
     return warnings

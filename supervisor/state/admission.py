@@ -24,7 +24,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from supervisor.compose import rules
 from supervisor.compose.errors import ComposeError
@@ -49,7 +49,10 @@ from .target import (
 )
 from .validation import ValidationError, child
 
-__all__ = ["WarningLog", "buildable", "validate", "validate_local", "validate_preload"]
+if TYPE_CHECKING:
+    from supervisor.compose.service import ServiceContext
+
+__all__ = ["WarningLog", "buildable", "placeholder_context", "validate", "validate_local", "validate_preload"]
 
 DEVICE_KEYS: Final = ("name", "config", "apps")
 APP_KEYS: Final = ("id", "name", "class", "releases", "parent_app", "is_host")
@@ -248,7 +251,7 @@ def _check_sizes(svc: TargetService, composition: Mapping[str, Any], svc_path: s
         inner = composition.get(field)
         inner_path = user_path(child(child(svc_path, "composition"), field))
         if inner is not None:
-            pairs += rules._env_pairs(inner, inner_path, what=what)
+            pairs += rules.env_pairs(inner, inner_path, what=what)
         try:
             rules.check_environment_size(pairs, user_path(child(svc_path, field)), what=what)
         except ValidationError as err:
@@ -278,30 +281,35 @@ def _check_ports(
 
 
 # -------------------------------------------------------------------------- the last check
+def placeholder_context(app: TargetApp, device_name: str) -> ServiceContext:
+    """Device facts that shape a container body but not whether the engine can create it."""
+    from supervisor.compose.service import ServiceContext
+
+    release = app.release
+    assert release is not None  # only services of a release are built
+    return ServiceContext(
+        app_id=app.id,
+        app_uuid=app.uuid,
+        app_name=app.name,
+        release_id=release.id,
+        commit=release.commit,
+        device_uuid="0" * 32,
+        device_type="generic",
+        device_arch="amd64",
+        device_name=device_name,
+        os_version="",
+        hostname="device",
+    )
+
+
 def buildable(device: TargetDevice, user_path: Paths = lambda p: p) -> None:
     """Build every container, network and volume body the executor would send for ``device``, with
     placeholder device facts; a ComposeError is refused at the service's path. Rules above should
     have refused first: this is the net that keeps an unbuildable target from being stored."""
-    from supervisor.compose.service import ServiceContext
-
     from .planner import target_apps
 
     def context(app: TargetApp, svc: TargetService) -> ServiceContext:
-        release = app.release
-        assert release is not None
-        return ServiceContext(
-            app_id=app.id,
-            app_uuid=app.uuid,
-            app_name=app.name,
-            release_id=release.id,
-            commit=release.commit,
-            device_uuid="0" * 32,
-            device_type="generic",
-            device_arch="amd64",
-            device_name=device.name,
-            os_version="",
-            hostname="device",
-        )
+        return placeholder_context(app, device.name)
 
     try:
         apps = target_apps(device, context)
