@@ -204,6 +204,36 @@ def test_memory_below_its_reservation_and_cpus_with_a_quota_are_refused() -> Non
     assert "cannot both be set" in refusal(v2_body(cpus=1, cpu_quota=50000)).rule
 
 
+@pytest.mark.parametrize(
+    ("mode", "field", "value"),
+    [
+        ("host", "networks", ["front"]),
+        ("none", "networks", {"front": None}),
+        ("host", "mac_address", "02:42:ac:11:00:09"),
+        ("service:db", "ports", ["8080:80"]),
+        ("service:db", "hostname", "web"),
+        ("service:db", "dns", ["1.1.1.1"]),
+        ("service:db", "extra_hosts", ["a:1.2.3.4"]),
+        ("service:db", "networks", ["front"]),
+    ],
+)
+def test_what_conflicts_with_a_shared_network_namespace_is_refused(mode: str, field: str, value: Any) -> None:
+    """The engine: `conflicting options: port publishing and the container type network mode`, or a
+    connect that fails: `container sharing network namespace ... cannot be connected`."""
+    body = v2_body(**{"network_mode": mode, "networks": None, "ports": None, field: value})
+    err = refusal(body)
+    assert err.path == f"services.web.{field}" and f"cannot be set with network_mode '{mode}'" in err.rule
+
+
+def test_services_waiting_for_each_other_are_refused() -> None:
+    body = v2_body()
+    body["local"]["apps"]["1011"]["services"]["2"]["depends_on"] = ["web"]
+    assert "would never start: web -> db -> web" in refusal(body).rule
+    body = v2_body(depends_on=None, networks=None, ports=None, network_mode="service:db")
+    body["local"]["apps"]["1011"]["services"]["2"]["network_mode"] = "service:web"
+    assert "would never start" in refusal(body).rule
+
+
 def test_net_sysctls_are_refused_in_the_host_network_namespace_only() -> None:
     validate_local(v2_body(sysctls={"net.core.somaxconn": "1024"}), current_name="d", cpus=2)
     err = refusal(v2_body(sysctls={"net.core.somaxconn": "1024"}, network_mode="host", networks=None))

@@ -42,6 +42,7 @@ __all__ = [
     "RULES",
     "ReleaseScope",
     "check_environment_size",
+    "dependencies",
     "env_pairs",
     "image_reference",
     "check_network_config",
@@ -865,6 +866,15 @@ def _healthcheck(value: Any, path: str, scope: ReleaseScope) -> list[str]:
     return warnings
 
 
+def dependencies(composition: Mapping[str, Any]) -> list[str]:
+    """The services a (valid) composition waits for: depends_on and network_mode service:<name>."""
+    depends = composition.get("depends_on", composition.get("dependsOn")) or []
+    names = [str(name) for name in depends]
+    mode = composition.get("network_mode", composition.get("networkMode"))
+    match = re.fullmatch(r"service:\s*(.*)", mode.strip()) if isinstance(mode, str) else None
+    return names + ([match[1]] if match else [])
+
+
 def _depends_on(value: Any, path: str, scope: ReleaseScope) -> None:
     if isinstance(value, Mapping):
         items = [(name, child(path, str(name))) for name in value]
@@ -897,8 +907,11 @@ def image_reference(value: Any, path: str) -> None:
     """An image reference the engine can pull (``registry:5000/repo/name:tag@sha256:...``)."""
     text = _string(value, path)
     if not _REFERENCE_RE.fullmatch(text):
-        raise _fail(path, f"invalid image reference {describe(text)}: expected [registry[:port]/]name[:tag]"
-                          "[@digest], the name in lower case")
+        raise _fail(
+            path,
+            f"invalid image reference {describe(text)}: expected [registry[:port]/]name[:tag]"
+            "[@digest], the name in lower case",
+        )
 
 
 def _image(value: Any, path: str, scope: ReleaseScope) -> None:
@@ -972,14 +985,38 @@ def check_service(composition: Mapping[str, Any], path: str, scope: ReleaseScope
                     child(path, key),
                     f"{describe(composition[key])} is below mem_reservation {describe(reservation)}",
                 )
+    _check_network_namespace(composition, path, scope.network_mode)
     if scope.network_mode == "host" and composition.get("ports"):
-        warnings.append(f"{child(path, 'ports')}: not published with network_mode: host (the service "
-                        "listens on the host's ports directly)")
+        warnings.append(
+            f"{child(path, 'ports')}: not published with network_mode: host (the service "
+            "listens on the host's ports directly)"
+        )
     quota = composition.get("cpu_quota", composition.get("cpuQuota"))
     cpus = composition.get("cpus")
     if cpus not in (None, 0, "0") and quota not in (None, 0, "0"):
         raise _fail(child(path, "cpus"), "cpus and cpu_quota cannot both be set")
     return warnings
+
+
+# What the engine refuses next to a network mode that is not the service's own namespace
+# ("conflicting options: ... and the network mode"), and what a shared namespace cannot join.
+_NOT_WITH_HOST = ("networks", "mac_address")
+_NOT_WITH_SERVICE = (*_NOT_WITH_HOST, "ports", "hostname", "dns", "dns_search", "dns_opt", "extra_hosts")
+
+
+def _check_network_namespace(composition: Mapping[str, Any], path: str, mode: str) -> None:
+    if mode.startswith("service:"):
+        conflicting = _NOT_WITH_SERVICE
+    elif mode in ("host", "none"):
+        conflicting = _NOT_WITH_HOST
+    else:
+        return
+    for key, value in composition.items():
+        if value and _snake(camel_case(key)) in conflicting:
+            raise _fail(
+                child(path, key),
+                f"cannot be set with network_mode {mode!r}: the service shares that network namespace",
+            )
 
 
 def _with_mode(scope: ReleaseScope, mode: Any) -> ReleaseScope:
@@ -1059,8 +1096,10 @@ def _ipam(value: Any, path: str) -> list[str]:
             for pool, pool_path in _list(item, key_path, string_ok=False):
                 _pool(pool, pool_path)
                 if not pool.get("subnet") or not pool.get("gateway"):
-                    warnings.append(f"{pool_path}: IPAM config entries must have both a subnet and gateway "
-                                    "defined; your network might not work properly otherwise")
+                    warnings.append(
+                        f"{pool_path}: IPAM config entries must have both a subnet and gateway "
+                        "defined; your network might not work properly otherwise"
+                    )
         else:
             warnings.append(
                 f"unknown key {key!r} in {path} ignored{suggest(key, ['driver', 'config', 'options'])}"

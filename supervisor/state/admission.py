@@ -231,6 +231,7 @@ def _check_rules(device: TargetDevice, user_path: Paths, cpus: int) -> list[str]
             )
             _check_sizes(svc, composition, svc_path, user_path)
             _check_ports(composition, svc_path, user_path, published)
+        _check_cycles(release.services, rel, user_path)
     buildable(device, user_path)
     return warnings
 
@@ -256,6 +257,26 @@ def _check_sizes(svc: TargetService, composition: Mapping[str, Any], svc_path: s
             rules.check_environment_size(pairs, user_path(child(svc_path, field)), what=what)
         except ValidationError as err:
             raise _AtUserPath(err.path, err.rule) from err
+
+
+def _check_cycles(services: Mapping[str, TargetService], rel: str, user_path: Paths) -> None:
+    """Services that wait for each other (depends_on, network_mode service:) would never start."""
+    waits = {name: rules.dependencies(thaw(svc.composition)) for name, svc in services.items()}
+    done: set[str] = set()
+
+    def visit(name: str, chain: list[str]) -> None:
+        if name in chain:
+            cycle = " -> ".join([*chain[chain.index(name) :], name])
+            where = user_path(child(child(child(rel, "services"), chain[-1]), "composition"))
+            raise _AtUserPath(where, f"services wait for each other and would never start: {cycle}")
+        if name in done or name not in waits:
+            return
+        for other in waits[name]:
+            visit(other, [*chain, name])
+        done.add(name)
+
+    for name in waits:
+        visit(name, [])
 
 
 def _check_ports(
