@@ -169,6 +169,27 @@ def test_invalid_content_keeps_running(device_root: Path, start_supervisor) -> N
     _assert_refused(device_root, start_supervisor, json.dumps(bad), "Invalid apps.json")
 
 
+def test_a_value_the_engine_would_refuse_is_not_preloaded(device_root: Path, start_supervisor) -> None:
+    """The same gate as POST /v2/local/target-state (state/admission.py), with the file's own path."""
+    bad = json.loads(json.dumps(APPS_JSON))
+    service = bad["apps"]["myapp"]["releases"]["abcdef"]["services"]["someservice"]
+    service["composition"] = {"ports": ["99999:80"]}
+    where = "apps.myapp.releases.abcdef.services.someservice.composition.ports[0]"
+    _assert_refused(device_root, start_supervisor, json.dumps(bad),
+                    f"Invalid apps.json: {where}: port 99999 is out of range 0-65535")
+
+
+def test_preload_warnings_are_logged(device_root: Path, start_supervisor) -> None:
+    doc = json.loads(json.dumps(APPS_JSON))
+    service = doc["apps"]["myapp"]["releases"]["abcdef"]["services"]["someservice"]
+    service["composition"] = {"restrt": "no"}
+    _write_apps_json(device_root, doc)
+    sup = start_supervisor(device_root)
+    assert "someservice" in _target(sup)["apps"]["1234"]["services"][0]["serviceName"]
+    assert ("unknown key 'restrt' in apps.myapp.releases.abcdef.services.someservice.composition ignored "
+            "(did you mean 'restart'?)") in sup.output()
+
+
 def test_pin_device_is_stored(device_root: Path, start_supervisor) -> None:
     _write_apps_json(device_root, {**APPS_JSON, "pinDevice": True})
     sup = start_supervisor(device_root)
