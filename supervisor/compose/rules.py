@@ -265,10 +265,10 @@ def _port_text(text: str, path: str) -> None:
     body, _, protocol = text.partition("/")
     if protocol and protocol not in ("tcp", "udp"):
         raise _fail(path, f"protocol {protocol!r} is not 'tcp' or 'udp'")
-    for number in re.findall(r"[0-9]+", body.rsplit(":", 2)[-1] if body.count(":") <= 2 else body):
+    parts = body.rsplit(":", 2)  # [host ip:][host port(s):]container port(s)
+    for number in re.findall(r"[0-9]+", ":".join(parts[-2:])):
         if int(number) > 65535:
             raise _fail(path, f"port {int(number)} is out of range 0-65535")
-    parts = body.rsplit(":", 2)
     if len(parts) == 3 and parts[0]:
         host = parts[0][1:-1] if parts[0].startswith("[") and parts[0].endswith("]") else parts[0]
         _ip(host, path, "host IP address")

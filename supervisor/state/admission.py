@@ -67,16 +67,6 @@ SERVICE_KEYS: Final = (
     "contract",
     "composition",
 )
-_V2_SERVICE_KEYS: Final = (
-    "serviceName",
-    "serviceId",
-    "imageId",
-    "image",
-    "environment",
-    "labels",
-    "running",
-    "contract",
-)
 
 Paths = Callable[[str], str]
 
