@@ -318,9 +318,11 @@ class SupervisorClient:
         """``GET /v2/local/target-state``: the target the engine follows (``{"local": ...}``)."""
         return self._json("GET", "/v2/local/target-state")["state"]
 
-    def set_local_target_state(self, target: Mapping[str, Any], *, force: bool = False) -> None:
-        """``POST /v2/local/target-state`` (local mode only) with a v2 ``{"local": ...}`` target."""
-        self._call("POST", "/v2/local/target-state", {**target, **self._force(force)})
+    def set_local_target_state(self, target: Mapping[str, Any], *, force: bool = False) -> list[str]:
+        """``POST /v2/local/target-state`` (local mode only) with a v2 ``{"local": ...}`` target; the
+        warnings about keys it accepted but does not apply (``unknown key 'restrt' in ...``)."""
+        body = self._json("POST", "/v2/local/target-state", {**target, **self._force(force)})
+        return list(body.get("warnings") or []) if isinstance(body, dict) else []
 
     def cleanup_volumes(self) -> None:
         """``GET /v2/cleanup-volumes``: remove volumes no app references."""

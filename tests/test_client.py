@@ -127,7 +127,9 @@ def test_unmanaged_device_needs_no_key(unmanaged) -> None:
 
 def test_local_target_round_trip(unmanaged) -> None:
     client = SupervisorClient(unmanaged.url)
-    client.set_local_target_state({"local": {"name": "client-device", "config": {}, "apps": {}}})
+    assert client.set_local_target_state({"local": {"name": "client-device", "config": {}, "apps": {}}}) == []
+    assert client.set_local_target_state({"local": {"name": "client-device", "apps": {}, "nmae": "x"}}) == [
+        "unknown key 'nmae' in local ignored (did you mean 'name'?)"]
     state = client.local_target_state()
     assert state["local"]["name"] == "client-device" and state["local"]["apps"] == {}
     with pytest.raises(SupervisorError) as err:
