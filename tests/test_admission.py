@@ -234,6 +234,28 @@ def test_services_waiting_for_each_other_are_refused() -> None:
     assert "would never start" in refusal(body).rule
 
 
+def test_overlapping_subnets_and_shared_static_addresses_are_refused() -> None:
+    body = v2_body()
+    body["local"]["apps"]["1011"]["networks"]["back"] = {
+        "ipam": {"config": [{"subnet": "10.77.0.128/25", "gateway": "10.77.0.129"}]}
+    }
+    err = refusal(body)
+    assert err.path == "networks.back.ipam.config[0].subnet"
+    assert "10.77.0.128/25 overlaps 10.77.0.0/24 of networks.front.ipam.config[0]" in err.rule
+    body = v2_body(networks={"front": {"ipv4_address": "10.77.0.9"}})
+    body["local"]["apps"]["1011"]["services"]["2"]["networks"] = {"front": {"ipv4_address": "10.77.0.9"}}
+    err = refusal(body)
+    assert err.path == "services.db.networks.front.ipv4_address"
+    assert "already the address of services.web.networks.front" in err.rule
+
+
+def test_a_command_line_the_kernel_cannot_pass_is_refused() -> None:
+    assert "MAX_ARG_STRLEN" in refusal(v2_body(command="x" * 200_000)).rule
+    err = refusal(v2_body(entrypoint=["a" * 1000] * 100))
+    assert err.path == "services.web.entrypoint" and "ARG_MAX" in err.rule
+    validate_local(v2_body(command=["sh", "-c", "echo hi"]), current_name="d", cpus=2)
+
+
 def test_net_sysctls_are_refused_in_the_host_network_namespace_only() -> None:
     validate_local(v2_body(sysctls={"net.core.somaxconn": "1024"}), current_name="d", cpus=2)
     err = refusal(v2_body(sysctls={"net.core.somaxconn": "1024"}, network_mode="host", networks=None))

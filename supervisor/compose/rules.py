@@ -31,6 +31,7 @@ from typing import Any, Final
 from supervisor.state.validation import ValidationError, child, describe, json_type
 
 from .casing import SUPPORTED_KEYS, camel_case
+from .command import as_argv
 from .errors import ComposeError
 from .fields import RESTART_POLICIES
 from .ports import parse_port
@@ -349,11 +350,33 @@ def _caps(value: Any, path: str, scope: ReleaseScope) -> None:
 
 
 # ---------------------------------------------------------------------------- command, env
+#: Of the ARG_MAX share kept outside the environment (ENV_BUDGET), what one of `command` and
+#: `entrypoint` may take; the rest is for the supervisor's variables and the image's.
+ARGV_BUDGET: Final = 64 * 1024
+
+
 def _command(value: Any, path: str, scope: ReleaseScope) -> None:
-    if value is None or isinstance(value, str):
-        return
-    for item, item_path in _list(value, path):
-        _scalar(item, item_path)
+    if not isinstance(value, str):
+        for item, item_path in _list(value, path):
+            _scalar(item, item_path)
+    argv = as_argv(value) or []
+    total = 0
+    for index, arg in enumerate(argv):
+        size = _text_bytes(arg) + 1
+        if size > MAX_ARG_STRLEN:
+            where = path if isinstance(value, str) else child(path, index)
+            raise _fail(
+                where,
+                f"an argument of {size} bytes is over the {MAX_ARG_STRLEN} bytes the kernel "
+                "passes per argument (MAX_ARG_STRLEN)",
+            )
+        total += size + _POINTER
+    if total > ARGV_BUDGET:
+        raise _fail(
+            path,
+            f"takes {total} bytes; at most {ARGV_BUDGET} bytes of what the kernel passes to a "
+            f"process (ARG_MAX {ARG_MAX}) are kept for it",
+        )
 
 
 def _text_bytes(text: str) -> int:

@@ -37,6 +37,7 @@ from .target import (
     Preload,
     TargetApp,
     TargetDevice,
+    TargetRelease,
     TargetService,
     TargetStateError,
     V2Paths,
@@ -189,6 +190,7 @@ def _check(device: TargetDevice, user_path: Paths, cpus: int | None) -> list[str
 def _check_rules(device: TargetDevice, user_path: Paths, cpus: int) -> list[str]:
     warnings: list[str] = []
     published: dict[tuple[str, int], tuple[str, str]] = {}
+    subnets: list[tuple[Any, str]] = []  # every app's networks share the engine's address space
     for uuid, app in device.apps.items():
         release = app.release
         if release is None:
@@ -222,6 +224,7 @@ def _check_rules(device: TargetDevice, user_path: Paths, cpus: int) -> list[str]
             _check_sizes(svc, composition, svc_path, user_path)
             _check_ports(composition, svc_path, user_path, published)
         _check_cycles(release.services, rel, user_path)
+        _check_networks(release, rel, user_path, subnets)
     buildable(device, user_path)
     return warnings
 
@@ -267,6 +270,42 @@ def _check_cycles(services: Mapping[str, TargetService], rel: str, user_path: Pa
 
     for name in waits:
         visit(name, [])
+
+
+def _check_networks(release: TargetRelease, rel: str, user_path: Paths, seen: list[tuple[Any, str]]) -> None:
+    """Subnets of the release's networks that overlap, and one static address given to two services:
+    the engine refuses the second network, or the second container's start."""
+    import ipaddress
+
+    for name, config in release.networks.items():
+        pools = ((config.get("ipam") or {}).get("config") or []) if isinstance(config, Mapping) else []
+        for index, pool in enumerate(pools):
+            path = child(child(child(child(child(rel, "networks"), name), "ipam"), "config"), index)
+            subnet = ipaddress.ip_network(pool["subnet"]) if pool.get("subnet") else None
+            for other, other_path in seen if subnet is not None else ():
+                if other.version == subnet.version and other.overlaps(subnet):
+                    raise _AtUserPath(
+                        user_path(child(path, "subnet")),
+                        f"{subnet} overlaps {other} of {user_path(other_path)}",
+                    )
+            if subnet is not None:
+                seen.append((subnet, path))
+    addresses: dict[tuple[str, str], str] = {}
+    for name, svc in release.services.items():
+        networks = svc.composition.get("networks")
+        for network, entry in networks.items() if isinstance(networks, Mapping) else ():
+            for key in ("ipv4_address", "ipv6_address"):
+                address = entry.get(key) if isinstance(entry, Mapping) else None
+                if not address:
+                    continue
+                path = child(
+                    child(child(child(child(rel, "services"), name), "composition"), "networks"), network
+                )
+                other = addresses.setdefault((network, str(ipaddress.ip_address(address))), path)
+                if other != path:
+                    raise _AtUserPath(
+                        user_path(child(path, key)), f"{address} is already the address of {user_path(other)}"
+                    )
 
 
 def _check_ports(
