@@ -9,6 +9,7 @@ property is in tests/test_target_refusals.py).
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import pytest
@@ -669,6 +670,7 @@ def test_random_documents_are_admitted_or_refused(doc: Any) -> None:
 
 
 # --------------------------------------------------------------------- the OpenAPI LocalTarget schema
+@functools.cache
 def local_target_schema() -> Any:
     import jsonschema
 
