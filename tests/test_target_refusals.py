@@ -318,7 +318,7 @@ def test_random_targets_are_created_by_the_engine_or_refused_over_http(
 ) -> None:
     """Admitted: the engine creates every object (an app uuid of its own, a free subnet). Refused:
     the supervisor answers 400 with the same message the pure gate gives, and nothing moves."""
-    subnet = f"10.{random.randint(100, 250)}.{random.randint(0, 250)}."
+    subnet = free_subnet(running.client)
     body = json.loads(json.dumps(pure_body(**dict(mutations)), default=str).replace("10.77.0.", subnet))
     body["local"]["apps"] = {str(random.randint(10**9, 2 * 10**9)): body["local"]["apps"]["1011"]}
     judge(copy.deepcopy(body))  # the pure property first (docker-py's builders)
@@ -327,6 +327,23 @@ def test_random_targets_are_created_by_the_engine_or_refused_over_http(
         _engine_create(running.client, body, busybox_image)
     else:
         assert refused(running, json=body) == message
+
+
+def free_subnet(client: docker.DockerClient) -> str:
+    """The prefix ``10.x.y.`` of a /24 no network on the (shared) engine uses."""
+    import ipaddress
+
+    used = [
+        ipaddress.ip_network(pool["Subnet"], strict=False)
+        for net in client.api.networks()
+        for pool in ((net.get("IPAM") or {}).get("Config") or [])
+        if pool.get("Subnet")
+    ]
+    while True:
+        prefix = f"10.{random.randint(100, 250)}.{random.randint(0, 250)}."
+        candidate = ipaddress.ip_network(prefix + "0/24")
+        if not any(candidate.overlaps(net) for net in used if net.version == 4):
+            return prefix
 
 
 def refusal_message(body: Any) -> str | None:
