@@ -19,8 +19,8 @@ POLL_S = POLL_MS / 1000 * float(TIME_SCALE)
 DEVICE_TYPE = "generic-amd64"
 
 
-def fleet(api: FakeCloud, name: str = "fleet") -> dict[str, Any]:
-    app = api.create_application(name, DEVICE_TYPE)
+def fleet(api: FakeCloud, name: str = "fleet", app_id: int | None = None) -> dict[str, Any]:
+    app = api.create_application(name, DEVICE_TYPE, app_id)
     app["provisioning_key"] = api.provisioning_key(app["id"])
     return app
 

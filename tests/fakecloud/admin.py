@@ -27,7 +27,7 @@ class Admin:
                     body["name"],
                     body.get("device_type", "generic-amd64"),
                     app_class=body.get("class", "fleet"),
-                    uuid=body.get("uuid"),
+                    uuid=body.get("uuid"), app_id=body.get("id"),
                 ),
             )
         match = re.fullmatch(r"PATCH /applications/(\d+)", route)
@@ -38,6 +38,10 @@ class Admin:
                     (body.get("target_release"), int(match[1])),
                 )
             raise empty(200)
+        if route == "POST /devices":
+            device_id = s.create_device(body["application"], body["uuid"], body["api_key"],
+                                        device_id=body.get("id"), device_name=body.get("device_name"))
+            raise json_reply(201, {"id": device_id})
         if route == "POST /keys":
             raise json_reply(
                 201,
