@@ -153,6 +153,9 @@ def test_cloud_outage(cloud_fleet: Fleet, start_supervisor) -> None:
     /v1/healthy fails after 2x the interval, then the device catches up within an interval and its
     reports resume as diffs."""
     fl = cloud_fleet
+    # The connectivity check would fail the health at once (test_connectivity_check_fails_health_at_once);
+    # off, the poll-age rule alone decides.
+    fl.api.set_var("app_config", fl.app["id"], "RESIN_SUPERVISOR_CONNECTIVITY_CHECK", "false")
     release = fl.release(("main",))
     sup = fl.start(start_supervisor, appUpdatePollInterval=120_000)
     wait_for(lambda: fl.runs(release["commit"], ("main",)), "the release running and reported", sup, timeout=120)
@@ -161,7 +164,9 @@ def test_cloud_outage(cloud_fleet: Fleet, start_supervisor) -> None:
     fl.api.stop()
     down_at = time.monotonic()
     wait_for(lambda: sup.get("/v1/healthy").status_code == 500, "unhealthy during the outage", sup, timeout=30)
-    assert time.monotonic() - down_at >= 2 * 1.2 - 0.7  # not before 2x the interval (less the last poll's age)
+    # Unhealthy once the last good poll is 2 x 1.2 s old; that poll was at most 1.2 + 0.6 s before.
+    assert time.monotonic() - down_at >= 2 * 1.2 - (1.2 + 0.6)
+    assert "no successful target fetch" in sup.output()
     while time.monotonic() - down_at < 6.0:
         time.sleep(0.2)
     assert fl.containers() == before  # the apps ran through it untouched
@@ -236,8 +241,7 @@ def test_kill_during_provisioning_registers_once(fake_api: FakeCloud, device_roo
         if slow_path:
             fake_api.fault("slow", path=slow_path, delay=1.0, count=1)
         sup = start_supervisor(device_root, env=env())
-        wait_for(lambda: "Registering the device" in sup.output() or "provisioned" in sup.output()
-                 or "already registered" in sup.output(), "provisioning started", sup, timeout=30)
+        wait_for(lambda: "Supervisor started" in sup.output(), "the supervisor up", sup, timeout=30)
         time.sleep(delay)
         sup.stop(signal.SIGKILL)
         fake_api.clear_faults()
@@ -248,3 +252,33 @@ def test_kill_during_provisioning_registers_once(fake_api: FakeCloud, device_roo
     assert (config["uuid"], config["deviceId"]) == (device["uuid"], device["id"])
     assert "apiKey" not in config and config["deviceApiKey"] in device["keys"]
     wait_for(lambda: fake_api.device(config["uuid"])["api_heartbeat_state"] == "online", "polling", sup)
+
+
+def test_connectivity_check_fails_health_at_once(fake_api: FakeCloud, device_root: Path, start_supervisor) -> None:
+    """§10.7: a TCP check of the API host every 10 s (x0.01); the API gone fails /v1/healthy long
+    before the poll-age rule would (poll interval 15 min x 0.01 = 9 s here)."""
+    app = fleet(fake_api)
+    fresh_device(device_root, fake_api, app, appUpdatePollInterval=900_000)
+    sup = start_supervisor(device_root, env=env())
+    wait_for(lambda: fake_api.devices() and "deviceId" in config_json(device_root), "provisioned", sup)
+    wait_for(lambda: sup.get("/v1/healthy").status_code == 200, "healthy", sup, timeout=30)
+    fake_api.stop()
+    down_at = time.monotonic()
+    wait_for(lambda: sup.get("/v1/healthy").status_code == 500, "unhealthy", sup, timeout=30)
+    assert time.monotonic() - down_at < 9.0
+    wait_for(lambda: "Waiting for connectivity..." in sup.output(), "the change logged", sup, timeout=10)
+    fake_api.start()
+    wait_for(lambda: sup.get("/v1/healthy").status_code == 200, "healthy again", sup, timeout=30)
+    assert "Internet Connectivity: OK" in sup.output()
+
+
+def test_unmanaged_device_has_no_binder(tmp_path: Path) -> None:
+    from supervisor.runtime import Settings, Supervisor
+
+    root = tmp_path / "root"
+    (root / "mnt/boot").mkdir(parents=True)
+    sup = Supervisor(Settings(root=str(root), port=0, host="127.0.0.1", led="none"))
+    try:
+        assert sup.binder is None and all(s.name != "cloud" for s in sup.subsystems)
+    finally:
+        sup.config.db.close()
