@@ -1,12 +1,16 @@
 """The one retry delay rule of the binder (spec §10.3-§10.5, reference ``lib/backoff.ts``).
 
-``min(min_s x 2^n, max_s)`` after the n-th failure in a row. A server's ``Retry-After`` replaces
+``min(min_s x 2^n, max_s)`` after the n-th failure in a row, spread over its upper half at random
+(x 0.5-1.0): the reference's delay is deterministic, so every device that failed in one outage
+would come back at the same instants; the jitter spreads a fleet's return (tests/bench/bench_fleet.py).
+A server's ``Retry-After`` replaces
 the computed delay: it is read as **seconds**, as RFC 9110 and the server (cloud-api.md §0.6) say;
 the reference uses the number as milliseconds, which retries 1000x too early (docs/API.md).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from time import time
@@ -42,7 +46,8 @@ class Backoff:
         self.failures += 1
         if retry_after is not None:
             return retry_after
-        return min(self.min_s() * 2 ** (self.failures - 1), max(self.max_s(), self.min_s()))
+        delay = min(self.min_s() * 2 ** (self.failures - 1), max(self.max_s(), self.min_s()))
+        return delay * (0.5 + random.random() / 2)
 
     def reset(self) -> None:
         self.failures = 0

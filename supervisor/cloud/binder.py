@@ -182,16 +182,17 @@ class CloudBinder(Subsystem):
         self._poll_loop()
 
     def _retry(self, what: str, step: Callable[[], None]) -> bool:
-        """Run ``step`` until it succeeds, ``bootstrapRetryDelay`` apart; False when stopping."""
+        """Run ``step`` until it succeeds, about ``bootstrapRetryDelay`` apart; False when stopping."""
+        retry = Backoff(self._bootstrap_delay_s, self._bootstrap_delay_s)
         while not self.stopping:
             try:
                 step()
                 self._last_error = None
                 return True
             except (ProvisionError, CloudRequestError) as exc:
-                self._log_error_once(f"Could not {what}: {exc}; retrying every "
+                self._log_error_once(f"Could not {what}: {exc}; retrying about every "
                                      f"{self._bootstrap_delay_s():.1f}s")
-            if self.wait(self._bootstrap_delay_s()):
+            if self.wait(retry.next()):
                 return False
         return False
 

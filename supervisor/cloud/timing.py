@@ -31,8 +31,8 @@ class Timing:
     connectivity_interval: float = 10.0
     #: A fetched tag list is fresh this long for ``GET /v2/device/tags``.
     tags_fresh: float = 10.0
-    #: §10.3: "if the config is not ready at start, retry the start after 10 s"; also how often the
-    #: binder looks at local mode while it waits.
+    #: How often the binder looks at local mode while it waits (real seconds, never scaled: it is
+    #: about responsiveness, and a fleet of scaled binders must not spin).
     idle_check: float = 1.0
 
     @classmethod
@@ -47,7 +47,8 @@ class Timing:
     def scaled(self, factor: float) -> Timing:
         if factor <= 0:
             raise ValueError("time scale must be positive")
-        values = {f.name: getattr(self, f.name) * factor for f in fields(self) if f.name != "scale"}
+        values = {f.name: getattr(self, f.name) * factor for f in fields(self)
+                  if f.name not in ("scale", "idle_check")}
         return replace(self, scale=self.scale * factor, **values)
 
     def ms(self, milliseconds: float) -> float:

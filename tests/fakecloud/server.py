@@ -744,15 +744,28 @@ class FakeApi:
         raise empty(200)
 
     # ------------------------------------------------------------------------------ dispatch
-    def dispatch(self, req: Request) -> None:
-        """Run the route; it always ends by raising :class:`Reply`."""
+    def _route(self, req: Request) -> tuple[Callable[..., None], tuple[str, ...]] | None:
         if "//" in req.raw_path:
-            raise empty(404)
+            return None
         for method, pattern, kind, fn in self.routes:
             match = pattern.fullmatch(req.path)
             if match and (method in ("*", req.method)):
                 req.kind = kind
-                fn(req, *match.groups())
+                return fn, match.groups()
+        return None
+
+    def classify(self, req: Request) -> None:
+        """Name the request's route for the log (faults answer before dispatch)."""
+        self._route(req)
+        if req.kind == "state_get":
+            req.uuid = req.path.split("/")[3]
+
+    def dispatch(self, req: Request) -> None:
+        """Run the route; it always ends by raising :class:`Reply`."""
+        route = self._route(req)
+        if route is not None:
+            fn, groups = route
+            fn(req, *groups)
         raise empty(404)
 
 
@@ -805,6 +818,7 @@ def make_handler(api: FakeApi, admin: Callable[[Request], None]) -> type[BaseHTT
                 if req.path.startswith("/_fake/"):
                     admin(req)
                     raise empty(404)
+                api.classify(req)
                 fault = _fault(api.store, req.method, req.path)
                 if fault is not None:
                     if fault["kind"] == "reset":
