@@ -29,8 +29,15 @@ def fresh_device(root: Path, api: FakeCloud, app: dict[str, Any], **extra: Any) 
     """A device root with a config.json holding a provisioning key (not registered yet)."""
     (root / "mnt/boot").mkdir(parents=True, exist_ok=True)
     (root / "mnt/boot/device-type.json").write_text(json.dumps({"slug": DEVICE_TYPE, "arch": "amd64"}))
-    config = {"apiEndpoint": api.url, "applicationId": app["id"], "apiKey": app["provisioning_key"],
-              "deviceType": DEVICE_TYPE, "appUpdatePollInterval": POLL_MS, "bootstrapRetryDelay": 30000, **extra}
+    config = {
+        "apiEndpoint": api.url,
+        "applicationId": app["id"],
+        "apiKey": app["provisioning_key"],
+        "deviceType": DEVICE_TYPE,
+        "appUpdatePollInterval": POLL_MS,
+        "bootstrapRetryDelay": 30000,
+        **extra,
+    }
     return write_config_json(root, config)
 
 
@@ -50,5 +57,7 @@ def db_config(root: Path, key: str) -> str | None:
 
 def set_db_config(root: Path, key: str, value: str) -> None:
     with sqlite3.connect(root / "mnt/data/resin-data/balena-supervisor/database.sqlite") as conn:
-        conn.execute("INSERT INTO config (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
-                     (key, value, value))
+        conn.execute(
+            "INSERT INTO config (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
+            (key, value, value),
+        )

@@ -29,11 +29,20 @@ def device(fake_api: FakeCloud) -> FakeCloud:
     return fake_api
 
 
-def _reporter(api: FakeCloud, cache: Path, state: dict[str, Any], timing: Timing | None = None) -> StateReporter:
+def _reporter(
+    api: FakeCloud, cache: Path, state: dict[str, Any], timing: Timing | None = None
+) -> StateReporter:
     client = ApiClient(lambda: api.url, lambda: 10.0, "Supervisor/test")
-    return StateReporter(client, uuid=lambda: UUID, key=lambda: KEY, current=lambda: dict(state),
-                         metrics=lambda: {}, poll_interval_s=lambda: 900.0,
-                         timing=timing or Timing().scaled(0.01), cache_path=cache)
+    return StateReporter(
+        client,
+        uuid=lambda: UUID,
+        key=lambda: KEY,
+        current=lambda: dict(state),
+        metrics=lambda: {},
+        poll_interval_s=lambda: 900.0,
+        timing=timing or Timing().scaled(0.01),
+        cache_path=cache,
+    )
 
 
 def test_reports_are_diffs_also_after_a_restart(device: FakeCloud, tmp_path: Path) -> None:
@@ -103,7 +112,12 @@ def test_one_report_in_flight_and_at_most_one_per_interval(device: FakeCloud, tm
 def test_hysteresis_keeps_values_inside_their_bucket() -> None:
     last = {"cpu_usage": 21, "cpu_temp": 46, "memory_usage": 301, "storage_usage": 5}
     new = {"cpu_usage": 39, "cpu_temp": 49, "memory_usage": 311, "storage_usage": 6}
-    assert with_hysteresis(new, last) == {"cpu_usage": 21, "cpu_temp": 46, "memory_usage": 311, "storage_usage": 6}
+    assert with_hysteresis(new, last) == {
+        "cpu_usage": 21,
+        "cpu_temp": 46,
+        "memory_usage": 311,
+        "storage_usage": 6,
+    }
     assert with_hysteresis({"cpu_usage": None}, last) == {"cpu_usage": None}
 
 
@@ -132,5 +146,7 @@ def test_client_errors_carry_status_and_never_the_key(device: FakeCloud) -> None
     assert caught.value.status == 401 and "wrong-key" not in str(caught.value)
     first = client.request("GET", f"/device/v3/{UUID}/state", key=KEY)
     etag = first.headers["ETag"]
-    again = client.request("GET", f"/device/v3/{UUID}/state", key=KEY, ok=(304,), headers={"If-None-Match": etag})
+    again = client.request(
+        "GET", f"/device/v3/{UUID}/state", key=KEY, ok=(304,), headers={"If-None-Match": etag}
+    )
     assert again.status_code == 304

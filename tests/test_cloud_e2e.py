@@ -30,8 +30,9 @@ class Fleet:
     """A fleet with a random app id (the supervisor is scoped to it), a device identity known
     beforehand (the registry's htpasswd user is ``d_<uuid>``), and images in that registry."""
 
-    def __init__(self, api: FakeCloud, docker_client: docker.DockerClient, registry: Any, root: Path,
-                 make_image: Any) -> None:
+    def __init__(
+        self, api: FakeCloud, docker_client: docker.DockerClient, registry: Any, root: Path, make_image: Any
+    ) -> None:
         self.api, self.client, self.registry, self.root = api, docker_client, registry, root
         self.app_id = random.randint(10**6, 10**9)
         self.app = fleet(api, f"fleet{self.app_id}", app_id=self.app_id)
@@ -41,26 +42,43 @@ class Fleet:
             local = f"pysupervisor-test/cloud-{name}-{uuid.uuid4().hex[:8]}:latest"
             make_image(local, files={f"/{name}.txt": name})
             ref = registry.push(local, f"cloud{self.app_id}/{name}")
-            digest = next(d for d in docker_client.api.inspect_image(ref)["RepoDigests"]
-                          if d.startswith(registry.host))
+            digest = next(
+                d for d in docker_client.api.inspect_image(ref)["RepoDigests"] if d.startswith(registry.host)
+            )
             self.images[name] = digest  # <registry>/<repo>@sha256:..., as the builder stores it
             docker_client.api.remove_image(ref)  # the device must pull it, with its credentials
 
-    def release(self, names: tuple[str, ...] = ("main", "db"), env_value: str = "1", **kw: Any) -> dict[str, Any]:
-        services = {n: {"image": self.images[n], "environment": {"RELEASE": env_value},
-                        "labels": {TEST_LABEL: "1"}, "composition": {"stop_grace_period": "0s"}} for n in names}
+    def release(
+        self, names: tuple[str, ...] = ("main", "db"), env_value: str = "1", **kw: Any
+    ) -> dict[str, Any]:
+        services = {
+            n: {
+                "image": self.images[n],
+                "environment": {"RELEASE": env_value},
+                "labels": {TEST_LABEL: "1"},
+                "composition": {"stop_grace_period": "0s"},
+            }
+            for n in names
+        }
         return self.api.create_release(self.app["id"], services, **kw)
 
     def start(self, start_supervisor: Any, **config: Any) -> SupervisorProcess:
         fresh_device(self.root, self.api, self.app, uuid=self.uuid, deviceApiKey=self.key, **config)
-        return start_supervisor(self.root, "--apps", str(self.app_id), "--no-host-setup", engine=True, env=env())
+        return start_supervisor(
+            self.root, "--apps", str(self.app_id), "--no-host-setup", engine=True, env=env()
+        )
 
     def containers(self) -> dict[str, dict[str, Any]]:
         """service name -> {id, commit, state} of this app's containers."""
         found = self.client.api.containers(all=True, filters={"label": f"io.balena.app-id={self.app_id}"})
-        return {c["Labels"]["io.balena.service-name"]: {"id": c["Id"], "state": c["State"],
-                                                        "commit": c["Names"][0].rsplit("_", 1)[-1]}
-                for c in found}
+        return {
+            c["Labels"]["io.balena.service-name"]: {
+                "id": c["Id"],
+                "state": c["State"],
+                "commit": c["Names"][0].rsplit("_", 1)[-1],
+            }
+            for c in found
+        }
 
     def reported(self) -> dict[str, Any]:
         """What the fake API holds as this device's state (the merge of its reports)."""
@@ -70,14 +88,18 @@ class Fleet:
     def runs(self, commit: str, names: tuple[str, ...]) -> bool:
         """The engine runs exactly ``names`` at ``commit`` and the cloud was told so."""
         running = self.containers()
-        if set(running) != set(names) or any(c["commit"] != commit or c["state"] != "running"
-                                             for c in running.values()):
+        if set(running) != set(names) or any(
+            c["commit"] != commit or c["state"] != "running" for c in running.values()
+        ):
             return False
         app = self.reported().get("apps", {}).get(self.app["uuid"], {})
         services = app.get("releases", {}).get(commit, {}).get("services", {})
-        return (app.get("release_uuid") == commit and set(services) == set(names)
-                and all(s["status"] == "Running" for s in services.values())
-                and all(services[n]["image"] == self.images[n] for n in names))
+        return (
+            app.get("release_uuid") == commit
+            and set(services) == set(names)
+            and all(s["status"] == "Running" for s in services.values())
+            and all(services[n]["image"] == self.images[n] for n in names)
+        )
 
 
 @pytest.fixture
@@ -93,8 +115,13 @@ def test_fresh_device_provisions_applies_moves_on_and_removes(cloud_fleet: Fleet
     fl = cloud_fleet
     first = fl.release()
     sup = fl.start(start_supervisor)
-    wait_for(lambda: fl.runs(first["commit"], ("main", "db")), "the first release running and reported", sup,
-             timeout=120, context=lambda: (fl.containers(), fl.reported().get("apps")))
+    wait_for(
+        lambda: fl.runs(first["commit"], ("main", "db")),
+        "the first release running and reported",
+        sup,
+        timeout=120,
+        context=lambda: (fl.containers(), fl.reported().get("apps")),
+    )
     (device,) = fl.api.devices()
     config = config_json(fl.root)
     assert config["deviceId"] == device["id"] and "apiKey" not in config and config["registered_at"] > 0
@@ -105,12 +132,22 @@ def test_fresh_device_provisions_applies_moves_on_and_removes(cloud_fleet: Fleet
     assert fl.key not in sup.output() and fl.app["provisioning_key"] not in sup.output()
 
     second = fl.release(("main", "other"), env_value="2")
-    wait_for(lambda: fl.runs(second["commit"], ("main", "other")), "the second release running and reported",
-             sup, timeout=120, context=lambda: (fl.containers(), fl.reported().get("apps")))
+    wait_for(
+        lambda: fl.runs(second["commit"], ("main", "other")),
+        "the second release running and reported",
+        sup,
+        timeout=120,
+        context=lambda: (fl.containers(), fl.reported().get("apps")),
+    )
 
     fl.api.set_target(fl.app["id"], None)  # the fleet has no release for the device any more
-    wait_for(lambda: not fl.containers() and fl.reported().get("apps") == {}, "the app removed and reported",
-             sup, timeout=120, context=lambda: (fl.containers(), fl.reported().get("apps")))
+    wait_for(
+        lambda: not fl.containers() and fl.reported().get("apps") == {},
+        "the app removed and reported",
+        sup,
+        timeout=120,
+        context=lambda: (fl.containers(), fl.reported().get("apps")),
+    )
     assert len(fl.api.devices()) == 1
 
 
@@ -124,12 +161,15 @@ def test_unchanged_target_costs_small_polls_and_no_applies(cloud_fleet: Fleet, s
     fl.api.set_var("app_config", fl.app["id"], "RESIN_SUPERVISOR_HARDWARE_METRICS", "false")
     release = fl.release(("main",))
     sup = fl.start(start_supervisor, appUpdatePollInterval=20_000)  # 0.2 s + jitter < 0.6 s
-    wait_for(lambda: fl.runs(release["commit"], ("main",)), "the release running and reported", sup, timeout=120)
+    wait_for(
+        lambda: fl.runs(release["commit"], ("main",)), "the release running and reported", sup, timeout=120
+    )
     wait_for(lambda: _settled_reports(fl), "reports to settle (metrics now null)", sup, timeout=30)
     applies, start = _applies(sup), fl.api.requests()[-1]["id"]
     window = wait_for(lambda: _polls_after(fl, start, 100), "100 more polls", sup, timeout=180)
     assert all(r["kind"] == "state_get" and r["status"] == 304 and r["bytes_out"] == 0 for r in window), {
-        (r["kind"], r["status"]) for r in window}
+        (r["kind"], r["status"]) for r in window
+    }
     assert _applies(sup) == applies
 
 
@@ -144,8 +184,11 @@ def _polls_after(fl: Fleet, after: int, count: int) -> list[dict[str, Any]] | No
 
 def _settled_reports(fl: Fleet) -> bool:
     reports = fl.api.reports(fl.uuid)
-    return bool(reports) and reports[-1]["body"].get("cpu_usage", 0) is None or bool(
-        reports and time.time() - reports[-1]["at"] > 2)
+    return (
+        bool(reports)
+        and reports[-1]["body"].get("cpu_usage", 0) is None
+        or bool(reports and time.time() - reports[-1]["at"] > 2)
+    )
 
 
 def test_cloud_outage(cloud_fleet: Fleet, start_supervisor) -> None:
@@ -158,12 +201,16 @@ def test_cloud_outage(cloud_fleet: Fleet, start_supervisor) -> None:
     fl.api.set_var("app_config", fl.app["id"], "RESIN_SUPERVISOR_CONNECTIVITY_CHECK", "false")
     release = fl.release(("main",))
     sup = fl.start(start_supervisor, appUpdatePollInterval=120_000)
-    wait_for(lambda: fl.runs(release["commit"], ("main",)), "the release running and reported", sup, timeout=120)
+    wait_for(
+        lambda: fl.runs(release["commit"], ("main",)), "the release running and reported", sup, timeout=120
+    )
     assert sup.get("/v1/healthy").status_code == 200
     before = fl.containers()
     fl.api.stop()
     down_at = time.monotonic()
-    wait_for(lambda: sup.get("/v1/healthy").status_code == 500, "unhealthy during the outage", sup, timeout=30)
+    wait_for(
+        lambda: sup.get("/v1/healthy").status_code == 500, "unhealthy during the outage", sup, timeout=30
+    )
     # Unhealthy once the last good poll is 2 x 1.2 s old; that poll was at most 1.2 + 0.6 s before.
     assert time.monotonic() - down_at >= 2 * 1.2 - (1.2 + 0.6)
     assert "no successful target fetch" in sup.output()
@@ -174,17 +221,28 @@ def test_cloud_outage(cloud_fleet: Fleet, start_supervisor) -> None:
     last_report = fl.api.reports(fl.uuid)[-1]["id"]
     second = fl.release(("main",), env_value="after-outage")
     back = time.monotonic()
-    wait_for(lambda: fl.api.requests()[-1:] and any(r["kind"] == "state_get" and r["status"] == 200
-                                                  for r in fl.api.requests()),
-             "a poll after the outage", sup, timeout=30)
+    wait_for(
+        lambda: (
+            fl.api.requests()[-1:]
+            and any(r["kind"] == "state_get" and r["status"] == 200 for r in fl.api.requests())
+        ),
+        "a poll after the outage",
+        sup,
+        timeout=30,
+    )
     polled = time.monotonic() - back
     assert polled < 1.2 + 0.6 + 1.0, polled  # within one interval (+ jitter and margin)
-    wait_for(lambda: fl.runs(second["commit"], ("main",)), "the new release applied after the outage", sup,
-             timeout=120)
+    wait_for(
+        lambda: fl.runs(second["commit"], ("main",)),
+        "the new release applied after the outage",
+        sup,
+        timeout=120,
+    )
     wait_for(lambda: sup.get("/v1/healthy").status_code == 200, "healthy again", sup, timeout=30)
     resumed = fl.api.reports(fl.uuid, after=last_report)
-    assert resumed and all("api_secret" not in r["body"] and "supervisor_version" not in r["body"]
-                           for r in resumed), [list(r["body"]) for r in resumed]
+    assert resumed and all(
+        "api_secret" not in r["body"] and "supervisor_version" not in r["body"] for r in resumed
+    ), [list(r["body"]) for r in resumed]
 
 
 def test_refused_cloud_target_changes_nothing(cloud_fleet: Fleet, start_supervisor) -> None:
@@ -193,8 +251,10 @@ def test_refused_cloud_target_changes_nothing(cloud_fleet: Fleet, start_supervis
     sup = fl.start(start_supervisor)
     wait_for(lambda: fl.runs(good["commit"], ("main",)), "the release running and reported", sup, timeout=120)
     before = fl.containers()
-    bad = fl.api.create_release(fl.app["id"], {"main": {"image": fl.images["main"], "environment": {"N": 1},
-                                                        "labels": {TEST_LABEL: "1"}}})
+    bad = fl.api.create_release(
+        fl.app["id"],
+        {"main": {"image": fl.images["main"], "environment": {"N": 1}, "labels": {TEST_LABEL: "1"}}},
+    )
     wait_for(lambda: "Could not move to new release: " in sup.output(), "the refusal logged", sup, timeout=30)
     assert "services.main.environment.N" in sup.output()
     time.sleep(2)
@@ -207,13 +267,19 @@ def test_local_mode_stops_cloud_targets_and_back(cloud_fleet: Fleet, start_super
     fl = cloud_fleet
     first = fl.release(("main",))
     sup = fl.start(start_supervisor)
-    wait_for(lambda: fl.runs(first["commit"], ("main",)), "the release running and reported", sup, timeout=120)
+    wait_for(
+        lambda: fl.runs(first["commit"], ("main",)), "the release running and reported", sup, timeout=120
+    )
     set_db_config(fl.root, "localMode", "true")  # what SUPERVISOR_LOCAL_MODE=1 stores (#13 applies it)
     wait_for(lambda: "Local mode enabled" in sup.output(), "local mode noticed", sup, timeout=30)
     reports = len(fl.api.reports(fl.uuid))
     second = fl.release(("main",), env_value="while-local")
-    wait_for(lambda: "cloud target is stored, not applied" in sup.output(), "the target stored only", sup,
-             timeout=30)
+    wait_for(
+        lambda: "cloud target is stored, not applied" in sup.output(),
+        "the target stored only",
+        sup,
+        timeout=30,
+    )
     time.sleep(2)
     assert {c["commit"] for c in fl.containers().values()} == {first["commit"]}
     assert all("apps" not in r["body"] for r in fl.api.reports(fl.uuid)[reports:])
@@ -222,8 +288,9 @@ def test_local_mode_stops_cloud_targets_and_back(cloud_fleet: Fleet, start_super
 
 
 @pytest.mark.parametrize("slow_path", ["^/device/register", "^/v7/device$", None])
-def test_kill_during_provisioning_registers_once(fake_api: FakeCloud, device_root: Path, start_supervisor,
-                                                 slow_path: str | None) -> None:
+def test_kill_during_provisioning_registers_once(
+    fake_api: FakeCloud, device_root: Path, start_supervisor, slow_path: str | None
+) -> None:
     """kill -9 at points of provisioning (a slowed call widens the window): restarted, the device
     is provisioned exactly once, with a consistent config.json."""
     app = fleet(fake_api)
@@ -235,13 +302,20 @@ def test_kill_during_provisioning_registers_once(fake_api: FakeCloud, device_roo
         wait_for(lambda: "deviceId" in config_json(device_root), "provisioned", sup, timeout=30)
         sup.stop(signal.SIGKILL)
         from tests.fixtures.device import write_config_json
-        write_config_json(device_root, {**config, "uuid": fake_api.devices()[0]["uuid"],
-                                        "deviceApiKey": fake_api.devices()[0]["keys"][0]})
+
+        write_config_json(
+            device_root,
+            {
+                **config,
+                "uuid": fake_api.devices()[0]["uuid"],
+                "deviceApiKey": fake_api.devices()[0]["keys"][0],
+            },
+        )
     for delay in (0.0, 0.4, 1.0, 1.6):
         if slow_path:
             fake_api.fault("slow", path=slow_path, delay=1.0, count=1)
         sup = start_supervisor(device_root, env=env())
-        wait_for(lambda: "Supervisor started" in sup.output(), "the supervisor up", sup, timeout=30)
+        wait_for(lambda s=sup: "Supervisor started" in s.output(), "the supervisor up", sup, timeout=30)
         time.sleep(delay)
         sup.stop(signal.SIGKILL)
         fake_api.clear_faults()
@@ -254,7 +328,9 @@ def test_kill_during_provisioning_registers_once(fake_api: FakeCloud, device_roo
     wait_for(lambda: fake_api.device(config["uuid"])["api_heartbeat_state"] == "online", "polling", sup)
 
 
-def test_connectivity_check_fails_health_at_once(fake_api: FakeCloud, device_root: Path, start_supervisor) -> None:
+def test_connectivity_check_fails_health_at_once(
+    fake_api: FakeCloud, device_root: Path, start_supervisor
+) -> None:
     """§10.7: a TCP check of the API host every 10 s (x0.01); the API gone fails /v1/healthy long
     before the poll-age rule would (poll interval 15 min x 0.01 = 9 s here)."""
     app = fleet(fake_api)

@@ -35,8 +35,8 @@ from schemathesis.specs.openapi.checks import (
 from supervisor.api.openapi import document
 from supervisor.runtime import Settings, Supervisor
 from supervisor.state.target import from_v2_local
-from tests.fixtures.apps import local_target, main_service_app, remove_app
 from tests.fakecloud.client import FakeCloud
+from tests.fixtures.apps import local_target, main_service_app, remove_app
 from tests.fixtures.device import free_port, write_config_json
 
 pytestmark = pytest.mark.docker

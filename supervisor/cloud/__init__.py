@@ -11,5 +11,12 @@ from .client import ApiClient, CloudRequestError, CloudUnavailableError
 from .tags import TagStore
 from .timing import Timing
 
-__all__ = ["ApiClient", "CloudBinder", "CloudRequestError", "CloudUnavailableError", "DeviceSide", "TagStore",
-           "Timing"]
+__all__ = [
+    "ApiClient",
+    "CloudBinder",
+    "CloudRequestError",
+    "CloudUnavailableError",
+    "DeviceSide",
+    "TagStore",
+    "Timing",
+]

@@ -77,8 +77,17 @@ class DeviceSide(Protocol):
 class CloudBinder(Subsystem):
     name = "cloud"
 
-    def __init__(self, config: Config, device: DeviceSide, *, timing: Timing, report_cache: Path,
-                 vpn_status: Path, user_agent: str, request_timeout_s: Callable[[], float] = lambda: 59.0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        device: DeviceSide,
+        *,
+        timing: Timing,
+        report_cache: Path,
+        vpn_status: Path,
+        user_agent: str,
+        request_timeout_s: Callable[[], float] = lambda: 59.0,
+    ) -> None:
         super().__init__()
         self.config = config
         self.device = device
@@ -87,14 +96,28 @@ class CloudBinder(Subsystem):
         key = self.device_key
         uuid = lambda: config.uuid  # noqa: E731
         self.reporter = StateReporter(
-            self.client, uuid=uuid, key=key, current=device.report_state, metrics=device.metrics,
-            poll_interval_s=self.poll_interval_s, timing=timing, cache_path=report_cache)
+            self.client,
+            uuid=uuid,
+            key=key,
+            current=device.report_state,
+            metrics=device.metrics,
+            poll_interval_s=self.poll_interval_s,
+            timing=timing,
+            cache_path=report_cache,
+        )
         self.tag_store = TagStore(config)
-        self.tags = TagService(self.client, self.tag_store, uuid=uuid, key=key,
-                               device_id=lambda: config.json.get("deviceId"),
-                               poll_interval_s=self.poll_interval_s, timing=timing)
-        self.connectivity = ConnectivityMonitor(lambda: config.api_endpoint, device.connectivity_check_enabled,
-                                                vpn_status, timing)
+        self.tags = TagService(
+            self.client,
+            self.tag_store,
+            uuid=uuid,
+            key=key,
+            device_id=lambda: config.json.get("deviceId"),
+            poll_interval_s=self.poll_interval_s,
+            timing=timing,
+        )
+        self.connectivity = ConnectivityMonitor(
+            lambda: config.api_endpoint, device.connectivity_check_enabled, vpn_status, timing
+        )
         self._children: list[Subsystem] = []
         self._cond = threading.Condition()
         self._poll_requested = False
@@ -190,8 +213,9 @@ class CloudBinder(Subsystem):
                 self._last_error = None
                 return True
             except (ProvisionError, CloudRequestError) as exc:
-                self._log_error_once(f"Could not {what}: {exc}; retrying about every "
-                                     f"{self._bootstrap_delay_s():.1f}s")
+                self._log_error_once(
+                    f"Could not {what}: {exc}; retrying about every {self._bootstrap_delay_s():.1f}s"
+                )
             if self.wait(retry.next()):
                 return False
         return False
@@ -203,13 +227,19 @@ class CloudBinder(Subsystem):
     def _fetch(self, *, use_etag: bool) -> tuple[int, Any]:
         """GET the target: (status, parsed body or None); a 304 without a cached ETag is an error."""
         headers = {"If-None-Match": self._etag} if use_etag and self._etag else {}
-        response = self.client.request("GET", f"/device/v3/{self.config.uuid}/state", key=self.device_key(),
-                                       ok=(200, 304), headers=headers)
+        response = self.client.request(
+            "GET",
+            f"/device/v3/{self.config.uuid}/state",
+            key=self.device_key(),
+            ok=(200, 304),
+            headers=headers,
+        )
         self.polls += 1
         if response.status_code == 304:
             if not headers:
-                raise CloudRequestError("The balena API answered 304 without a cached target (unknown device?)",
-                                        status=304)
+                raise CloudRequestError(
+                    "The balena API answered 304 without a cached target (unknown device?)", status=304
+                )
             return 304, None
         try:
             body = json.loads(response.content)
@@ -224,16 +254,27 @@ class CloudBinder(Subsystem):
         if not isinstance(pin, dict):
             return
         app, commit = pin.get("app"), pin.get("commit")
-        response = self.client.request("GET", "/v7/release", key=self.device_key(), params={
-            "$filter": f"belongs_to__application eq {int(app)} and commit eq '{commit}' and status eq 'success'",
-            "$select": "id"})
+        response = self.client.request(
+            "GET",
+            "/v7/release",
+            key=self.device_key(),
+            params={
+                "$filter": f"belongs_to__application eq {int(app)} and commit eq '{commit}' "
+                "and status eq 'success'",
+                "$select": "id",
+            },
+        )
         rows = response.json().get("d") or []
         if not rows:
             log.warning("Cannot pin device to release. Release no longer exists. Skipping.")
         else:
             self._fetch(use_etag=False)
-            self.client.request("PATCH", f"/v7/device({int(self.config.json.get('deviceId'))})",
-                                key=self.device_key(), json={"is_pinned_on__release": rows[0]["id"]})
+            self.client.request(
+                "PATCH",
+                f"/v7/device({int(self.config.json.get('deviceId'))})",
+                key=self.device_key(),
+                json={"is_pinned_on__release": rows[0]["id"]},
+            )
             log.info("Device pinned to release %s", commit)
         self.config.set_db(pinDevice=None)
 
@@ -255,16 +296,22 @@ class CloudBinder(Subsystem):
             if value == DEFAULTS.get(key):
                 continue
             try:
-                self.client.request("POST", "/v7/device_config_variable", key=self.device_key(), ok=(201,),
-                                    json={"value": value, "device": device_id, "name": f"RESIN_{key}"})
+                self.client.request(
+                    "POST",
+                    "/v7/device_config_variable",
+                    key=self.device_key(),
+                    ok=(201,),
+                    json={"value": value, "device": device_id, "name": f"RESIN_{key}"},
+                )
             except CloudRequestError as exc:
                 if exc.status != 409:  # 409: reported by an earlier, interrupted run
                     raise
         name = self.config.json.get("initialDeviceName")
         if name:
             try:
-                self.client.request("PATCH", f"/v7/device({device_id})", key=self.device_key(),
-                                    json={"device_name": name})
+                self.client.request(
+                    "PATCH", f"/v7/device({device_id})", key=self.device_key(), json={"device_name": name}
+                )
             except CloudRequestError:
                 log.warning("Unable to report initial device name to API")
         self.config.set_db(initialConfigReported=endpoint)
@@ -335,8 +382,12 @@ class CloudBinder(Subsystem):
         (local mode reports no apps)."""
         now = self.device.local_mode()
         if self._was_local is not None and now != self._was_local:
-            log.info("Local mode %s", "enabled: cloud targets are no longer applied" if now
-                     else "disabled: applying the cloud target")
+            log.info(
+                "Local mode %s",
+                "enabled: cloud targets are no longer applied"
+                if now
+                else "disabled: applying the cloud target",
+            )
             self.reporter.changed()
             if not now and self._emitted and self.target_error is None:
                 self._apply(force=False)

@@ -24,8 +24,9 @@ class CloudUnavailableError(RuntimeError):
 class CloudRequestError(RuntimeError):
     """The cloud did not answer, or answered with an error; ``str()`` never holds a key."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
-                 body: bytes = b"") -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None, body: bytes = b""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
@@ -52,9 +53,17 @@ class ApiClient:
     def url(self, path: str) -> str:
         return self.endpoint().rstrip("/") + path
 
-    def request(self, method: str, path: str, *, key: str | None, ok: tuple[int, ...] = (200,),
-                json: Any = None, params: Mapping[str, str] | None = None,
-                headers: Mapping[str, str] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None,
+        ok: tuple[int, ...] = (200,),
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         """The response when its status is in ``ok``; else :class:`CloudRequestError`."""
         import requests
 
@@ -62,13 +71,20 @@ class ApiClient:
         if key:
             all_headers["Authorization"] = f"Bearer {key}"
         try:
-            response = self.session.request(method, self.url(path), json=json, params=params,
-                                            headers=all_headers, timeout=self.timeout_s())
+            response = self.session.request(
+                method,
+                self.url(path),
+                json=json,
+                params=params,
+                headers=all_headers,
+                timeout=self.timeout_s(),
+            )
         except requests.RequestException as exc:
             raise CloudRequestError(f"Could not reach the balena API: {exc.__class__.__name__}") from None
         if response.status_code not in ok:
             raise CloudRequestError(
-                f"The balena API answered {response.status_code}", status=response.status_code,
+                f"The balena API answered {response.status_code}",
+                status=response.status_code,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 body=response.content[:1000],
             )

@@ -46,8 +46,14 @@ class ConnectivityMonitor(Subsystem):
 
     name = "cloud-connectivity"
 
-    def __init__(self, endpoint: Callable[[], str], enabled: Callable[[], bool], vpn_status: Path,
-                 timing: Timing, on_change: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Callable[[], str],
+        enabled: Callable[[], bool],
+        vpn_status: Path,
+        timing: Timing,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
         super().__init__()
         self.endpoint = endpoint
         self.enabled = enabled

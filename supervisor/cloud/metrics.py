@@ -18,9 +18,21 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 #: §10.4 hysteresis: a new value replaces the last reported one only when ``floor(v/bucket)`` moves.
 BUCKETS = {"cpu_usage": 20, "cpu_temp": 5, "memory_usage": 10}
-METRIC_KEYS = ("cpu_usage", "memory_usage", "memory_total", "storage_usage", "storage_total",
-               "storage_block_device", "cpu_temp", "cpu_id")
-_SERIAL_FILES = ("/proc/device-tree/serial-number", "/proc/device-tree/product-sn", "/sys/devices/soc0/serial_number")
+METRIC_KEYS = (
+    "cpu_usage",
+    "memory_usage",
+    "memory_total",
+    "storage_usage",
+    "storage_total",
+    "storage_block_device",
+    "cpu_temp",
+    "cpu_id",
+)
+_SERIAL_FILES = (
+    "/proc/device-tree/serial-number",
+    "/proc/device-tree/product-sn",
+    "/sys/devices/soc0/serial_number",
+)
 
 
 def _storage(data_dir: Path) -> dict[str, Any]:
@@ -32,12 +44,18 @@ def _storage(data_dir: Path) -> dict[str, Any]:
     chosen = next((p for p in partitions if "/data" in p.mountpoint), None)
     path = chosen.mountpoint if chosen else str(data_dir if data_dir.exists() else "/")
     if chosen is None:
-        best = max((p for p in partitions if path.startswith(p.mountpoint)), key=lambda p: len(p.mountpoint),
-                   default=None)
+        best = max(
+            (p for p in partitions if path.startswith(p.mountpoint)),
+            key=lambda p: len(p.mountpoint),
+            default=None,
+        )
         chosen = best
     usage = psutil.disk_usage(path)
-    return {"storage_block_device": chosen.device if chosen else None,
-            "storage_usage": usage.used // MIB, "storage_total": usage.total // MIB}
+    return {
+        "storage_block_device": chosen.device if chosen else None,
+        "storage_usage": usage.used // MIB,
+        "storage_total": usage.total // MIB,
+    }
 
 
 def _cpu_temp() -> int | None:
@@ -76,7 +94,9 @@ def is_undervolted() -> bool:
         out = subprocess.run([dmesg], capture_output=True, timeout=5, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return False
-    return b"under-voltage" in out.lower() or b"undervoltage" in out.lower() or b"under voltage" in out.lower()
+    return (
+        b"under-voltage" in out.lower() or b"undervoltage" in out.lower() or b"under voltage" in out.lower()
+    )
 
 
 def system_metrics(root: Path, data_dir: Path) -> dict[str, Any]:

@@ -34,8 +34,9 @@ def needs_provisioning(config: Config) -> bool:
 
 
 def _fetch_device(client: ApiClient, uuid: str, key: str) -> dict[str, Any] | None:
-    response = client.request("GET", "/v7/device", key=key,
-                              params={"$select": "id", "$filter": f"uuid eq '{uuid}'"})
+    response = client.request(
+        "GET", "/v7/device", key=key, params={"$select": "id", "$filter": f"uuid eq '{uuid}'"}
+    )
     try:
         rows = response.json()["d"]
     except (ValueError, KeyError, TypeError):
@@ -66,8 +67,12 @@ def exchange_key(client: ApiClient, config: Config, provisioning_key: str | None
     if device is None:
         raise ExchangeKeyError("Couldn't fetch device with provisioning key")
     try:
-        client.request("POST", f"/api-key/device/{int(device['id'])}/device-key", key=provisioning_key,
-                       json={"apiKey": device_key})
+        client.request(
+            "POST",
+            f"/api-key/device/{int(device['id'])}/device-key",
+            key=provisioning_key,
+            json={"apiKey": device_key},
+        )
     except CloudRequestError as exc:
         if exc.status is None or exc.status >= 500:
             raise
@@ -91,7 +96,11 @@ def register(client: ApiClient, config: Config, provisioning_key: str, facts: di
         "uuid": config.uuid,
         "device_type": facts.get("device_type"),
         "api_key": config.json.get("deviceApiKey"),
-        **{k: facts[k] for k in ("supervisor_version", "os_version", "os_variant", "mac_address") if facts.get(k)},
+        **{
+            k: facts[k]
+            for k in ("supervisor_version", "os_version", "os_variant", "mac_address")
+            if facts.get(k)
+        },
     }
     try:
         response = client.request("POST", "/device/register", key=provisioning_key, json=body, ok=(201,))
@@ -113,9 +122,15 @@ def provision(client: ApiClient, config: Config, facts: dict[str, Any]) -> None:
     if registered_at is not None and device_id is not None and provisioning_key is None:
         return
     if registered_at is None:
-        missing = [what for what, value in (("a provisioning api key", provisioning_key),
-                                            ("an application id", config.json.get("applicationId")),
-                                            ("a uuid", config.uuid)) if not value]
+        missing = [
+            what
+            for what, value in (
+                ("a provisioning api key", provisioning_key),
+                ("an application id", config.json.get("applicationId")),
+                ("a uuid", config.uuid),
+            )
+            if not value
+        ]
         if missing:
             raise ProvisionError(f"Cannot provision without {missing[0]}")
         log.info("Registering the device with the balena API")

@@ -45,9 +45,18 @@ class StateReporter(Subsystem):
 
     name = "cloud-report"
 
-    def __init__(self, client: ApiClient, *, uuid: Callable[[], str], key: Callable[[], str | None],
-                 current: Callable[[], dict[str, Any]], metrics: Callable[[], dict[str, Any]],
-                 poll_interval_s: Callable[[], float], timing: Timing, cache_path: Path) -> None:
+    def __init__(
+        self,
+        client: ApiClient,
+        *,
+        uuid: Callable[[], str],
+        key: Callable[[], str | None],
+        current: Callable[[], dict[str, Any]],
+        metrics: Callable[[], dict[str, Any]],
+        poll_interval_s: Callable[[], float],
+        timing: Timing,
+        cache_path: Path,
+    ) -> None:
         super().__init__()
         self.client = client
         self.uuid = uuid
@@ -86,7 +95,11 @@ class StateReporter(Subsystem):
             cached = json.loads(self.cache_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return
-        if isinstance(cached, dict) and cached.get("uuid") == self.uuid() and isinstance(cached.get("report"), dict):
+        if (
+            isinstance(cached, dict)
+            and cached.get("uuid") == self.uuid()
+            and isinstance(cached.get("report"), dict)
+        ):
             self._last = cached["report"]
 
     def run(self) -> None:

@@ -60,9 +60,17 @@ class TagService(Subsystem):
 
     name = "cloud-tags"
 
-    def __init__(self, client: ApiClient, store: TagStore, *, uuid: Callable[[], str],
-                 key: Callable[[], str | None], device_id: Callable[[], int | None],
-                 poll_interval_s: Callable[[], float], timing: Timing) -> None:
+    def __init__(
+        self,
+        client: ApiClient,
+        store: TagStore,
+        *,
+        uuid: Callable[[], str],
+        key: Callable[[], str | None],
+        device_id: Callable[[], int | None],
+        poll_interval_s: Callable[[], float],
+        timing: Timing,
+    ) -> None:
         super().__init__()
         self.client = client
         self.store = store
@@ -138,8 +146,13 @@ class TagService(Subsystem):
             return
         self._last_report = time.monotonic()
         try:
-            self.client.request("PATCH", "/device/v3/tags", key=self.key(), json={self.uuid(): diff},
-                                headers={"Content-Type": "application/json"})
+            self.client.request(
+                "PATCH",
+                "/device/v3/tags",
+                key=self.key(),
+                json={self.uuid(): diff},
+                headers={"Content-Type": "application/json"},
+            )
         except CloudRequestError:
             with self._cond:
                 self._report = True
@@ -158,10 +171,16 @@ class TagService(Subsystem):
         try:
             if device_id is None:  # the service starts after provisioning; a guard, not a path
                 raise CloudUnavailableError("The device is not provisioned yet (no deviceId)")
-            response = self.client.request("GET", "/v7/device_tag", key=self.key(), params={
-                "$select": "id,tag_key,value", "$filter": f"device eq {int(device_id)}"})
+            response = self.client.request(
+                "GET",
+                "/v7/device_tag",
+                key=self.key(),
+                params={"$select": "id,tag_key,value", "$filter": f"device eq {int(device_id)}"},
+            )
             try:
-                tags = [{"id": r["id"], "name": r["tag_key"], "value": r["value"]} for r in response.json()["d"]]
+                tags = [
+                    {"id": r["id"], "name": r["tag_key"], "value": r["value"]} for r in response.json()["d"]
+                ]
             except (ValueError, KeyError, TypeError):
                 error = "The balena API answered with an unexpected body"
         except (CloudRequestError, CloudUnavailableError) as exc:

@@ -47,8 +47,11 @@ class Timing:
     def scaled(self, factor: float) -> Timing:
         if factor <= 0:
             raise ValueError("time scale must be positive")
-        values = {f.name: getattr(self, f.name) * factor for f in fields(self)
-                  if f.name not in ("scale", "idle_check")}
+        values = {
+            f.name: getattr(self, f.name) * factor
+            for f in fields(self)
+            if f.name not in ("scale", "idle_check")
+        }
         return replace(self, scale=self.scale * factor, **values)
 
     def ms(self, milliseconds: float) -> float:

@@ -29,7 +29,6 @@ import random
 import resource
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,28 +56,53 @@ class StubDevice:
     def apply(self, *, force: bool, cancel: bool) -> None:
         app = self.target.apps.get(self.app_uuid) if self.target else None
         release = app.release if app else None
-        self.running = (release.commit, {n: s.image for n, s in release.services.items()}) if release else None
+        self.running = (
+            (release.commit, {n: s.image for n, s in release.services.items()}) if release else None
+        )
         self.binder.reporter.changed()
 
     def report_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"status": "Idle", "api_port": 48484, "os_version": "balenaOS 6.5.44+rev2",
-                                 "os_variant": "prod", "supervisor_version": "0.1.0", "provisioning_progress": None,
-                                 "provisioning_state": "", "ip_address": "192.168.1.20", "mac_address": "00:11:22:33:44:55"}
+        state: dict[str, Any] = {
+            "status": "Idle",
+            "api_port": 48484,
+            "os_version": "balenaOS 6.5.44+rev2",
+            "os_variant": "prod",
+            "supervisor_version": "0.1.0",
+            "provisioning_progress": None,
+            "provisioning_state": "",
+            "ip_address": "192.168.1.20",
+            "mac_address": "00:11:22:33:44:55",
+        }
         apps: dict[str, Any] = {}
         if self.running is not None:
             commit, services = self.running
-            apps[self.app_uuid] = {"release_uuid": commit, "releases": {commit: {
-                "update_status": "done",
-                "services": {n: {"image": image, "status": "Running"} for n, image in services.items()}}}}
+            apps[self.app_uuid] = {
+                "release_uuid": commit,
+                "releases": {
+                    commit: {
+                        "update_status": "done",
+                        "services": {
+                            n: {"image": image, "status": "Running"} for n, image in services.items()
+                        },
+                    }
+                },
+            }
         state["apps"] = apps
         return state
 
     def metrics(self) -> dict[str, Any]:
         """Noisy like a real board: hysteresis and the 300 s rule decide what is sent."""
-        return {"cpu_usage": self.rng.randint(2, 30), "memory_usage": 300 + self.rng.randint(-8, 8),
-                "memory_total": 3800, "storage_usage": 1200 + self.rng.randint(0, 3), "storage_total": 28000,
-                "storage_block_device": "/dev/mmcblk0p6", "cpu_temp": 45 + self.rng.randint(-2, 2),
-                "cpu_id": "10000000abcdef", "is_undervolted": False}
+        return {
+            "cpu_usage": self.rng.randint(2, 30),
+            "memory_usage": 300 + self.rng.randint(-8, 8),
+            "memory_total": 3800,
+            "storage_usage": 1200 + self.rng.randint(0, 3),
+            "storage_total": 28000,
+            "storage_block_device": "/dev/mmcblk0p6",
+            "cpu_temp": 45 + self.rng.randint(-2, 2),
+            "cpu_id": "10000000abcdef",
+            "is_undervolted": False,
+        }
 
     def current_config(self) -> dict[str, str]:
         return {}
@@ -94,8 +118,15 @@ class StubDevice:
         return False
 
 
-def run_worker(devices: list[dict[str, Any]], api_url: str, app_uuid: str, scale: float, stop_at: float,
-               workdir: str, result: Any) -> None:
+def run_worker(
+    devices: list[dict[str, Any]],
+    api_url: str,
+    app_uuid: str,
+    scale: float,
+    stop_at: float,
+    workdir: str,
+    result: Any,
+) -> None:
     import logging
 
     logging.basicConfig(level=logging.ERROR)  # an outage makes every binder warn; the figures say it
@@ -108,13 +139,27 @@ def run_worker(devices: list[dict[str, Any]], api_url: str, app_uuid: str, scale
     for dev in devices:
         root = Path(workdir) / dev["uuid"]
         root.mkdir(parents=True)
-        (root / "config.json").write_text(json.dumps({
-            "uuid": dev["uuid"], "apiEndpoint": api_url, "deviceApiKey": dev["key"], "deviceId": dev["id"],
-            "registered_at": 1700000000000}))
+        (root / "config.json").write_text(
+            json.dumps(
+                {
+                    "uuid": dev["uuid"],
+                    "apiEndpoint": api_url,
+                    "deviceApiKey": dev["key"],
+                    "deviceId": dev["id"],
+                    "registered_at": 1700000000000,
+                }
+            )
+        )
         config = Config(ConfigJson(root / "config.json"), Database(root / "db.sqlite"))
         stub = StubDevice(app_uuid, dev["id"])
-        binder = CloudBinder(config, stub, timing=Timing.from_env(), report_cache=root / "report-cache",
-                             vpn_status=root / "vpn", user_agent="Supervisor/0.1.0 (Linux; bench; prod)")
+        binder = CloudBinder(
+            config,
+            stub,
+            timing=Timing.from_env(),
+            report_cache=root / "report-cache",
+            vpn_status=root / "vpn",
+            user_agent="Supervisor/0.1.0 (Linux; bench; prod)",
+        )
         stub.binder = binder
         binder.tags.want({"bench": "yes"})
         binders.append(binder)
@@ -136,7 +181,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scale", type=float, default=0.01)
@@ -154,9 +201,9 @@ def main() -> int:
     api = FakeCloud(work, free_port()).start()
     app = api.create_application("benchfleet", "raspberrypi4-64")
     image = "registry2.example/v2/" + "ab" * 16 + "@sha256:" + "1" * 64
-    first = api.create_release(app["id"], {"main": {"image": image, "environment": {"A": "1"}}})
+    api.create_release(app["id"], {"main": {"image": image, "environment": {"A": "1"}}})
     devices = []
-    for i in range(args.devices):
+    for _ in range(args.devices):
         uuid, key = os.urandom(16).hex(), os.urandom(16).hex()
         devices.append({"uuid": uuid, "key": key, "id": api.create_device(app["id"], uuid, key)})
 
@@ -165,9 +212,11 @@ def main() -> int:
     result: Any = multiprocessing.Queue()
     procs = []
     for w in range(args.workers):
-        part = devices[w::args.workers]
-        proc = multiprocessing.Process(target=run_worker, args=(part, api.url, app["uuid"], args.scale, stop_at,
-                                                                str(work / f"w{w}"), result))
+        part = devices[w :: args.workers]
+        proc = multiprocessing.Process(
+            target=run_worker,
+            args=(part, api.url, app["uuid"], args.scale, stop_at, str(work / f"w{w}"), result),
+        )
         proc.start()
         procs.append(proc)
 
@@ -202,17 +251,23 @@ def main() -> int:
         k["requests"] += 1
         k["bytes_in"] += r["bytes_in"]
         k["bytes_out"] += r["bytes_out"]
-    print(f"bench_fleet: {args.devices} devices in {args.workers} processes, time x{args.scale}, "
-          f"{end - t0:.0f} s real = {(end - t0) / args.scale / 3600:.1f} device-hours each")
+    print(
+        f"bench_fleet: {args.devices} devices in {args.workers} processes, time x{args.scale}, "
+        f"{end - t0:.0f} s real = {(end - t0) / args.scale / 3600:.1f} device-hours each"
+    )
     print(f"per device-day (window after {args.warmup:.0f} s warm-up, {device_days:.2f} device-days):")
     print(f"  {'kind':<12} {'requests':>9} {'KiB in':>9} {'KiB out':>9}")
     for kind in sorted(kinds):
         k = kinds[kind]
-        print(f"  {kind:<12} {k['requests'] / device_days:9.1f} {k['bytes_in'] / 1024 / device_days:9.1f} "
-              f"{k['bytes_out'] / 1024 / device_days:9.1f}")
+        print(
+            f"  {kind:<12} {k['requests'] / device_days:9.1f} {k['bytes_in'] / 1024 / device_days:9.1f} "
+            f"{k['bytes_out'] / 1024 / device_days:9.1f}"
+        )
     polls = kinds.get("state_get", {}).get("requests", 0) / device_days
-    print(f"  polls: {polls:.1f}/device-day; the reference's intervals imply {DAY_S / REFERENCE_POLL_S:.1f} "
-          f"(+ retries during the outage)")
+    print(
+        f"  polls: {polls:.1f}/device-day; the reference's intervals imply {DAY_S / REFERENCE_POLL_S:.1f} "
+        f"(+ retries during the outage)"
+    )
 
     tags = [r for r in log if r["kind"] == "tags_patch"]
     print(f"  tags: {len(tags)} PATCHes in the whole run for {args.devices} devices (one wanted tag each)")
@@ -220,25 +275,47 @@ def main() -> int:
     patches = [r for r in reports if t0 + args.warmup <= r["at"]]
     full_keys = {"status", "api_port", "os_version", "supervisor_version", "ip_address", "mac_address"}
     full = sum(1 for r in patches if full_keys <= set(r["body"]))
-    metrics_only = sum(1 for r in patches if set(r["body"]) <= {
-        "cpu_usage", "memory_usage", "memory_total", "storage_usage", "storage_total", "storage_block_device",
-        "cpu_temp", "cpu_id"})
+    metrics_only = sum(
+        1
+        for r in patches
+        if set(r["body"])
+        <= {
+            "cpu_usage",
+            "memory_usage",
+            "memory_total",
+            "storage_usage",
+            "storage_total",
+            "storage_block_device",
+            "cpu_temp",
+            "cpu_id",
+        }
+    )
     mean_bytes = sum(len(json.dumps(r["body"])) for r in patches) / max(len(patches), 1)
-    print(f"reports after warm-up: {len(patches)}, full-state bodies {full}, metrics-only {metrics_only}, "
-          f"mean body {mean_bytes:.0f} B")
+    print(
+        f"reports after warm-up: {len(patches)}, full-state bodies {full}, metrics-only {metrics_only}, "
+        f"mean body {mean_bytes:.0f} B"
+    )
 
     latency = []
     for dev in devices:
-        seen = [r["at"] for r in reports if r["uuid"] == dev["uuid"] and r["at"] >= change_time
-                and second["commit"] in json.dumps(r["body"].get("apps", {}))]
+        seen = [
+            r["at"]
+            for r in reports
+            if r["uuid"] == dev["uuid"]
+            and r["at"] >= change_time
+            and second["commit"] in json.dumps(r["body"].get("apps", {}))
+        ]
         if seen:
             latency.append(min(seen) - change_time)
     p95 = percentile(latency, 95)
-    print(f"release change -> report: {len(latency)}/{args.devices} devices reported it; p50 "
-          f"{percentile(latency, 50):.2f} s, p95 {p95:.2f} s real = {p95 / args.scale:.0f} s device time "
-          f"(poll interval 900 s + jitter <= 60 s)")
+    print(
+        f"release change -> report: {len(latency)}/{args.devices} devices reported it; p50 "
+        f"{percentile(latency, 50):.2f} s, p95 {p95:.2f} s real = {p95 / args.scale:.0f} s device time "
+        f"(poll interval 900 s + jitter <= 60 s)"
+    )
 
     bucket = 2.0
+
     def rate(lo: float, hi: float) -> list[float]:
         counts = [0] * max(1, int((hi - lo) / bucket))
         for r in log:
@@ -251,11 +328,15 @@ def main() -> int:
     interval_real = 900 * args.scale
     after = rate(outage_end, outage_end + 2 * interval_real)
     peak = max(after) if after else 0.0
-    print(f"request rate ({bucket:.0f} s buckets): steady mean {steady_mean:.1f}/s (max {max(steady):.1f}/s); "
-          f"after the outage ({(outage_end - outage_start):.1f} s real) peak {peak:.1f}/s = "
-          f"{peak / steady_mean:.2f}x steady")
+    print(
+        f"request rate ({bucket:.0f} s buckets): steady mean {steady_mean:.1f}/s (max {max(steady):.1f}/s); "
+        f"after the outage ({(outage_end - outage_start):.1f} s real) peak {peak:.1f}/s = "
+        f"{peak / steady_mean:.2f}x steady"
+    )
     rss = max(w["maxrss_kib"] for w in workers)
-    print(f"memory: max RSS of a worker {rss / 1024:.0f} MiB for {max(w['devices'] for w in workers)} binders")
+    print(
+        f"memory: max RSS of a worker {rss / 1024:.0f} MiB for {max(w['devices'] for w in workers)} binders"
+    )
     return 0
 
 

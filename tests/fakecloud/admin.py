@@ -27,7 +27,8 @@ class Admin:
                     body["name"],
                     body.get("device_type", "generic-amd64"),
                     app_class=body.get("class", "fleet"),
-                    uuid=body.get("uuid"), app_id=body.get("id"),
+                    uuid=body.get("uuid"),
+                    app_id=body.get("id"),
                 ),
             )
         match = re.fullmatch(r"PATCH /applications/(\d+)", route)
@@ -39,8 +40,13 @@ class Admin:
                 )
             raise empty(200)
         if route == "POST /devices":
-            device_id = s.create_device(body["application"], body["uuid"], body["api_key"],
-                                        device_id=body.get("id"), device_name=body.get("device_name"))
+            device_id = s.create_device(
+                body["application"],
+                body["uuid"],
+                body["api_key"],
+                device_id=body.get("id"),
+                device_name=body.get("device_name"),
+            )
             raise json_reply(201, {"id": device_id})
         if route == "POST /keys":
             raise json_reply(
@@ -95,8 +101,8 @@ class Admin:
                 until = time.time() + float(body["seconds"])
             with s.tx() as conn:
                 fault_id = conn.execute(
-                    "INSERT INTO fault (kind, method, path, remaining, until, status, delay, retry_after, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO fault (kind, method, path, remaining, until, status, delay, retry_after, "
+                    "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         body["kind"],
                         body.get("method"),

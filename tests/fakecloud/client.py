@@ -95,14 +95,16 @@ class FakeCloud:
         assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
         return response.json() if response.content else None
 
-    def create_application(self, name: str = "fleet", device_type: str = "generic-amd64",
-                           app_id: int | None = None) -> dict[str, Any]:
+    def create_application(
+        self, name: str = "fleet", device_type: str = "generic-amd64", app_id: int | None = None
+    ) -> dict[str, Any]:
         return self._call("POST", "/applications", {"name": name, "device_type": device_type, "id": app_id})
 
     def create_device(self, application: int, uuid: str, api_key: str, **kw: Any) -> int:
         """A device that is already registered (``id``, ``device_name`` optional)."""
-        return self._call("POST", "/devices", {"application": application, "uuid": uuid, "api_key": api_key,
-                                               **kw})["id"]
+        return self._call(
+            "POST", "/devices", {"application": application, "uuid": uuid, "api_key": api_key, **kw}
+        )["id"]
 
     def create_key(self, role: str, **kw: Any) -> str:
         return self._call("POST", "/keys", {"role": role, **kw})["key"]

@@ -855,7 +855,13 @@ def make_handler(api: FakeApi, admin: Callable[[Request], None]) -> type[BaseHTT
             self._send(reply)
             if not req.path.startswith("/_fake/"):
                 api.store.log_request(
-                    req.method, req.path, req.kind, reply.status, len(raw or b""), len(reply.body), req.uuid,
+                    req.method,
+                    req.path,
+                    req.kind,
+                    reply.status,
+                    len(raw or b""),
+                    len(reply.body),
+                    req.uuid,
                     req.url.partition("?")[2],
                 )
 

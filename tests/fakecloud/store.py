@@ -126,13 +126,21 @@ class Store:
             self.conn.close()
 
     # ---------------------------------------------------------------------------- admin helpers
-    def create_application(self, name: str, device_type: str = "generic-amd64", *, app_class: str = "fleet",
-                           uuid: str | None = None, app_id: int | None = None) -> dict[str, Any]:
+    def create_application(
+        self,
+        name: str,
+        device_type: str = "generic-amd64",
+        *,
+        app_class: str = "fleet",
+        uuid: str | None = None,
+        app_id: int | None = None,
+    ) -> dict[str, Any]:
         app_uuid = uuid or secrets.token_hex(16)
         with self.tx() as conn:
             cur = conn.execute(
                 "INSERT INTO application (id, uuid, app_name, class, device_type) VALUES (?, ?, ?, ?, ?)",
-                (app_id, app_uuid, name, app_class, device_type))
+                (app_id, app_uuid, name, app_class, device_type),
+            )
         return {"id": cur.lastrowid, "uuid": app_uuid}
 
     def create_key(
@@ -197,16 +205,34 @@ class Store:
                 conn.execute("UPDATE application SET target_release = ? WHERE id = ?", (rel, application))
         return {"id": rel, "commit": commit, "images": images}
 
-    def log_request(self, method: str, path: str, kind: str, status: int, bytes_in: int,
-                    bytes_out: int, uuid: str | None, query: str = "") -> None:
+    def log_request(
+        self,
+        method: str,
+        path: str,
+        kind: str,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        uuid: str | None,
+        query: str = "",
+    ) -> None:
         with self.tx() as conn:
             conn.execute(
                 "INSERT INTO request_log (at, method, path, kind, status, bytes_in, bytes_out, uuid, query) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), method, path, kind, status, bytes_in, bytes_out, uuid, query))
+                (time.time(), method, path, kind, status, bytes_in, bytes_out, uuid, query),
+            )
 
-    def create_device(self, application: int, uuid: str, api_key: str, *, device_id: int | None = None,
-                      device_name: str | None = None, device_type: str = "generic-amd64") -> int:
+    def create_device(
+        self,
+        application: int,
+        uuid: str,
+        api_key: str,
+        *,
+        device_id: int | None = None,
+        device_name: str | None = None,
+        device_type: str = "generic-amd64",
+    ) -> int:
         """A device as if it had registered (for tests of an already provisioned device)."""
         with self.tx() as conn:
             new_id = conn.execute(
@@ -214,6 +240,7 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (device_id, uuid, application, device_type, device_name or haiku_name(), time.time()),
             ).lastrowid
-            conn.execute("INSERT INTO api_key (key, role, device) VALUES (?, 'device-api-key', ?)",
-                         (api_key, new_id))
+            conn.execute(
+                "INSERT INTO api_key (key, role, device) VALUES (?, 'device-api-key', ?)", (api_key, new_id)
+            )
         return new_id
