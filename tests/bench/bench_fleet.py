@@ -275,21 +275,9 @@ def main() -> int:
     patches = [r for r in reports if t0 + args.warmup <= r["at"]]
     full_keys = {"status", "api_port", "os_version", "supervisor_version", "ip_address", "mac_address"}
     full = sum(1 for r in patches if full_keys <= set(r["body"]))
-    metrics_only = sum(
-        1
-        for r in patches
-        if set(r["body"])
-        <= {
-            "cpu_usage",
-            "memory_usage",
-            "memory_total",
-            "storage_usage",
-            "storage_total",
-            "storage_block_device",
-            "cpu_temp",
-            "cpu_id",
-        }
-    )
+    from supervisor.cloud.metrics import METRIC_KEYS
+
+    metrics_only = sum(1 for r in patches if set(r["body"]) <= set(METRIC_KEYS))
     mean_bytes = sum(len(json.dumps(r["body"])) for r in patches) / max(len(patches), 1)
     print(
         f"reports after warm-up: {len(patches)}, full-state bodies {full}, metrics-only {metrics_only}, "
