@@ -307,7 +307,7 @@ class Supervisor:
 
     # device endpoints (issue #5) -----------------------------------------------------------------
     def _init_device_endpoints(self) -> None:
-        """The parts behind host-config, tags, logs and streams (supervisor/hostconfig.py, cloud.py,
+        """The parts behind host-config, tags, logs and streams (supervisor/hostconfig.py, cloud/tags.py,
         logs/hub.py, api/streams.py); each edge is a replaceable object for the later host/cloud work."""
         from .api.streams import StreamSlots
         from .cloud import TagStore

@@ -231,7 +231,7 @@ def test_cloud_outage(cloud_fleet: Fleet, start_supervisor) -> None:
         timeout=30,
     )
     polled = time.monotonic() - back
-    assert polled < 1.2 + 0.6 + 1.0, polled  # within one interval (+ jitter and margin)
+    assert polled < 1.2 + 0.6 + 2.0, polled  # within one interval (+ jitter, + margin for a busy CI)
     wait_for(
         lambda: fl.runs(second["commit"], ("main",)),
         "the new release applied after the outage",
