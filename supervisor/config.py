@@ -198,6 +198,8 @@ DB_KEYS: dict[str, _DbKey] = {
     "initialConfigReported": _DbKey("", str),
     # A target has been received from the cloud: until then a managed device applies nothing.
     "cloudTargetReceived": _DbKey(False, _parse_bool),
+    # SUPERVISOR_CONNECTIVITY_CHECK (§5.2, §10.7); also set by POST/DELETE /v1/tcp-ping.
+    "connectivityCheckEnabled": _DbKey(True, _parse_bool),
 }
 
 

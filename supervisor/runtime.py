@@ -85,6 +85,11 @@ class Supervisor:
         self.api_keys = ApiKeys(self.config.db)
         self.api_keys.global_key()
         self.targets = TargetStore(self.config.db)
+        # The port is taken first: a port in use is then the one line the CLI prints (issue #11).
+        self.app = create_app(self)
+        port = settings.port if settings.port is not None else self.config.listen_port
+        self.server = ApiServer(self.app, settings.host, port,
+                               threads=settings.api_threads + settings.api_streams)
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
@@ -93,10 +98,6 @@ class Supervisor:
         self.blinker = Blinker(led, duration=settings.blink_seconds)
 
         self._init_device_endpoints()
-        self.app = create_app(self)
-        port = settings.port if settings.port is not None else self.config.listen_port
-        self.server = ApiServer(self.app, settings.host, port,
-                               threads=settings.api_threads + settings.api_streams)
 
         # Host paths under the root prefix: "" on a device, so locks are /tmp/balena-supervisor/...
         self.lock_root = str(self.paths.root).rstrip("/")
@@ -106,6 +107,7 @@ class Supervisor:
         self.target_builder = TargetBuilder(
             self.config, self.targets, self.api_keys, self.host,
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
+            supervisor_network=settings.host_setup,
         )
         self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
         self._extra_firmware_unsaved: str | None = None
@@ -171,18 +173,27 @@ class Supervisor:
         """Containers, images and commits of the managed apps, read now (for the API)."""
         from .state.engine import current_commits
         from .state.images import DOWNLOADED
+        from .state.report import device_images
 
         engine = self.reconciler.require_engine()
         manages = self.reconciler.manages
         services = engine.reader.services(apps=self.managed_apps)
         present = {entry["Id"] for entry in engine.client.api.images()}
-        images = [
-            img for img in engine.images.status()
-            if manages(img["appId"], img["appUuid"])
-            and (img["status"] != DOWNLOADED or img["dockerImageId"] in present)
-        ]
-        commits = {app: c for app, c in current_commits(self.config.db).items() if manages(app)}
-        return Observation(services=services, images=images, commits=commits)
+        # Apps the device has: in the target, or with containers (a removed app's kept images and
+        # stored commit are not reported: issue #11).
+        target = {app.id: app.release.commit if app.release is not None else None
+                  for app in self.targets.get_target(self.target_source).apps.values()}
+        images = device_images(
+            (img for img in engine.images.status()
+             if manages(img["appId"], img["appUuid"])
+             and (img["status"] != DOWNLOADED or img["dockerImageId"] in present)),
+            services, target,
+        )
+        apps = set(target) | {svc.app_id for svc in services}
+        commits = {app: c for app, c in current_commits(self.config.db).items()
+                   if app in apps and manages(app)}
+        return Observation(services=services, images=images, commits=commits,
+                           errors=self.reconciler.errors.snapshot())
 
     def volatile_state(self) -> dict[str, Any]:
         """The device fields the reference keeps in memory (``currentVolatile``)."""
@@ -454,6 +465,10 @@ class CloudDeviceSide:
         return self.sup.config.local_mode
 
     def connectivity_check_enabled(self) -> bool:
+        """``connectivityCheckEnabled`` when stored (``/v1/tcp-ping``, config apply), else the target's
+        ``SUPERVISOR_CONNECTIVITY_CHECK`` (default true)."""
+        if self.sup.config.db.get_config("connectivityCheckEnabled") is not None:
+            return bool(self.sup.config.get_db("connectivityCheckEnabled"))
         return check_truthy(self.sup.config_value("SUPERVISOR_CONNECTIVITY_CHECK"))
 
     def current_config(self) -> dict[str, str]:

@@ -179,13 +179,6 @@ def test_device_info(device_root: Path, start_supervisor) -> None:
                                "info": {"arch": "aarch64", "deviceType": "raspberrypi4-64"}}
 
 
-def test_device_info_without_device_type_json_is_500(device: SupervisorProcess) -> None:
-    response = device.get("/v2/local/device-info")
-    assert response.status_code == 500
-    body = response.json()
-    assert body["status"] == "failed" and "device-type.json" in body["message"]
-
-
 def test_device_name_is_the_target_name(device: SupervisorProcess) -> None:
     assert device.get("/v2/device/name").json() == {"status": "success", "deviceName": "local"}
     target = {"local": {"name": "kitchen-sensor", "config": {}, "apps": {}}}

@@ -12,7 +12,7 @@ from ..state import report
 from ..state.target import TargetStateError
 from .app_actions import IdErrors, app_action
 from .auth import current_key
-from .body import request_body
+from .body import json_body, request_body
 from .context import supervisor
 from .errors import failed, text
 
@@ -170,10 +170,7 @@ TAGS_BODY_ERROR = "Invalid tags body, must be an object like `{[tagKey: string]:
 @bp.patch("/v2/device/tags")
 def patch_device_tags() -> Response:
     """Add or change tags (never delete): stored as wanted and reported in the background. 202."""
-    if request.is_json:
-        body = request.get_json(silent=False) if request.get_data(cache=True) else None
-    else:
-        body = request_body()
+    body = json_body() if request.is_json else request_body()
     if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
         return failed(TAGS_BODY_ERROR, 400)
     if any(any(ch.isspace() for ch in key) for key in body):
