@@ -152,3 +152,13 @@ def test_only_a_leading_balena_is_the_old_resin_name() -> None:
     running = "registry2.balena-cloud.com/balena/amd64-supervisor:v2"
     assert is_old_supervisor_tag("registry2.balena-cloud.com/balena/amd64-supervisor:v1", running)
     assert not is_old_supervisor_tag("registry2.resin-cloud.com/resin/amd64-supervisor:v1", running)
+
+
+def test_cleanup_volumes_takes_only_whole_app_volume_names() -> None:
+    """``/v2/cleanup-volumes``'s choice: a supervised ``x7119_data`` is someone else's."""
+    from supervisor.cleanup import orphaned_volumes
+
+    supervised = {"io.balena.supervised": "true"}
+    volumes = [{"Name": name, "Labels": supervised}
+               for name in ("x7119_data", "7119_data", "7119_old", "07119_old", "a_7119_old", "7119_")]
+    assert orphaned_volumes(volumes, [], {"7119_data"}, lambda app_id: app_id == 7119) == ["7119_old"]
