@@ -42,6 +42,7 @@ from supervisor.state.engine import (
     DEFAULT_SUPERVISOR_NETWORK,
     EXTRA_FIRMWARE_VOLUME,
     SupervisorNetwork,
+    is_supervised,
     named_as_service,
 )
 
@@ -377,7 +378,9 @@ class Executor:
         return {
             entry["Labels"]["io.balena.service-name"]: entry["Id"]
             for entry in sorted(entries, key=lambda e: e.get("Created", 0))
-            if "io.balena.service-name" in (entry.get("Labels") or {}) and named_as_service(entry)
+            if "io.balena.service-name" in (entry.get("Labels") or {})
+            and is_supervised(entry.get("Labels"))
+            and named_as_service(entry)  # a look-alike under another name is not the service
         }
 
     def _kill(self, current: Service, *, remove: bool = True) -> None:
