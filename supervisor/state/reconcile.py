@@ -274,10 +274,10 @@ class Reconciler(Subsystem):
                 return
 
     def _plan(self, engine: Engine, force: bool) -> list[Step]:
-        current = engine.reader.read(apps=self.apps)
         target = {
             uuid: app for uuid, app in self._build_target(engine).items() if self.manages(app.app_id, uuid)
         }
+        current = engine.reader.read(apps=self.apps, uuids={app.app_id: uuid for uuid, app in target.items()})
         return self._planner(current, target, self._context(force))
 
     def manages(self, app_id: int, app_uuid: str | None = None) -> bool:
