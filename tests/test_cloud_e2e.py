@@ -263,6 +263,29 @@ def test_refused_cloud_target_changes_nothing(cloud_fleet: Fleet, start_supervis
     wait_for(lambda: fl.runs(fixed["commit"], ("main",)), "the next valid release applied", sup, timeout=120)
 
 
+def test_a_cloud_release_the_engine_would_refuse_changes_nothing(
+    cloud_fleet: Fleet, start_supervisor
+) -> None:
+    """The admission gate (state/admission.py) judges cloud targets too: refused at the path of the
+    cloud's document; unknown keys of the next release are applied with one warning each."""
+    fl = cloud_fleet
+    good = fl.release(("main",))
+    sup = fl.start(start_supervisor)
+    wait_for(lambda: fl.runs(good["commit"], ("main",)), "the release running and reported", sup, timeout=120)
+    before = fl.containers()
+    service = {"image": fl.images["main"], "environment": {}, "labels": {TEST_LABEL: "1"},
+               "composition": {"stop_grace_period": "0s", "ports": ["99999:80"]}}
+    fl.api.create_release(fl.app["id"], {"main": service})
+    refusal = ".services.main.composition.ports[0]: port 99999 is out of range 0-65535"
+    wait_for(lambda: refusal in sup.output(), "the refusal logged", sup, timeout=30)
+    assert "Could not move to new release: " in sup.output()
+    assert fl.containers() == before
+    service["composition"] = {"stop_grace_period": "0s", "restrt": "no"}
+    fixed = fl.api.create_release(fl.app["id"], {"main": service})
+    wait_for(lambda: fl.runs(fixed["commit"], ("main",)), "the next valid release applied", sup, timeout=120)
+    assert sup.output().count("services.main.composition ignored (did you mean 'restart'?)") == 1
+
+
 def test_local_mode_stops_cloud_targets_and_back(cloud_fleet: Fleet, start_supervisor) -> None:
     fl = cloud_fleet
     first = fl.release(("main",))
