@@ -328,6 +328,15 @@ def test_unknown_keys_are_accepted_with_one_warning_each() -> None:
     ]
 
 
+def test_unknown_keys_inside_compose_values_are_warned_too() -> None:
+    body = v2_body(networks={"front": {"alias": ["x"]}}, healthcheck={"test": "true", "intrval": "1s"})
+    _, warnings = validate_local(body, current_name="d", cpus=2)
+    assert warnings == [
+        "unknown key 'alias' in services.web.networks.front ignored (did you mean 'aliases'?)",
+        "unknown key 'intrval' in services.web.healthcheck ignored (did you mean 'interval'?)",
+    ]
+
+
 def test_bind_mounts_are_accepted_but_said_to_be_ignored() -> None:
     _, warnings = validate_local(
         v2_body(volumes=["/etc:/host-etc", "data:/data:ro"]), current_name="d", cpus=2

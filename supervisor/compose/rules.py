@@ -25,7 +25,7 @@ import ipaddress
 import re
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from supervisor.state.validation import ValidationError, child, describe, json_type
@@ -497,7 +497,8 @@ def _networks(value: Any, path: str, scope: ReleaseScope) -> list[str] | None:
             key_path = child(entry_path, str(key))
             snake = _snake(str(key))
             if snake not in _ENDPOINT_KEYS:
-                warnings.append(f"{key_path}: unknown key ignored{suggest(snake, list(_ENDPOINT_KEYS))}")
+                hint = suggest(snake, list(_ENDPOINT_KEYS))
+                warnings.append(f"unknown key {str(key)!r} in {entry_path} ignored{hint}")
             elif snake == "aliases" or snake == "link_local_ips":
                 for alias, alias_path in _list(item, key_path, string_ok=False):
                     text = _string(alias, alias_path)
@@ -885,7 +886,7 @@ def _healthcheck(value: Any, path: str, scope: ReleaseScope) -> list[str]:
         elif snake == "disable":
             _boolean(item, key_path, scope)
         else:
-            warnings.append(f"{key_path}: unknown key ignored{suggest(snake, known)}")
+            warnings.append(f"unknown key {str(key)!r} in {path} ignored{suggest(snake, known)}")
     return warnings
 
 
@@ -1043,8 +1044,6 @@ def _check_network_namespace(composition: Mapping[str, Any], path: str, mode: st
 
 
 def _with_mode(scope: ReleaseScope, mode: Any) -> ReleaseScope:
-    from dataclasses import replace
-
     return replace(scope, network_mode=mode.strip() if isinstance(mode, str) else "")
 
 
