@@ -54,7 +54,8 @@ class Settings:
     #: Only these app ids are managed (None: every supervised app on the engine). For development
     #: machines and tests that share an engine with containers that are not this supervisor's.
     apps: tuple[int, ...] | None = None
-    #: Create the supervisor0 network and extra-firmware volume a balenaOS device needs.
+    #: Set the host up as a balenaOS device needs: the supervisor0 network and extra-firmware volume,
+    #: the firewall, avahi and openvpn from the config variables (supervisor/host/).
     host_setup: bool = True
 
 
@@ -139,6 +140,8 @@ class Supervisor:
         for subsystem in self.subsystems:
             subsystem.start()
         self.server.start()
+        if not self.settings.host_setup:
+            log.info("Host setup is off: the firewall, discoverability and the VPN are left alone")
         self.apply_host_config()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
@@ -273,6 +276,8 @@ class Supervisor:
         slow bus or iptables never delays the API); at start and after every new target."""
 
         def apply() -> None:
+            if not self.settings.host_setup:
+                return
             try:
                 self.host_services.apply_config(self.host_config_values(), local_mode=self.config.local_mode,
                                                 managed=not self.config.unmanaged)
