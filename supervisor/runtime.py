@@ -109,6 +109,7 @@ class Supervisor:
         self.host_services = HostServices(listen_port=lambda: self.server.port,
                                           host_network_services=self._host_network_services)
         self.network = NetworkFacts()
+        self._host_config_lock = threading.Lock()
         self.power = Power(LogindBackend(self.host_services.login), hold=self._hold_work,
                            release=self._release_work)
         self.target_builder = TargetBuilder(
@@ -259,6 +260,11 @@ class Supervisor:
         self.server.resume()
         self.reconciler.release()
 
+    def vpn_connected(self) -> bool:
+        """The VPN is up: openvpn's status file ``active`` exists (§13.4). The connectivity check is
+        bypassed meanwhile (§10.7)."""
+        return (self.paths.vpn_status / "active").exists()
+
     def _host_network_services(self) -> bool:
         """Whether a target service uses ``network_mode: host`` (firewall mode ``auto``, §13.1)."""
         target = self.targets.get_target(self.target_source)
@@ -278,11 +284,14 @@ class Supervisor:
         def apply() -> None:
             if not self.settings.host_setup:
                 return
-            try:
-                self.host_services.apply_config(self.host_config_values(), local_mode=self.config.local_mode,
-                                                managed=not self.config.unmanaged)
-            except Exception:  # never fatal: the rest of the supervisor runs without it
-                log.exception("Could not apply the host configuration")
+            # The config is read under the lock: whichever thread runs last applies the newest.
+            with self._host_config_lock:
+                try:
+                    self.host_services.apply_config(self.host_config_values(),
+                                                    local_mode=self.config.local_mode,
+                                                    managed=not self.config.unmanaged)
+                except Exception:  # never fatal: the rest of the supervisor runs without it
+                    log.exception("Could not apply the host configuration")
 
         thread = threading.Thread(target=apply, name="host-config", daemon=True)
         thread.start()

@@ -112,8 +112,14 @@ def start_in(dev: NetNs, root: Path, start_supervisor, **env: str) -> Supervisor
     return sup
 
 
-def settled(dev: NetNs, expected: str) -> bool:
-    return saved(dev, "iptables-save") == expected
+def settled(dev: NetNs, port: int, *, local_mode: bool, enforcing: bool) -> bool:
+    """Both families as expected (IPv6 is written after IPv4)."""
+    return (saved(dev, "iptables-save") == expected_v4(port, local_mode=local_mode, enforcing=enforcing)
+            and saved(dev, "ip6tables-save") == expected_v6(port, local_mode=local_mode, enforcing=enforcing))
+
+
+def both(dev: NetNs) -> str:
+    return saved(dev, "iptables-save") + saved(dev, "ip6tables-save")
 
 
 # --------------------------------------------------------------------------------- managed
@@ -126,10 +132,8 @@ def test_managed_device_modes(lab, device_root: Path, start_supervisor, mode: st
     store_managed_target(device_root, local_target({}, config={"HOST_FIREWALL_MODE": mode}),
                          MANAGED["apiEndpoint"])
     sup = start_in(dev, device_root, start_supervisor)
-    want = expected_v4(sup.port, local_mode=False, enforcing=enforcing)
-    wait_for(lambda: settled(dev, want), "the IPv4 rules", sup, timeout=30,
-             context=lambda: saved(dev, "iptables-save"))
-    assert saved(dev, "ip6tables-save") == expected_v6(sup.port, local_mode=False, enforcing=enforcing)
+    wait_for(lambda: settled(dev, sup.port, local_mode=False, enforcing=enforcing), "the rules", sup,
+             timeout=30, context=lambda: both(dev))
     assert reachable(client, TUN0, sup.port)  # tun0 is one of the API's interfaces
     assert not reachable(client, ETH1, sup.port)  # eth1 is not
     assert reachable(client, ETH1, OTHER_PORT) is not enforcing
@@ -170,8 +174,8 @@ def test_local_mode_opens_the_api_everywhere_and_follows_each_new_mode(lab, devi
     dev, client = lab
     sup = start_in(dev, device_root, start_supervisor)  # unmanaged: local mode, default mode off
     port = sup.port
-    wait_for(lambda: settled(dev, expected_v4(port, local_mode=True, enforcing=False)), "mode off", sup,
-             context=lambda: saved(dev, "iptables-save"))
+    wait_for(lambda: settled(dev, port, local_mode=True, enforcing=False), "mode off", sup,
+             context=lambda: both(dev))
     assert reachable(client, ETH1, port) and reachable(client, ETH1, OTHER_PORT)
 
     steps = [({"HOST_FIREWALL_MODE": "on"}, {}, True),
@@ -181,10 +185,8 @@ def test_local_mode_opens_the_api_everywhere_and_follows_each_new_mode(lab, devi
     for config, apps, enforcing in steps:
         response = sup.post("/v2/local/target-state", json=local_target(apps, config=config))
         assert response.status_code == 200, response.text
-        want = expected_v4(port, local_mode=True, enforcing=enforcing)
-        wait_for(lambda want=want: settled(dev, want), f"the rules of {config} {list(apps)}", sup,
-                 context=lambda: saved(dev, "iptables-save"))
-        assert saved(dev, "ip6tables-save") == expected_v6(port, local_mode=True, enforcing=enforcing)
+        wait_for(lambda enforcing=enforcing: settled(dev, port, local_mode=True, enforcing=enforcing),
+                 f"the rules of {config} {list(apps)}", sup, context=lambda: both(dev))
         assert reachable(client, ETH1, port)  # local mode: the API from anywhere
         assert reachable(client, ETH1, OTHER_PORT) is not enforcing, config
 

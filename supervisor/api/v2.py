@@ -187,8 +187,7 @@ def device_vpn() -> Response:
     enabled = sup.host_services.vpn_enabled()
     if enabled is None:
         enabled = sup.host_config_values().get("SUPERVISOR_VPN_CONTROL") == "true"
-    connected = (sup.paths.vpn_status / "active").exists()
-    return jsonify(status="success", vpn={"enabled": enabled, "connected": connected})
+    return jsonify(status="success", vpn={"enabled": enabled, "connected": sup.vpn_connected()})
 
 
 @bp.get("/v2/cleanup-volumes")
