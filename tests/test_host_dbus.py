@@ -321,3 +321,39 @@ def test_without_a_system_bus_reboot_is_500_naming_the_bus(device_root: Path, st
     assert response.status_code == 500
     assert response.json()["Error"].startswith("Cannot shut down: no system bus at unix:path=/nonexistent/")
     assert sup.get("/ping").text == "OK"
+
+
+# ------------------------------------------------------------------ wiring in a running supervisor
+def test_a_supervisor_applies_discoverability_and_vpn_from_its_config(bus, fake, netns_factory,
+                                                                      device_root: Path,
+                                                                      start_supervisor) -> None:
+    """Host setup on (in a network namespace of its own, so its firewall stays there): at start the
+    stored config's variables reach systemd; a new local target's change does too."""
+    from tests.fixtures.apps import local_target, store_managed_target
+
+    fake.configure(units={**AVAHI, "openvpn.service": {"ActiveState": "active", "PartOf": []}})
+    store_managed_target(device_root, local_target({}, config={"SUPERVISOR_VPN_CONTROL": "false"}),
+                         MANAGED["apiEndpoint"])
+    env = {**bus.env, "SUPERVISOR_HOST_SETUP": "true"}
+    sup = start_supervisor(device_root, netns=netns_factory(), env=env)
+    wait_for(lambda: len(members(fake, "StartUnit", "StopUnit")) == 3, "the units", sup)
+    assert members(fake, "StartUnit", "StopUnit") == [
+        ("StartUnit", ["avahi-daemon.service", "fail"]), ("StartUnit", ["avahi-daemon.socket", "fail"]),
+        ("StopUnit", ["openvpn.service", "fail"]),  # managed, and the unit is active
+    ]
+    key = global_api_key(device_root)
+    answer = sup.get("/v2/device/vpn", headers={"Authorization": f"Bearer {key}"}).json()
+    assert answer["vpn"]["enabled"] is False
+    sup.stop()
+
+    # Unmanaged (local mode): discoverability follows each new target; the VPN is not the supervisor's.
+    fake.forget()
+    (device_root / "mnt/boot/config.json").unlink()
+    local = start_supervisor(device_root, netns=netns_factory(), env=env)
+    wait_for(lambda: members(fake, "StartUnit", "StopUnit"), "avahi at start", local)
+    fake.forget()
+    config = {"HOST_DISCOVERABILITY": "false", "SUPERVISOR_VPN_CONTROL": "true"}
+    assert local.post("/v2/local/target-state", json=local_target({}, config=config)).status_code == 200
+    wait_for(lambda: len(members(fake, "StopUnit")) == 2, "avahi stopped", local)
+    assert members(fake, "StartUnit", "StopUnit") == [
+        ("StopUnit", ["avahi-daemon.socket", "fail"]), ("StopUnit", ["avahi-daemon.service", "fail"])]
