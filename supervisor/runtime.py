@@ -277,13 +277,14 @@ class Supervisor:
         """The target config, defaults filled in: what the host side applies."""
         return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
 
-    def apply_host_config(self) -> threading.Thread:
+    def apply_host_config(self) -> threading.Thread | None:
         """Firewall, discoverability and VPN from the current target config, in the background (a
-        slow bus or iptables never delays the API); at start and after every new target."""
+        slow bus or iptables never delays the API); at start and after every new target. Nothing
+        with host setup off."""
+        if not self.settings.host_setup:
+            return None
 
         def apply() -> None:
-            if not self.settings.host_setup:
-                return
             # The config is read under the lock: whichever thread runs last applies the newest.
             with self._host_config_lock:
                 try:

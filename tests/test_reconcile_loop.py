@@ -333,7 +333,8 @@ def _supervisor(root: Any) -> Any:
     from supervisor.runtime import Settings, Supervisor
     from tests.fixtures.device import free_port
 
-    return Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none"))
+    return Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none",
+                               host_setup=False))  # never the machine's firewall
 
 
 def test_extra_firmware_is_recorded_in_config_json_only_when_there_is_one(device_root) -> None:

@@ -29,7 +29,8 @@ def create_app(supervisor: Supervisor) -> Flask:
     @app.before_request
     def _start_timer():  # type: ignore[no-untyped-def]
         g.started = time.monotonic()
-        going_down = supervisor.power.going_down
+        power = getattr(supervisor, "power", None)  # test doubles of the supervisor may have none
+        going_down = power.going_down if power is not None else None
         if going_down is not None:  # a connection opened before the listener closed (host/power.py)
             what = "reboot" if going_down == "reboot" else "shut down"
             return errors.failed(f"The device is about to {what}", 503)
