@@ -14,9 +14,11 @@ from tests.fixtures.docker import *  # noqa: F403
 from tests.fixtures.netns import *  # noqa: F403
 from tests.fixtures.registry import *  # noqa: F403
 
-# Nothing in the test process reaches the machine's system bus (a real logind would reboot it): tests
-# that use a bus start a private one (tests/fixtures/dbus.py) and set the variable themselves.
+# Nothing in the test process, nor any supervisor it starts, reaches the machine's system bus (a real
+# logind would reboot it) or firewall: tests that use a bus start a private one (tests/fixtures/dbus.py)
+# and tests of host setup turn it on in a network namespace of their own.
 os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/pysupervisor-test/system_bus_socket"
+os.environ["SUPERVISOR_HOST_SETUP"] = "false"
 
 
 @pytest.fixture(scope="session", autouse=True)
