@@ -11,9 +11,10 @@ core). It is imported where used: a subsystem that is never started costs no mem
 * MAC addresses (§13.7): links of type ether (``ARPHRD_ETHER`` = 1) that are not enslaved (no master:
   bond and bridge ports) and not excluded, uppercased, de-duplicated, by interface name, space separated.
 
-The :class:`NetworkFacts` subsystem keeps both current: it subscribes to the kernel's address and link
-events and re-reads on each (coalesced), and falls back to the reference's 30 s poll when it cannot
-subscribe.
+The :class:`NetworkFacts` subsystem keeps the IP list current: it subscribes to the kernel's address and
+link events and re-reads on each (coalesced), and falls back to the reference's 30 s poll when it cannot
+subscribe. The MAC list is read once at start, as the reference reports it (its initial state report):
+container veths appear unenslaved for a moment on every container start, which would make it flap.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def mac_addresses(links: dict[int, dict[str, Any]]) -> list[str]:
 
 
 class NetworkFacts(Subsystem):
-    """The device's IP and MAC addresses, kept current (thread ``netlink``).
+    """The device's IP addresses, kept current, and MAC addresses, read at start (thread ``netlink``).
 
     ``ip_address``/``mac_address`` are the reported strings (space separated; ``""``/None before the
     first read or when netlink cannot be read). ``on_change(ips)`` is called when the IP list changes
@@ -139,7 +140,9 @@ class NetworkFacts(Subsystem):
         self._read_failed = False
         with self._lock:
             changed = ips != self._ips
-            self._ips, self._macs = ips, macs
+            self._ips = ips
+            if self._macs is None:  # read once, as the reference: engine veths come and go all the time
+                self._macs = macs
         if changed:
             log.info("IP addresses: %s", " ".join(ips) or "none")
             if self.on_change is not None:
