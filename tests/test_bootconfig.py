@@ -208,7 +208,8 @@ def test_a_forbidden_key_change_is_refused_and_nothing_is_written(tmp_path: Path
     dev = device(tmp_path, boot, "raspberrypi3")
     for key, value in (("initramfs", "other.gz"), ("kernel", "kernel7.img")):
         target = {**dev.current_env(), "HOST_CONFIG_gpu_mem": "256", f"HOST_CONFIG_{key}": value}
-        with pytest.raises(BlacklistedConfigError, match=f"^Attempt to change blacklisted config value {key}$"):
+        message = f"^Attempt to change blacklisted config value {key}$"
+        with pytest.raises(BlacklistedConfigError, match=message):
             dev.apply(target)
     assert (boot / "config.txt").read_bytes() == before
 
@@ -420,7 +421,8 @@ def test_splash_image_default_and_current(tmp_path: Path, caplog) -> None:
     uri = "data:image/png;charset=binary;base64," + base64.b64encode(new_png).decode()
     assert dev.apply({"HOST_SPLASH_image": uri}) == ["splash"]
     assert (boot / "splash/balena-logo.png").read_bytes() == new_png
-    assert dev.current_env() == {"HOST_SPLASH_image": "data:image/png;base64," + base64.b64encode(new_png).decode()}
+    current = "data:image/png;base64," + base64.b64encode(new_png).decode()
+    assert dev.current_env() == {"HOST_SPLASH_image": current}
     # bare base64 is PNG too, and the name's suffix is matched case-insensitively
     assert dev.changes({"HOST_SPLASH_IMAGE": base64.b64encode(new_png).decode()}) == []
 

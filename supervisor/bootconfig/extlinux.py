@@ -129,7 +129,8 @@ class Extlinux(Backend):
         fdt = options.get("fdt")
         if fdt:
             entry["FDT"] = str(fdt)
-        tokens = [t for t in entry.get("APPEND", "").split(" ") if t and t.split("=", 1)[0] not in _APPEND_KEYS]
+        tokens = [t for t in entry.get("APPEND", "").split(" ")
+                  if t and t.split("=", 1)[0] not in _APPEND_KEYS]
         for key in _APPEND_KEYS:
             if key not in options:
                 continue

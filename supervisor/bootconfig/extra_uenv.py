@@ -68,7 +68,8 @@ class ExtraUEnv(Backend):
             if match is not None and match.group(1) == FDT_LINE:
                 continue
             if match is not None and match.group(1) == CMDLINE_LINE:
-                extra_tokens += [t for t in match.group(2).split() if t.partition("=")[0] not in _CMDLINE_KEYS]
+                extra_tokens += [t for t in match.group(2).split()
+                                 if t.partition("=")[0] not in _CMDLINE_KEYS]
                 continue
             lines.append(line)
         if options.get("fdt"):
