@@ -115,7 +115,8 @@ def test_config_variables_apply_before_apps_with_the_reference_messages(pi, devi
     assert not (device_root / "mnt/boot/config.json").exists()  # not invented on an unmanaged device
     db = device_root / "mnt/data/resin-data/balena-supervisor/database.sqlite"
     with sqlite3.connect(db) as conn:
-        stored = dict(conn.execute("SELECT key, value FROM config WHERE key IN ('appUpdatePollInterval', 'delta')"))
+        stored = dict(conn.execute(
+            "SELECT key, value FROM config WHERE key IN ('appUpdatePollInterval', 'delta')"))
     assert stored == {"appUpdatePollInterval": "60000", "delta": "true"}
 
 
