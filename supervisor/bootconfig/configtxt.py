@@ -69,6 +69,13 @@ class ConfigTxt(Backend):
     def path(self) -> Path:
         return self.boot / "config.txt"
 
+    def _warn_once(self, line: str) -> None:
+        """The reference's warning, once per line and process: the file is read every round."""
+        warned: set[str] = self.__dict__.setdefault("_warned", set())
+        if line not in warned and len(warned) < 256:
+            warned.add(line)
+            log.warning("Could not parse config.txt entry: %s. Ignoring.", line)
+
     def parse(self, raw: str | None) -> Options:
         if raw is None:
             return {}
@@ -85,7 +92,7 @@ class ConfigTxt(Backend):
                 if initramfs is not None:
                     conf["initramfs"] = initramfs.group(2)
                 else:
-                    log.warning("Could not parse config.txt entry: %s. Ignoring.", line)
+                    self._warn_once(line)
                 continue
             key, value = match.groups()
             if key == "dtparam":

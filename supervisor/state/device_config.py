@@ -334,13 +334,18 @@ class DeviceConfig:
         self._initial = True  # until the first successful apply (the VPN is forced on, §5.3)
 
     # ------------------------------------------------------------------ current values
-    def raw(self, var: ConfigVar) -> str:
-        """The current value as ``getCurrent`` renders it (``''`` when unset and no default)."""
+    def raw(self, var: ConfigVar, stored: Mapping[str, str] | None = None) -> str:
+        """The current value as ``getCurrent`` renders it (``''`` when unset and no default);
+        ``stored`` is the SQLite config table when the caller has read it already."""
         if var.env == "SUPERVISOR_LOCAL_MODE":
-            return "true" if self.config.local_mode else "false"
+            unmanaged = self.config.unmanaged
+            local = stored.get("localMode") if stored is not None else self.config.db.get_config("localMode")
+            return "true" if unmanaged or to_bool(local) else "false"
         value: Any = None
         if var.where == "json" and self.config.json.exists:
             value = self.config.json.get(var.key)
+        elif stored is not None:
+            value = stored.get(var.key)
         else:
             value = self.config.db.get_config(var.key)
         if value is None:
@@ -357,7 +362,8 @@ class DeviceConfig:
 
     def current(self) -> dict[str, str]:
         """``getCurrent`` (§5.3): every table variable, the VPN, and the boot config in env form."""
-        values = {var.env: self.raw(var) for var in VARIABLES}
+        stored = {row["key"]: row["value"] for row in self.config.db.query("SELECT key, value FROM config")}
+        values = {var.env: self.raw(var, stored) for var in VARIABLES}
         values[VPN] = "true" if self.vpn.enabled() else "false"
         values.update(self.boot.current_env())
         return values
