@@ -89,6 +89,7 @@ class Supervisor:
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
+            self.config.set_db(localMode=True)  # as the reference: the stored value says so too
 
         led = make_led(settings.led or default_led_spec(self.paths))
         self.blinker = Blinker(led, duration=settings.blink_seconds)

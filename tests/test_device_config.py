@@ -339,3 +339,24 @@ def test_vpn_is_never_touched_when_unmanaged(tmp_path: Path) -> None:
     sup.device_config.reset_rate_limits()
     set_target(sup, SUPERVISOR_VPN_CONTROL="false")
     assert not any(isinstance(s, SetVpnEnabled) for s in sup.device_config.steps())
+
+
+def test_unmanaged_device_stores_local_mode_and_an_explicit_false_converges(tmp_path: Path) -> None:
+    sup = pi_device(tmp_path)
+    assert sup.device_config.current()["SUPERVISOR_LOCAL_MODE"] == "true"
+    set_target(sup, SUPERVISOR_LOCAL_MODE="false")
+    assert run_config(sup) == ["changeConfig"]  # stored, and then settled (no loop)
+    assert sup.config.local_mode  # an unmanaged device stays in local mode
+
+
+def test_the_config_reboot_honours_the_hup_guard_and_is_asked_once(pi: Supervisor) -> None:
+    hup = pi.paths.state_partition / "rollback-health-breadcrumb"
+    hup.parent.mkdir(parents=True)
+    hup.write_text("")
+    with pytest.raises(UpdatesLockedError, match="Waiting for Host OS update to finish"):
+        pi._reboot_to_apply()
+    assert pi.power.requests == []
+    hup.unlink()
+    pi._reboot_to_apply()
+    pi._reboot_to_apply()
+    assert [r.action for r in pi.power.requests] == ["reboot"]

@@ -337,10 +337,6 @@ class DeviceConfig:
     def raw(self, var: ConfigVar, stored: Mapping[str, str] | None = None) -> str:
         """The current value as ``getCurrent`` renders it (``''`` when unset and no default);
         ``stored`` is the SQLite config table when the caller has read it already."""
-        if var.env == "SUPERVISOR_LOCAL_MODE":
-            unmanaged = self.config.unmanaged
-            local = stored.get("localMode") if stored is not None else self.config.db.get_config("localMode")
-            return "true" if unmanaged or to_bool(local) else "false"
         value: Any = None
         if var.where == "json" and self.config.json.exists:
             value = self.config.json.get(var.key)
