@@ -311,7 +311,7 @@ class Supervisor:
         self.config.json.set(os=os_section)
 
     def _delta_settings(self) -> DeltaSettings:
-        """``SUPERVISOR_DELTA*`` of the target config and config.json's ``deltaEndpoint`` (§5.2-5.3)."""
+        """``SUPERVISOR_DELTA*`` as the device applied them, read at each fetch (§5.2-5.3)."""
         return self.device_config.delta_settings()
 
     def _delta_fetcher(self, client: Any) -> DeltaFetcher | None:
