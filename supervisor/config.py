@@ -198,11 +198,16 @@ DB_KEYS: dict[str, _DbKey] = {
     "instantUpdates": _DbKey(True, _parse_bool),
     "targetStateSet": _DbKey(False, _parse_bool),
     "pinDevice": _DbKey(None, json.loads),  # {app, commit}, set by a preload (spec §11.2)
+    # The apiEndpoint whose initial config report is done (spec §10.2).
+    "initialConfigReported": _DbKey("", str),
+    # A target has been received from the cloud: until then a managed device applies nothing.
+    "cloudTargetReceived": _DbKey(False, _parse_bool),
+    # SUPERVISOR_CONNECTIVITY_CHECK (§5.2, §10.7); also set by POST/DELETE /v1/tcp-ping.
+    "connectivityCheckEnabled": _DbKey(True, _parse_bool),
     "initialConfigSaved": _DbKey(False, _parse_bool),
     # Device config variables (state/device_config.py VARIABLES); the config.json ones are kept
     # here only on a device without config.json.
     "loggingEnabled": _DbKey(True, _parse_bool),
-    "connectivityCheckEnabled": _DbKey(True, _parse_bool),
     "apiRequestTimeout": _DbKey(59000, _parse_int),
     "delta": _DbKey(False, _parse_bool),
     "deltaRequestTimeout": _DbKey(59000, _parse_int),

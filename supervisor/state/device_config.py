@@ -344,8 +344,8 @@ class DeviceConfig:
             value = stored.get(var.key)
         else:
             value = self.config.db.get_config(var.key)
-        if value is None:
-            return "" if var.env == "HOST_FIREWALL_MODE" else var.default
+        if value is None:  # never set: the default (also for firewallMode, so '' is never reported)
+            return var.default
         if isinstance(value, bool):
             return "true" if value else "false"
         return str(value)
@@ -404,7 +404,7 @@ class DeviceConfig:
 
     @property
     def firewall_mode(self) -> str:
-        return self.raw(BY_ENV["HOST_FIREWALL_MODE"]) or "off"
+        return self.raw(BY_ENV["HOST_FIREWALL_MODE"])
 
     @property
     def host_discoverability(self) -> bool:

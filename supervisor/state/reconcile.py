@@ -36,6 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
+from supervisor.state.errors import ServiceErrors
 from supervisor.state.planner import PlanContext, TargetApps, plan
 from supervisor.state.steps import Fetch, Noop, Reboot, Step, describe
 from supervisor.subsystem import Subsystem
@@ -55,6 +56,9 @@ BATCH_DELAY_S: Final = 0.2
 NOOP_DELAY_S: Final = 1.0
 BACKOFF_BASE_S: Final = 0.5
 CONNECT_RETRY_MAX_S: Final = 30.0
+#: How long an API request that needs the engine waits for the first connection attempt (issue #11:
+#: the API answers /ping before the state engine's thread has connected).
+FIRST_CONNECT_WAIT_S: Final = 5.0
 
 
 class EngineUnavailableError(Exception):
@@ -132,9 +136,12 @@ class Reconciler(Subsystem):
         self.backoff_base = backoff_base
         self.connect_retry_max = connect_retry_max
         self._planner = planner
+        #: The last failed step of each service, for the API (state/errors.py, issue #11).
+        self.errors = ServiceErrors()
 
         self._cond = threading.Condition()
         self._engine: Engine | None = None
+        self._first_attempt = threading.Event()  # set once the first connection attempt has ended
         # Guarded by _cond: the trigger queue (one slot) and what the API reads.
         self._pending = False
         self._cancel = False
@@ -166,8 +173,12 @@ class Reconciler(Subsystem):
         return self._engine
 
     def require_engine(self) -> Engine:
-        """The connected engine; :class:`EngineUnavailableError` while there is none."""
+        """The connected engine; :class:`EngineUnavailableError` while there is none. Until the
+        first connection attempt has ended (at most ``FIRST_CONNECT_WAIT_S``), waits for it: an engine
+        that is up must not read as "not connected" in the moment after the API starts."""
         engine = self._engine
+        if engine is None and self._first_attempt.wait(FIRST_CONNECT_WAIT_S):
+            engine = self._engine
         if engine is None:
             raise EngineUnavailableError(self.status().engine_error or "Docker engine not connected yet")
         return engine
@@ -221,8 +232,10 @@ class Reconciler(Subsystem):
             if self.status().engine_error != message:
                 log.error("%s (will keep retrying)", message)
             self._update(engine_error=message)
+            self._first_attempt.set()
             return False
         self._engine = engine
+        self._first_attempt.set()
         if self.status().engine_error is not None:
             log.info("Docker engine reachable again")
         self._update(engine_error=None)
@@ -281,6 +294,7 @@ class Reconciler(Subsystem):
         results = self._execute(engine, steps)
         if results is None:
             return 0.0  # stopping: the batch finishes (or not) without us
+        self.errors.note(results)
         if any(isinstance(s, Fetch) for s in steps):
             with self._cond:
                 self._fetch_seconds += time.monotonic() - started
@@ -351,6 +365,7 @@ class Reconciler(Subsystem):
                 last_error=None,
             )
             self._applying_since = None
+        self.errors.clear()
         log.info("Finished applying target state")
 
     # ------------------------------------------------------------------ helpers
