@@ -6,8 +6,11 @@ Layers (docs/ARCHITECTURE.md): storage (paths, config, SQLite) -> subsystems (ea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,16 +21,15 @@ from .config import Config, ConfigJson
 from .db import Database
 from .host import HostFacts
 from .paths import Paths
-from .power import PowerBackend, StubPowerBackend
 from .state.admission import WarningLog, validate_local
 from .state.contexts import TargetBuilder
-from .state.device_config import with_defaults
+from .state.device_config import CONFIG_STEPS, DeviceConfig, validate_target_config, with_defaults
 from .state.locks import LockRegistry
 from .state.planner import PlanContext
 from .state.reconcile import Engine, Reconciler
 from .state.report import Observation
 from .state.store import LOCAL_SOURCE, TargetStore
-from .state.target import thaw
+from .state.target import TargetStateError, thaw
 from .subsystem import Subsystem
 
 if TYPE_CHECKING:
@@ -56,7 +58,8 @@ class Settings:
     #: Only these app ids are managed (None: every supervised app on the engine). For development
     #: machines and tests that share an engine with containers that are not this supervisor's.
     apps: tuple[int, ...] | None = None
-    #: Create the supervisor0 network and extra-firmware volume a balenaOS device needs.
+    #: Set the host up as a balenaOS device needs: the supervisor0 network and extra-firmware volume,
+    #: the firewall, avahi and openvpn from the config variables (supervisor/host/).
     host_setup: bool = True
 
 
@@ -78,6 +81,9 @@ class Supervisor:
         from .api import create_app
         from .api.server import ApiServer
         from .blink import Blinker
+        from .host.netlink import NetworkFacts
+        from .host.power import LogindBackend, Power
+        from .host.services import HostServices
 
         self.settings = settings
         self.paths = Paths.create(settings.root, settings.data_dir)
@@ -94,6 +100,7 @@ class Supervisor:
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
+            self.config.set_db(localMode=True)  # as the reference: the stored value says so too
 
         led = make_led(settings.led or default_led_spec(self.paths))
         self.blinker = Blinker(led, duration=settings.blink_seconds)
@@ -104,7 +111,13 @@ class Supervisor:
         self.lock_root = str(self.paths.root).rstrip("/")
         # ONE lock registry per supervisor: the state engine and the API actions share it (§4).
         self.locks = LockRegistry(self.lock_root)
-        self.power: PowerBackend = StubPowerBackend()
+        # The host over D-Bus, iptables and netlink (supervisor/host/): each piece works alone.
+        self.host_services = HostServices(listen_port=lambda: self.server.port,
+                                          host_network_services=self._host_network_services)
+        self.network = NetworkFacts()
+        self._host_config_lock = threading.Lock()
+        self.power = Power(LogindBackend(self.host_services.login), hold=self._hold_work,
+                           release=self._release_work)
         self.target_builder = TargetBuilder(
             self.config, self.targets, self.api_keys, self.host,
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
@@ -113,23 +126,58 @@ class Supervisor:
         self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
         self._target_warnings = WarningLog(log)  # each admitted target's warnings, logged once
         self._extra_firmware_unsaved: str | None = None
+        self.device_config = self._init_device_config()
+        self._reboot_asked = False
         self.reconciler = Reconciler(
             self._connect_engine,
             lambda engine: self.target_builder.build(engine.images),
             self._plan_context,
-            poll_interval=lambda: self.config.poll_interval_ms / 1000,
+            poll_interval=lambda: self.device_config.poll_interval_ms / 1000,
             managed=lambda: not self.config.unmanaged,
             apps=self.managed_apps,
+            planner=self._plan,
         )
-        self.subsystems: list[Subsystem] = [self.blinker, self.reconciler]
+        self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler]
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
         self.binder: CloudBinder | None = None
         if not self.config.unmanaged:
             self.binder = self._make_binder()
             self.subsystems.append(self.binder)
 
+    def _init_device_config(self) -> DeviceConfig:
+        """Config variables and the boot-config backends of this device type (spec §5.3-5.5)."""
+        from .bootconfig import BootConfig
+        from .host import read_os_release
+
+        meta_version = read_os_release(self.paths.os_release).get("META_BALENA_VERSION")
+        boot = BootConfig(self.paths.boot, self.paths.root, self.config.json, self.host.device_type,
+                          meta_version)
+        return DeviceConfig(
+            self.config, boot, runtime_dir=self.paths.runtime_dir,
+            target_config=self.targets.target_config, boot_time=self.host.boot_time,
+            system_log=self.system_message,
+        )
+
+    def system_message(self, message: str) -> None:
+        """A system log line (spec §8.5): logged, and published to the log pipeline unless
+        ``SUPERVISOR_LOG_CONTROL`` turned logging off."""
+        log.info("%s", message)
+        if self.device_config.logging_enabled:
+            self.logs.publish({"message": message, "isSystem": True, "timestamp": int(time.time() * 1000)})
+
+    def _save_initial_config(self) -> None:
+        """Spec §5.4.5: the first start stores the current config, boot config included, as the
+        target, so an empty target config never wipes config.txt before it is reported."""
+        if self.config.get_db("initialConfigSaved"):
+            return
+        self.device_config.boot.initialise()
+        current = self.device_config.initial_target()
+        self.targets.set_target_config(current, initial_saved=True)
+        log.info("Saved the current device config as the target (%d values)", len(current))
+
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
+        self._save_initial_config()
         target_set = bool(self.config.get_db("targetStateSet"))
         preloaded = False
         if not self.config.provisioned or not target_set:
@@ -141,6 +189,9 @@ class Supervisor:
         for subsystem in self.subsystems:
             subsystem.start()
         self.server.start()
+        if not self.settings.host_setup:
+            log.info("Host setup is off: the firewall, discoverability and the VPN are left alone")
+        self.apply_host_config()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
 
@@ -168,6 +219,7 @@ class Supervisor:
         engine = self.reconciler.engine
         if engine is not None:
             engine.client.close()
+        self.host_services.close()
         self.config.db.close()
 
     # what the API reports -----------------------------------------------------------------------
@@ -204,9 +256,9 @@ class Supervisor:
         status = self.reconciler.status()
         return {
             "api_port": self.server.port,
-            "ip_address": "",  # not gathered yet
+            "ip_address": self.network.ip_address,
             "os_version": self.host.os_version,
-            "mac_address": self.host.mac_address,
+            "mac_address": self.network.mac_address,
             "supervisor_version": __version__,
             "update_pending": status.update_pending,
             "update_failed": status.update_failed,
@@ -244,6 +296,8 @@ class Supervisor:
         )
         executor.on_change = reader.invalidate
         executor.reboot = self._reboot_to_apply
+        for kind in CONFIG_STEPS:
+            executor.add_handler(kind, self.device_config.execute)
         return Engine(client=client, images=images, executor=executor, reader=reader)
 
     def _reboot_to_apply(self) -> None:
@@ -251,7 +305,72 @@ class Supervisor:
         user's update lock or a host OS update in progress holds it back (and the loop retries)."""
         from .state import actions
 
+        if self._reboot_asked:  # the device is going down: asking again would only repeat it
+            log.info("Reboot already requested")
+            return
         actions.shutdown(self, reboot=True)
+        self._reboot_asked = True
+
+    def _plan(self, current: Any, target: Any, ctx: PlanContext) -> list[Any]:
+        """Config steps first (spec §3.1 step 4): app steps only once the config has settled."""
+        from .state.planner import plan
+
+        config_steps = self.device_config.steps()
+        if config_steps:
+            return config_steps
+        steps = plan(current, target, ctx)
+        if not steps:
+            self.device_config.reset_rate_limits()  # a successful apply (§5.4 step 2)
+        return steps
+
+    # the host side (supervisor/host/) ------------------------------------------------------------
+    def _hold_work(self) -> None:
+        """The device goes down: no new state-engine batch, no new API connection (§1.4)."""
+        self.reconciler.hold()
+        self.server.pause()
+
+    def _release_work(self) -> None:
+        """logind refused: serve and apply again."""
+        self.server.resume()
+        self.reconciler.release()
+
+    def vpn_connected(self) -> bool:
+        """The VPN is up: openvpn's status file ``active`` exists (§13.4). The connectivity check is
+        bypassed meanwhile (§10.7)."""
+        return (self.paths.vpn_status / "active").exists()
+
+    def _host_network_services(self) -> bool:
+        """Whether a target service uses ``network_mode: host`` (firewall mode ``auto``, §13.1)."""
+        target = self.targets.get_target(self.target_source)
+        return any(
+            (svc.composition.get("network_mode") or svc.composition.get("networkMode")) == "host"
+            for app in target.apps.values() for svc in app.services.values()
+        )
+
+    def host_config_values(self) -> dict[str, str]:
+        """The target config, defaults filled in: what the host side applies."""
+        return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
+
+    def apply_host_config(self) -> threading.Thread | None:
+        """Firewall, discoverability and VPN from the current target config, in the background (a
+        slow bus or iptables never delays the API); at start and after every new target. Nothing
+        with host setup off."""
+        if not self.settings.host_setup:
+            return None
+
+        def apply() -> None:
+            # The config is read under the lock: whichever thread runs last applies the newest.
+            with self._host_config_lock:
+                try:
+                    self.host_services.apply_config(self.host_config_values(),
+                                                    local_mode=self.config.local_mode,
+                                                    managed=not self.config.unmanaged)
+                except Exception:  # never fatal: the rest of the supervisor runs without it
+                    log.exception("Could not apply the host configuration")
+
+        thread = threading.Thread(target=apply, name="host-config", daemon=True)
+        thread.start()
+        return thread
 
     def _extra_firmware_volume(self) -> str | None:
         """config.json ``os.kernel.extraFirmwareVol`` (spec §3.2 stage 2)."""
@@ -273,11 +392,8 @@ class Supervisor:
         self.config.json.set(os=os_section)
 
     def _delta_settings(self) -> DeltaSettings:
-        """``SUPERVISOR_DELTA*`` of the target config and config.json's ``deltaEndpoint`` (§5.2-5.3)."""
-        from .delta.fetch import DeltaSettings
-
-        values = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
-        return DeltaSettings.from_config(values, self.config.json.get("deltaEndpoint"))
+        """``SUPERVISOR_DELTA*`` as the device applied them, read at each fetch (§5.2-5.3)."""
+        return self.device_config.delta_settings()
 
     def _delta_fetcher(self, client: Any) -> DeltaFetcher | None:
         """A delta fetcher for the current settings, or None when deltas are off (docs/DELTAS.md)."""
@@ -294,37 +410,25 @@ class Supervisor:
         return DeltaFetcher(client.api, settings, self.paths.data_dir / "deltas", token=token)
 
     def _plan_context(self, force: bool) -> PlanContext:
-        breadcrumb = self.paths.runtime_dir / "reboot-after-apply"
-        try:
-            scheduled = self.host.boot_time is None or breadcrumb.stat().st_mtime > self.host.boot_time
-        except OSError:
-            scheduled = False
         return PlanContext(
             force=force or self.lock_override(),
             local_mode=self.config.local_mode,
             delta=self._delta_settings().enabled,
-            reboot_breadcrumb=scheduled,
+            reboot_breadcrumb=self.device_config.reboot_scheduled(),
             boot_time=self.host.boot_time,
         )
 
     def lock_override(self) -> bool:
-        """``SUPERVISOR_OVERRIDE_LOCK`` (§4.3): the stored config, or the target's device config
-        until device-config apply stores it (the target's value is what the user asked for)."""
-        if self.config.get_db("lockOverride"):
-            return True
-        try:
-            target = self.targets.target_config()
-        except Exception:  # no target yet
-            return False
-        return check_truthy(target.get("SUPERVISOR_OVERRIDE_LOCK"))
+        """``SUPERVISOR_OVERRIDE_LOCK`` (§4.3): the device's current config, read at each lock take."""
+        return self.device_config.lock_override
 
     # device endpoints (issue #5) -----------------------------------------------------------------
     def _init_device_endpoints(self) -> None:
-        """The parts behind host-config, tags, logs and streams (supervisor/hostconfig.py, cloud/tags.py,
+        """The parts behind host-config, tags, logs and streams (supervisor/host/hostconfig.py, cloud/tags.py,
         logs/hub.py, api/streams.py); each edge is a replaceable object for the later host/cloud work."""
         from .api.streams import StreamSlots
         from .cloud import TagStore
-        from .hostconfig import HostConfig
+        from .host.hostconfig import HostConfig
         from .logs.hub import LogHub
 
         self.logs = LogHub()
@@ -332,18 +436,26 @@ class Supervisor:
         self.tag_store = TagStore(self.config)
         self.host_config = HostConfig(
             self.paths, read_hostname=self._read_hostname, write_hostname=self._write_hostname,
+            on_proxy_change=lambda: self.host_services.restart_proxy_units(),
         )
 
     def _read_hostname(self) -> str:
-        """The host's ``/etc/hostname`` (spec §6.1); the D-Bus hostnamed backend replaces this."""
-        try:
-            return self.paths.host("/etc/hostname").read_text(encoding="utf-8").strip()
-        except OSError:
-            return ""
+        """hostnamed's static hostname, else the host's ``/etc/hostname`` (spec §6.1)."""
+
+        def from_file() -> str:
+            try:
+                return self.paths.host("/etc/hostname").read_text(encoding="utf-8").strip()
+            except OSError:
+                return ""
+
+        return self.host_services.hostname(from_file) or ""
 
     def _write_hostname(self, hostname: str) -> None:
-        """config.json ``hostname``, which balenaOS applies (spec §6.1); "" is the uuid's first 7."""
-        self.config.json.set(hostname=hostname or self.config.uuid[:7])
+        """hostnamed's ``SetStaticHostname`` (a refusal raises before anything changed), then
+        config.json ``hostname``, which balenaOS applies too (spec §6.1); "" is the uuid's first 7."""
+        name = hostname or self.config.uuid[:7]
+        self.host_services.set_hostname(name)
+        self.config.json.set(hostname=name)
 
     def current_app_ids(self) -> list[int]:
         """The managed apps on the device now (the engine's view; the target's without an engine)."""
@@ -379,10 +491,22 @@ class Supervisor:
         TargetStateError before anything changes), store it in one transaction, then have it applied
         (the stored target is what a restart resumes from). Returns the admission's warnings."""
         device, warnings = validate_local(body, current_name=self.config.get_db("name"))
+        local = body.get("local") if isinstance(body, dict) else None
+        if isinstance(local, dict) and local.get("config") is None:
+            # No config section: keep the device's target config (the reference wipes it, and
+            # with it config.txt). A config section is checked before anything is stored.
+            device = dataclasses.replace(device, config=self.targets.target_config())
+        else:
+            problems = validate_target_config(device.config, boot=self.device_config.boot)
+            if problems:
+                name, message = problems[0]
+                raise TargetStateError(f"Invalid target state: config.{name}: {message}",
+                                       path=f"local.config.{name}", rule="config")
         self.targets.set_target(device, LOCAL_SOURCE)
         log.info("Local target state set (%d apps)", len(device.apps))
         self._target_warnings(warnings)
         self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
+        self.apply_host_config()
         return warnings
 
     def update(self, *, force: bool, cancel: bool) -> None:
@@ -413,15 +537,8 @@ class Supervisor:
         )
 
     def _api_request_timeout_s(self) -> float:
-        """``SUPERVISOR_API_REQUEST_TIMEOUT`` (ms, default 59000), read at every request."""
-        from .config import check_int
-
-        values = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
-        return (check_int(values.get("SUPERVISOR_API_REQUEST_TIMEOUT"), positive=True) or 59000) / 1000
-
-    def config_value(self, name: str) -> str:
-        """A config variable (name without prefix) as the target sets it, else its default."""
-        return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged).get(name, "")
+        """``SUPERVISOR_API_REQUEST_TIMEOUT`` (ms, default 59000) as applied, read at every request."""
+        return (self.device_config.api_request_timeout_ms or 59000) / 1000
 
     def local_target_view(self) -> dict:
         """GET /v2/local/target-state: the target as the engine sees it (spec §1.4)."""
@@ -470,23 +587,22 @@ class CloudDeviceSide:
         return self.sup.config.local_mode
 
     def connectivity_check_enabled(self) -> bool:
-        """``connectivityCheckEnabled`` when stored (``/v1/tcp-ping``, config apply), else the target's
-        ``SUPERVISOR_CONNECTIVITY_CHECK`` (default true)."""
-        if self.sup.config.db.get_config("connectivityCheckEnabled") is not None:
-            return bool(self.sup.config.get_db("connectivityCheckEnabled"))
-        return check_truthy(self.sup.config_value("SUPERVISOR_CONNECTIVITY_CHECK"))
+        """``connectivityCheckEnabled`` as stored (config apply of ``SUPERVISOR_CONNECTIVITY_CHECK``,
+        ``/v1/tcp-ping``), default true."""
+        return self.sup.device_config.connectivity_check
 
     def current_config(self) -> dict[str, str]:
-        """What the device runs with now; until the config-variable module lands (#13), the
-        stored target's values over the defaults."""
-        return with_defaults(self.sup.targets.target_config(), unmanaged=False)
+        """What the device runs with now (§5.3 ``getCurrent``), boot config included: the initial
+        config report sends it (§10.2)."""
+        return self.sup.device_config.current()
 
     def facts(self) -> dict[str, Any]:
         from . import __version__
 
         host = self.sup.host
         return {"device_type": host.device_type, "supervisor_version": __version__,
-                "os_version": host.os_version, "os_variant": host.os_variant, "mac_address": host.mac_address}
+                "os_version": host.os_version, "os_variant": host.os_variant,
+                "mac_address": self.sup.network.mac_address}
 
     def metrics(self) -> dict[str, Any]:
         """§13.6 metrics, or all None with ``SUPERVISOR_HARDWARE_METRICS=false``; the under-voltage
@@ -496,7 +612,7 @@ class CloudDeviceSide:
         from .cloud.metrics import disabled_metrics, is_undervolted, system_metrics
 
         sup = self.sup
-        if not check_truthy(sup.config_value("SUPERVISOR_HARDWARE_METRICS")):
+        if not sup.device_config.hardware_metrics:
             values = disabled_metrics()
         else:
             values = system_metrics(sup.paths.root, sup.paths.data_dir)
