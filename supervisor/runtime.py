@@ -146,6 +146,7 @@ class Supervisor:
         """Config variables and the boot-config backends of this device type (spec §5.3-5.5)."""
         from .bootconfig import BootConfig
         from .host import read_os_release
+        from .host.services import HostVpn
 
         meta_version = read_os_release(self.paths.os_release).get("META_BALENA_VERSION")
         boot = BootConfig(self.paths.boot, self.paths.root, self.config.json, self.host.device_type,
@@ -153,6 +154,7 @@ class Supervisor:
         return DeviceConfig(
             self.config, boot, runtime_dir=self.paths.runtime_dir,
             target_config=self.targets.target_config, boot_time=self.host.boot_time,
+            vpn=HostVpn(self.host_services) if self.settings.host_setup else None,
             system_log=self.system_message,
         )
 
