@@ -19,6 +19,7 @@ from .db import Database
 from .host import HostFacts
 from .paths import Paths
 from .power import PowerBackend, StubPowerBackend
+from .sdnotify import ServiceNotifier, hang_hooks
 from .state.contexts import TargetBuilder
 from .state.device_config import with_defaults
 from .state.locks import LockRegistry
@@ -116,7 +117,9 @@ class Supervisor:
             managed=lambda: not self.config.unmanaged,
             apps=self.managed_apps,
         )
-        self.subsystems: list[Subsystem] = [self.blinker, self.reconciler]
+        self.subsystems: list[Subsystem] = [self.blinker, self.reconciler, *hang_hooks()]
+        # systemd Type=notify + WatchdogSec (supervisor/sdnotify.py): a no-op outside systemd.
+        self.systemd = ServiceNotifier(self.health)
 
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,6 +136,7 @@ class Supervisor:
         self.server.start()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
+        self.systemd.ready(f"API listening on port {self.server.port}")
 
     def _load_preloaded_apps(self) -> bool:
         """Spec §0.2 ``loadInitialState``: a first start takes its target from ``apps.json``."""
@@ -150,6 +154,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Stop accepting requests first, then the subsystems, then close storage."""
+        self.systemd.stopping()
         self.server.stop()
         self.logs.close()
         self.tag_reporter.stop()
