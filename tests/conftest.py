@@ -3,5 +3,5 @@
 from tests.fixtures.cloud import *  # noqa: F403
 from tests.fixtures.device import *  # noqa: F403
 from tests.fixtures.docker import *  # noqa: F403
-from tests.fixtures.registry import *  # noqa: F403
 from tests.fixtures.native import *  # noqa: F403
+from tests.fixtures.registry import *  # noqa: F403

@@ -26,8 +26,8 @@ import docker
 import pytest
 import requests
 
-from tests.fixtures.docker import TEST_LABEL
 from tests.fixtures.device import wait_for
+from tests.fixtures.docker import TEST_LABEL
 
 pytestmark = pytest.mark.docker
 
