@@ -1,0 +1,29 @@
+SUMMARY = "A Python library for the Docker Engine API"
+DESCRIPTION = "docker-py, the Docker SDK pysupervisor drives balenaEngine with. Its only OE recipe is \
+               in meta-virtualization, a layer balenaOS does not build with; this copy avoids adding that layer and \
+               its dependencies."
+AUTHOR = "Docker Inc."
+HOMEPAGE = "https://github.com/docker/docker-py"
+BUGTRACKER = "https://github.com/docker/docker-py/issues"
+SECTION = "devel/python"
+LICENSE = "Apache-2.0"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=34f3846f940453127309b920eeb89660"
+
+SRC_URI[sha256sum] = "ad8c70e6e3f8926cb8a92619b832b4ea5299e2831c14284663184e200546fa6c"
+
+# pyproject.toml: hatchling with hatch-vcs (the version comes from the sdist's PKG-INFO).
+inherit pypi python_hatchling
+DEPENDS += "python3-hatch-vcs-native"
+
+RDEPENDS:${PN} = "python3-core \
+                  python3-io \
+                  python3-json \
+                  python3-logging \
+                  python3-netclient \
+                  python3-requests \
+                  python3-shell \
+                  python3-urllib3 \
+"
+
+CVE_PRODUCT = "docker:docker-py"
+BBCLASSEXTEND = "native nativesdk"
