@@ -165,7 +165,8 @@ def test_unit_under_systemd_as_pid1(machine: Machine):
         **{name: _stub(name, cmd).encode() for name, cmd in OS_UNITS.items()},
         f"{UNIT}.d/test.conf": dropin.encode(),
     }))
-    m.sh("systemd-tmpfiles --create /usr/lib/tmpfiles.d/pysupervisor.conf && test -d /tmp/balena-supervisor")
+    m.sh("systemd-tmpfiles --create /usr/lib/tmpfiles.d/pysupervisor.conf && test -d /tmp/balena-supervisor "
+         "&& test \"$(readlink /tmp/resin-supervisor)\" = /tmp/balena-supervisor")
     m.sh("systemctl daemon-reload && systemctl enable --now balena-supervisor.service")
 
     # Type=notify: "active" only once READY=1 came; our STATUS= line came with it.
