@@ -260,3 +260,18 @@ def test_layer_conf_and_stock_supervisor_replacement():
         ("BALENA_SUPERVISOR", "pysupervisor"), ("BALENA_REGISTER", "pysupervisor")]
     disk = (LAYER / "recipes-containers/docker-disk/docker-disk.bbappend").read_text()
     assert "do_compile:prepend:pysupervisor()" in disk and "remove_me_to_reset" in disk
+
+
+#: bbclasses each release's oe-core has that recipes here may use (balenaos-integration.md §4.3), plus
+#: meta-balena-common's balena-configurable. A class missing on one release breaks parsing of the
+#: whole build there, with or without the pysupervisor override.
+CLASSES_COMMON = {"pypi", "setuptools3", "python_pep517", "python_setuptools_build_meta", "systemd",
+                  "pkgconfig", "features_check", "balena-configurable"}
+CLASSES = {"kirkstone": CLASSES_COMMON,
+           "scarthgap": CLASSES_COMMON | {"python_hatchling", "python_maturin", "python_mesonpy"}}
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_inherited_classes_exist_on_the_release(release):
+    for path in _recipes():
+        assert _inherits(path) <= CLASSES[release], (path.name, _inherits(path) - CLASSES[release])
