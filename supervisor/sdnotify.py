@@ -122,7 +122,11 @@ class ServiceNotifier:
     def _ping(self, interval: float) -> None:
         was_healthy = True
         while True:
-            problems = [reason for ok, reason in self._health() if not ok]
+            try:
+                problems = [reason for ok, reason in self._health() if not ok]
+            except Exception as exc:  # a check that cannot tell counts as unhealthy, and says why
+                log.exception("Health check failed")
+                problems = [f"health check raised {exc!r}"]
             if not problems:
                 fields = ["WATCHDOG=1"] + ([] if was_healthy else ["STATUS=Healthy again"])
                 self.notifier.notify(*fields)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from supervisor.sdnotify import TEST_HANG_ENV, Notifier
+from supervisor.sdnotify import TEST_HANG_ENV, Notifier, ServiceNotifier
 from tests.fixtures.device import wait_for
 
 
@@ -36,6 +36,10 @@ class NotifySocket:
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
             self.messages.append((time.monotonic(), fields))
         return [m for _, m in self.messages]
+
+    def status(self, prefix: str) -> str | None:
+        """The first STATUS= that starts with ``prefix``, if one came."""
+        return next((m["STATUS"] for m in self.poll() if m.get("STATUS", "").startswith(prefix)), None)
 
     def pings_after(self, since: float) -> int:
         self.poll()
@@ -75,10 +79,7 @@ def test_pings_stop_while_a_subsystem_hangs(device_root, start_supervisor, notif
     start = time.monotonic()
     wait_for(lambda: receiver.pings_after(start) >= 2, "watchdog pings", sup, timeout=30)
     trigger.touch()
-    status = wait_for(
-        lambda: next((m["STATUS"] for m in receiver.poll() if m.get("STATUS", "").startswith("Unhealthy")),
-                     None),
-        "an Unhealthy status", sup, timeout=30)
+    status = wait_for(lambda: receiver.status("Unhealthy"), "an Unhealthy status", sup, timeout=30)
     assert "test-hang stuck" in status
     assert not trigger.exists()  # consumed: a restarted process would run normally
     # Same test as /v1/healthy, and no ping comes any more (a restart is systemd's job).
@@ -115,3 +116,25 @@ def test_notifier_outside_systemd_and_bad_values():
     assert Notifier(own).watchdog_interval == pytest.approx(1.0)
     # A socket nobody listens on: the send fails, is logged, and the caller carries on.
     assert Notifier({"NOTIFY_SOCKET": "/nonexistent/pysupervisor/notify"}).notify("READY=1") is False
+
+
+def test_a_health_check_that_raises_stops_the_pings(notify_socket):
+    path, receiver = notify_socket
+    calls = []
+
+    def health():
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("subsystem table changed")
+        return [(True, "ok")]
+
+    notifier = ServiceNotifier(health, Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "300000"}))
+    notifier.ready("test")
+    try:
+        status = wait_for(lambda: receiver.status("Unhealthy"), "an Unhealthy status", timeout=30)
+        assert "health check raised RuntimeError" in status
+        pings = [m for m in receiver.poll() if m.get("WATCHDOG") == "1"]
+        assert len(pings) == 2  # the two healthy rounds only
+    finally:
+        notifier.stopping()
+    assert receiver.poll()[-1] == {"STOPPING": "1", "STATUS": "Stopping"}
