@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,6 @@ from .config import Config, ConfigJson
 from .db import Database
 from .host import HostFacts
 from .paths import Paths
-from .power import PowerBackend, StubPowerBackend
 from .sdnotify import ServiceNotifier, hang_hooks
 from .state.contexts import TargetBuilder
 from .state.device_config import with_defaults
@@ -31,6 +31,7 @@ from .state.target import from_v2_local, thaw
 from .subsystem import Subsystem
 
 if TYPE_CHECKING:
+    from .cloud import CloudBinder
     from .delta.fetch import DeltaFetcher, DeltaSettings
 
 log = logging.getLogger("supervisor")
@@ -55,7 +56,8 @@ class Settings:
     #: Only these app ids are managed (None: every supervised app on the engine). For development
     #: machines and tests that share an engine with containers that are not this supervisor's.
     apps: tuple[int, ...] | None = None
-    #: Create the supervisor0 network and extra-firmware volume a balenaOS device needs.
+    #: Set the host up as a balenaOS device needs: the supervisor0 network and extra-firmware volume,
+    #: the firewall, avahi and openvpn from the config variables (supervisor/host/).
     host_setup: bool = True
 
 
@@ -77,6 +79,9 @@ class Supervisor:
         from .api import create_app
         from .api.server import ApiServer
         from .blink import Blinker
+        from .host.netlink import NetworkFacts
+        from .host.power import LogindBackend, Power
+        from .host.services import HostServices
 
         self.settings = settings
         self.paths = Paths.create(settings.root, settings.data_dir)
@@ -85,6 +90,11 @@ class Supervisor:
         self.api_keys = ApiKeys(self.config.db)
         self.api_keys.global_key()
         self.targets = TargetStore(self.config.db)
+        # The port is taken first: a port in use is then the one line the CLI prints (issue #11).
+        self.app = create_app(self)
+        port = settings.port if settings.port is not None else self.config.listen_port
+        self.server = ApiServer(self.app, settings.host, port,
+                               threads=settings.api_threads + settings.api_streams)
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
@@ -93,19 +103,22 @@ class Supervisor:
         self.blinker = Blinker(led, duration=settings.blink_seconds)
 
         self._init_device_endpoints()
-        self.app = create_app(self)
-        port = settings.port if settings.port is not None else self.config.listen_port
-        self.server = ApiServer(self.app, settings.host, port,
-                               threads=settings.api_threads + settings.api_streams)
 
         # Host paths under the root prefix: "" on a device, so locks are /tmp/balena-supervisor/...
         self.lock_root = str(self.paths.root).rstrip("/")
         # ONE lock registry per supervisor: the state engine and the API actions share it (§4).
         self.locks = LockRegistry(self.lock_root)
-        self.power: PowerBackend = StubPowerBackend()
+        # The host over D-Bus, iptables and netlink (supervisor/host/): each piece works alone.
+        self.host_services = HostServices(listen_port=lambda: self.server.port,
+                                          host_network_services=self._host_network_services)
+        self.network = NetworkFacts()
+        self._host_config_lock = threading.Lock()
+        self.power = Power(LogindBackend(self.host_services.login), hold=self._hold_work,
+                           release=self._release_work)
         self.target_builder = TargetBuilder(
             self.config, self.targets, self.api_keys, self.host,
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
+            supervisor_network=settings.host_setup,
         )
         self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
         self._extra_firmware_unsaved: str | None = None
@@ -117,7 +130,12 @@ class Supervisor:
             managed=lambda: not self.config.unmanaged,
             apps=self.managed_apps,
         )
-        self.subsystems: list[Subsystem] = [self.blinker, self.reconciler, *hang_hooks()]
+        self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler, *hang_hooks()]
+        # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
+        self.binder: CloudBinder | None = None
+        if not self.config.unmanaged:
+            self.binder = self._make_binder()
+            self.subsystems.append(self.binder)
         # systemd Type=notify + WatchdogSec (supervisor/sdnotify.py): a no-op outside systemd.
         self.systemd = ServiceNotifier(self.health)
 
@@ -134,6 +152,9 @@ class Supervisor:
         for subsystem in self.subsystems:
             subsystem.start()
         self.server.start()
+        if not self.settings.host_setup:
+            log.info("Host setup is off: the firewall, discoverability and the VPN are left alone")
+        self.apply_host_config()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
         self.systemd.ready(f"API listening on port {self.server.port}")
@@ -157,13 +178,13 @@ class Supervisor:
         self.systemd.stopping()
         self.server.stop()
         self.logs.close()
-        self.tag_reporter.stop()
         for subsystem in reversed(self.subsystems):
             if not subsystem.stop(timeout=1.0):
                 log.warning("%s did not stop in time", subsystem.name)
         engine = self.reconciler.engine
         if engine is not None:
             engine.client.close()
+        self.host_services.close()
         self.config.db.close()
 
     # what the API reports -----------------------------------------------------------------------
@@ -171,18 +192,27 @@ class Supervisor:
         """Containers, images and commits of the managed apps, read now (for the API)."""
         from .state.engine import current_commits
         from .state.images import DOWNLOADED
+        from .state.report import device_images
 
         engine = self.reconciler.require_engine()
         manages = self.reconciler.manages
         services = engine.reader.services(apps=self.managed_apps)
         present = {entry["Id"] for entry in engine.client.api.images()}
-        images = [
-            img for img in engine.images.status()
-            if manages(img["appId"], img["appUuid"])
-            and (img["status"] != DOWNLOADED or img["dockerImageId"] in present)
-        ]
-        commits = {app: c for app, c in current_commits(self.config.db).items() if manages(app)}
-        return Observation(services=services, images=images, commits=commits)
+        # Apps the device has: in the target, or with containers (a removed app's kept images and
+        # stored commit are not reported: issue #11).
+        target = {app.id: app.release.commit if app.release is not None else None
+                  for app in self.targets.get_target(self.target_source).apps.values()}
+        images = device_images(
+            (img for img in engine.images.status()
+             if manages(img["appId"], img["appUuid"])
+             and (img["status"] != DOWNLOADED or img["dockerImageId"] in present)),
+            services, target,
+        )
+        apps = set(target) | {svc.app_id for svc in services}
+        commits = {app: c for app, c in current_commits(self.config.db).items()
+                   if app in apps and manages(app)}
+        return Observation(services=services, images=images, commits=commits,
+                           errors=self.reconciler.errors.snapshot())
 
     def volatile_state(self) -> dict[str, Any]:
         """The device fields the reference keeps in memory (``currentVolatile``)."""
@@ -191,9 +221,9 @@ class Supervisor:
         status = self.reconciler.status()
         return {
             "api_port": self.server.port,
-            "ip_address": "",  # not gathered yet
+            "ip_address": self.network.ip_address,
             "os_version": self.host.os_version,
-            "mac_address": self.host.mac_address,
+            "mac_address": self.network.mac_address,
             "supervisor_version": __version__,
             "update_pending": status.update_pending,
             "update_failed": status.update_failed,
@@ -239,6 +269,55 @@ class Supervisor:
         from .state import actions
 
         actions.shutdown(self, reboot=True)
+
+    # the host side (supervisor/host/) ------------------------------------------------------------
+    def _hold_work(self) -> None:
+        """The device goes down: no new state-engine batch, no new API connection (§1.4)."""
+        self.reconciler.hold()
+        self.server.pause()
+
+    def _release_work(self) -> None:
+        """logind refused: serve and apply again."""
+        self.server.resume()
+        self.reconciler.release()
+
+    def vpn_connected(self) -> bool:
+        """The VPN is up: openvpn's status file ``active`` exists (§13.4). The connectivity check is
+        bypassed meanwhile (§10.7)."""
+        return (self.paths.vpn_status / "active").exists()
+
+    def _host_network_services(self) -> bool:
+        """Whether a target service uses ``network_mode: host`` (firewall mode ``auto``, §13.1)."""
+        target = self.targets.get_target(self.target_source)
+        return any(
+            (svc.composition.get("network_mode") or svc.composition.get("networkMode")) == "host"
+            for app in target.apps.values() for svc in app.services.values()
+        )
+
+    def host_config_values(self) -> dict[str, str]:
+        """The target config, defaults filled in: what the host side applies."""
+        return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
+
+    def apply_host_config(self) -> threading.Thread | None:
+        """Firewall, discoverability and VPN from the current target config, in the background (a
+        slow bus or iptables never delays the API); at start and after every new target. Nothing
+        with host setup off."""
+        if not self.settings.host_setup:
+            return None
+
+        def apply() -> None:
+            # The config is read under the lock: whichever thread runs last applies the newest.
+            with self._host_config_lock:
+                try:
+                    self.host_services.apply_config(self.host_config_values(),
+                                                    local_mode=self.config.local_mode,
+                                                    managed=not self.config.unmanaged)
+                except Exception:  # never fatal: the rest of the supervisor runs without it
+                    log.exception("Could not apply the host configuration")
+
+        thread = threading.Thread(target=apply, name="host-config", daemon=True)
+        thread.start()
+        return thread
 
     def _extra_firmware_volume(self) -> str | None:
         """config.json ``os.kernel.extraFirmwareVol`` (spec §3.2 stage 2)."""
@@ -307,31 +386,38 @@ class Supervisor:
 
     # device endpoints (issue #5) -----------------------------------------------------------------
     def _init_device_endpoints(self) -> None:
-        """The parts behind host-config, tags, logs and streams (supervisor/hostconfig.py, cloud.py,
+        """The parts behind host-config, tags, logs and streams (supervisor/host/hostconfig.py, cloud/tags.py,
         logs/hub.py, api/streams.py); each edge is a replaceable object for the later host/cloud work."""
         from .api.streams import StreamSlots
-        from .cloud import BalenaApi, TagReporter
-        from .hostconfig import HostConfig
+        from .cloud import TagStore
+        from .host.hostconfig import HostConfig
         from .logs.hub import LogHub
 
         self.logs = LogHub()
         self.streams = StreamSlots(self.settings.api_streams)
-        self.cloud = BalenaApi(self.config)
-        self.tag_reporter = TagReporter(self.config, self.cloud)
+        self.tag_store = TagStore(self.config)
         self.host_config = HostConfig(
             self.paths, read_hostname=self._read_hostname, write_hostname=self._write_hostname,
+            on_proxy_change=lambda: self.host_services.restart_proxy_units(),
         )
 
     def _read_hostname(self) -> str:
-        """The host's ``/etc/hostname`` (spec §6.1); the D-Bus hostnamed backend replaces this."""
-        try:
-            return self.paths.host("/etc/hostname").read_text(encoding="utf-8").strip()
-        except OSError:
-            return ""
+        """hostnamed's static hostname, else the host's ``/etc/hostname`` (spec §6.1)."""
+
+        def from_file() -> str:
+            try:
+                return self.paths.host("/etc/hostname").read_text(encoding="utf-8").strip()
+            except OSError:
+                return ""
+
+        return self.host_services.hostname(from_file) or ""
 
     def _write_hostname(self, hostname: str) -> None:
-        """config.json ``hostname``, which balenaOS applies (spec §6.1); "" is the uuid's first 7."""
-        self.config.json.set(hostname=hostname or self.config.uuid[:7])
+        """hostnamed's ``SetStaticHostname`` (a refusal raises before anything changed), then
+        config.json ``hostname``, which balenaOS applies too (spec §6.1); "" is the uuid's first 7."""
+        name = hostname or self.config.uuid[:7]
+        self.host_services.set_hostname(name)
+        self.config.json.set(hostname=name)
 
     def current_app_ids(self) -> list[int]:
         """The managed apps on the device now (the engine's view; the target's without an engine)."""
@@ -369,10 +455,45 @@ class Supervisor:
         self.targets.set_target(device, LOCAL_SOURCE)
         log.info("Local target state set (%d apps)", len(device.apps))
         self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
+        self.apply_host_config()
 
     def update(self, *, force: bool, cancel: bool) -> None:
-        """POST /v1/update: apply the stored target now (there is no cloud poll to run yet)."""
+        """POST /v1/update: a managed device polls the cloud now, ``force`` carried into the apply
+        (§10.3); otherwise, or before the binder is ready, the stored target is applied again."""
+        if self.binder is not None and not self.config.local_mode and self.binder.poll_now(force=force):
+            return
         self.reconciler.trigger(force=force, cancel=cancel)
+
+    def want_tags(self, tags: Mapping[str, str]) -> None:
+        """PATCH /v2/device/tags: stored, and reported by the binder when there is one."""
+        if self.binder is not None:
+            self.binder.tags.want(tags)
+        else:
+            self.tag_store.want(tags)
+
+    # the cloud binder (supervisor/cloud/) ---------------------------------------------------------
+    def _make_binder(self) -> CloudBinder:
+        from . import __version__
+        from .cloud import CloudBinder, Timing
+
+        variant = self.host.os_variant or ("dev" if self.config.json.get("developmentMode") else "prod")
+        user_agent = f"Supervisor/{__version__} (Linux; {self.host.os_version or 'unknown'}; {variant})"
+        return CloudBinder(
+            self.config, CloudDeviceSide(self), timing=Timing.from_env(),
+            report_cache=self.paths.runtime_dir / "state-report-cache", vpn_status=self.paths.vpn_status,
+            user_agent=user_agent, request_timeout_s=self._api_request_timeout_s,
+        )
+
+    def _api_request_timeout_s(self) -> float:
+        """``SUPERVISOR_API_REQUEST_TIMEOUT`` (ms, default 59000), read at every request."""
+        from .config import check_int
+
+        values = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
+        return (check_int(values.get("SUPERVISOR_API_REQUEST_TIMEOUT"), positive=True) or 59000) / 1000
+
+    def config_value(self, name: str) -> str:
+        """A config variable (name without prefix) as the target sets it, else its default."""
+        return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged).get(name, "")
 
     def local_target_view(self) -> dict:
         """GET /v2/local/target-state: the target as the engine sees it (spec §1.4)."""
@@ -399,3 +520,89 @@ class Supervisor:
             }
         config = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
         return {"local": {"name": device.name, "config": config, "apps": apps}}
+
+
+class CloudDeviceSide:
+    """The supervisor as the cloud binder sees it (supervisor/cloud/binder.py ``DeviceSide``)."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self._undervolted: tuple[float, bool] | None = None
+
+    def store_target(self, device: Any) -> None:
+        sup = self.sup
+        sup.targets.set_target(device, sup.config.api_endpoint)
+        sup.config.set_db(cloudTargetReceived=True)
+        log.info("New target state received from the cloud (%d apps)", len(device.apps))
+
+    def apply(self, *, force: bool, cancel: bool) -> None:
+        self.sup.reconciler.trigger(force=force, cancel=cancel)
+
+    def local_mode(self) -> bool:
+        return self.sup.config.local_mode
+
+    def connectivity_check_enabled(self) -> bool:
+        """``connectivityCheckEnabled`` when stored (``/v1/tcp-ping``, config apply), else the target's
+        ``SUPERVISOR_CONNECTIVITY_CHECK`` (default true)."""
+        if self.sup.config.db.get_config("connectivityCheckEnabled") is not None:
+            return bool(self.sup.config.get_db("connectivityCheckEnabled"))
+        return check_truthy(self.sup.config_value("SUPERVISOR_CONNECTIVITY_CHECK"))
+
+    def current_config(self) -> dict[str, str]:
+        """What the device runs with now; until the config-variable module lands (#13), the
+        stored target's values over the defaults."""
+        return with_defaults(self.sup.targets.target_config(), unmanaged=False)
+
+    def facts(self) -> dict[str, Any]:
+        from . import __version__
+
+        host = self.sup.host
+        return {"device_type": host.device_type, "supervisor_version": __version__,
+                "os_version": host.os_version, "os_variant": host.os_variant,
+                "mac_address": self.sup.network.mac_address}
+
+    def metrics(self) -> dict[str, Any]:
+        """§13.6 metrics, or all None with ``SUPERVISOR_HARDWARE_METRICS=false``; the under-voltage
+        check (a dmesg run) at most every 300 s."""
+        import time
+
+        from .cloud.metrics import disabled_metrics, is_undervolted, system_metrics
+
+        sup = self.sup
+        if not check_truthy(sup.config_value("SUPERVISOR_HARDWARE_METRICS")):
+            values = disabled_metrics()
+        else:
+            values = system_metrics(sup.paths.root, sup.paths.data_dir)
+        now = time.monotonic()
+        if self._undervolted is None or now - self._undervolted[0] > 300:
+            self._undervolted = (now, is_undervolted())
+        values["is_undervolted"] = self._undervolted[1]
+        return values
+
+    def report_state(self) -> dict[str, Any]:
+        """§2.3 device fields and apps (local mode: no ``apps``, no ``logs_channel``)."""
+        from .state import report
+        from .state.reconcile import EngineUnavailableError
+
+        sup = self.sup
+        volatile = sup.volatile_state()
+        variant = sup.host.os_variant or ("dev" if sup.config.json.get("developmentMode") else "prod")
+        state: dict[str, Any] = {
+            "status": "Idle", "api_port": volatile["api_port"], "api_secret": sup.api_keys.global_key(),
+            "os_version": volatile["os_version"], "os_variant": variant,
+            "supervisor_version": volatile["supervisor_version"], "provisioning_progress": None,
+            "provisioning_state": "", "ip_address": volatile.get("ip_address") or "",
+        }
+        if volatile.get("mac_address"):
+            state["mac_address"] = volatile["mac_address"]
+        if sup.config.local_mode:
+            return state
+        state["logs_channel"] = None
+        target = sup.targets.get_target(sup.config.api_endpoint)
+        try:
+            observation = sup.observe()
+        except EngineUnavailableError:
+            return state  # no engine: apps are not known now, the last reported ones stand
+        apps = report.app_states(observation, target)
+        state["apps"] = {uuid: app for uuid, app in apps.items() if uuid in target.apps}
+        return state

@@ -42,6 +42,7 @@ STDLIB_PACKAGES = {
     "hashlib": "python3-crypt",
     "datetime": "python3-datetime",
     "tempfile": "python3-io", "socket": "python3-io", "ssl": "python3-io",
+    "email": "python3-email",
     "json": "python3-json",
     "logging": "python3-logging",
     "http": "python3-netclient", "urllib": "python3-netclient", "uuid": "python3-netclient",
@@ -64,7 +65,7 @@ STDLIB_CORE = set(sys.builtin_module_names) | {
 #: Third-party packages other layers balenaOS builds with provide (balenaos-integration.md §4.4);
 #: every other third-party package the recipe needs must have a recipe in this layer.
 FROM_OTHER_LAYERS = {"python3-flask", "python3-waitress", "python3-requests", "python3-urllib3",
-                     "python3-werkzeug", "python3-pyroute2", "python3-colorzero"}
+                     "python3-werkzeug", "python3-pyroute2", "python3-colorzero", "python3-psutil"}
 
 
 def _oelint(release: str, files: list[Path]) -> subprocess.CompletedProcess[str]:

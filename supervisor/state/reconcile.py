@@ -36,6 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
+from supervisor.state.errors import ServiceErrors
 from supervisor.state.planner import PlanContext, TargetApps, plan
 from supervisor.state.steps import Fetch, Noop, Reboot, Step, describe
 from supervisor.subsystem import Subsystem
@@ -55,6 +56,9 @@ BATCH_DELAY_S: Final = 0.2
 NOOP_DELAY_S: Final = 1.0
 BACKOFF_BASE_S: Final = 0.5
 CONNECT_RETRY_MAX_S: Final = 30.0
+#: How long an API request that needs the engine waits for the first connection attempt (issue #11:
+#: the API answers /ping before the state engine's thread has connected).
+FIRST_CONNECT_WAIT_S: Final = 5.0
 
 
 class EngineUnavailableError(Exception):
@@ -132,9 +136,12 @@ class Reconciler(Subsystem):
         self.backoff_base = backoff_base
         self.connect_retry_max = connect_retry_max
         self._planner = planner
+        #: The last failed step of each service, for the API (state/errors.py, issue #11).
+        self.errors = ServiceErrors()
 
         self._cond = threading.Condition()
         self._engine: Engine | None = None
+        self._first_attempt = threading.Event()  # set once the first connection attempt has ended
         # Guarded by _cond: the trigger queue (one slot) and what the API reads.
         self._pending = False
         self._cancel = False
@@ -144,6 +151,7 @@ class Reconciler(Subsystem):
         self._fetch_seconds = 0.0
         self._last_batch: list[Step] = []  # only the loop's thread uses these two
         self._reboot_requested = False
+        self._held = False  # guarded by _cond: no new batch while the device goes down
 
     # ------------------------------------------------------------------ requests (any thread)
     def trigger(self, *, force: bool = False, cancel: bool = False) -> None:
@@ -160,14 +168,30 @@ class Reconciler(Subsystem):
             self._status = _replace(self._status, applying=True)
             self._cond.notify_all()
 
+    def hold(self) -> None:
+        """Start no new batch until :meth:`release` (the device is about to reboot, §1.4); a batch
+        that is running finishes, and triggers that come meanwhile wait."""
+        with self._cond:
+            self._held = True
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
     @property
     def engine(self) -> Engine | None:
         """The connected engine, or None while it is unreachable."""
         return self._engine
 
     def require_engine(self) -> Engine:
-        """The connected engine; :class:`EngineUnavailableError` while there is none."""
+        """The connected engine; :class:`EngineUnavailableError` while there is none. Until the
+        first connection attempt has ended (at most ``FIRST_CONNECT_WAIT_S``), waits for it: an engine
+        that is up must not read as "not connected" in the moment after the API starts."""
         engine = self._engine
+        if engine is None and self._first_attempt.wait(FIRST_CONNECT_WAIT_S):
+            engine = self._engine
         if engine is None:
             raise EngineUnavailableError(self.status().engine_error or "Docker engine not connected yet")
         return engine
@@ -207,7 +231,7 @@ class Reconciler(Subsystem):
                         return
                     connect_delay = min(connect_delay * 2, self.connect_retry_max)
                     continue
-            if self.wait_on(self._cond, lambda: self._pending):
+            if self.wait_on(self._cond, lambda: self._pending and not self._held):
                 return
             engine = self._engine
             assert engine is not None
@@ -221,8 +245,10 @@ class Reconciler(Subsystem):
             if self.status().engine_error != message:
                 log.error("%s (will keep retrying)", message)
             self._update(engine_error=message)
+            self._first_attempt.set()
             return False
         self._engine = engine
+        self._first_attempt.set()
         if self.status().engine_error is not None:
             log.info("Docker engine reachable again")
         self._update(engine_error=None)
@@ -237,6 +263,9 @@ class Reconciler(Subsystem):
         self._last_batch, self._reboot_requested = [], False
         while not self.stopping:
             with self._cond:
+                if self._held:  # the apply resumes (from a fresh read) once released
+                    self._pending = True
+                    return
                 if self._cancel:  # a new target: start over from a fresh read, no backoff left
                     self._pending, self._cancel = False, False
                     force, self._force = force or self._force, False
@@ -261,10 +290,10 @@ class Reconciler(Subsystem):
                 return
 
     def _plan(self, engine: Engine, force: bool) -> list[Step]:
-        current = engine.reader.read(apps=self.apps)
         target = {
             uuid: app for uuid, app in self._build_target(engine).items() if self.manages(app.app_id, uuid)
         }
+        current = engine.reader.read(apps=self.apps, uuids={app.app_id: uuid for uuid, app in target.items()})
         return self._planner(current, target, self._context(force))
 
     def manages(self, app_id: int, app_uuid: str | None = None) -> bool:
@@ -281,6 +310,7 @@ class Reconciler(Subsystem):
         results = self._execute(engine, steps)
         if results is None:
             return 0.0  # stopping: the batch finishes (or not) without us
+        self.errors.note(results)
         if any(isinstance(s, Fetch) for s in steps):
             with self._cond:
                 self._fetch_seconds += time.monotonic() - started
@@ -351,6 +381,7 @@ class Reconciler(Subsystem):
                 last_error=None,
             )
             self._applying_since = None
+        self.errors.clear()
         log.info("Finished applying target state")
 
     # ------------------------------------------------------------------ helpers

@@ -80,7 +80,7 @@ CONFFILES:${PN} = "${sysconfdir}/balena-supervisor/supervisor.conf"
 
 # Every module the package imports (tests/test_yocto_layer.py checks this list against the code): the
 # standard library as oe-core's python3-manifest.json splits it, third-party packages by their OE names
-# (meta-python, or this layer for docker, sdbus and gpiozero). balena: the engine and its CLI (the unit's
+# (oe-core and meta-python, or this layer for docker, sdbus and gpiozero). balena: the engine and its CLI (the unit's
 # ExecStartPre); ca-certificates: REQUESTS_CA_BUNDLE.
 RDEPENDS:${PN} = "balena \
                   ca-certificates \
@@ -90,13 +90,16 @@ RDEPENDS:${PN} = "balena \
                   python3-crypt \
                   python3-datetime \
                   python3-docker \
+                  python3-email \
                   python3-flask \
                   python3-gpiozero \
                   python3-io \
                   python3-json \
                   python3-logging \
+                  python3-math \
                   python3-netclient \
                   python3-numbers \
+                  python3-psutil \
                   python3-pyroute2 \
                   python3-requests \
                   python3-sdbus \
