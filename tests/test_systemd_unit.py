@@ -138,9 +138,13 @@ def _first(entries: list[dict], text: str) -> float:
 @pytest.fixture
 def machine(docker_client: docker.DockerClient, docker_cleanup, systemd_rootfs_image: str,
             wheelhouse: Path) -> Machine:
+    name = f"pysupervisor-systemd-{uuid.uuid4().hex[:12]}"
+    # A network of its own: the container's address is reachable from here, whatever state the
+    # engine's default bridge is in (other test sessions on this engine create and remove links).
+    network = docker_client.networks.create(name, driver="bridge", labels={TEST_LABEL: "1"})
+    docker_cleanup.append(network)
     container = docker_client.containers.run(
-        systemd_rootfs_image, detach=True, name=f"pysupervisor-systemd-{uuid.uuid4().hex[:12]}",
-        labels={TEST_LABEL: "1"},
+        systemd_rootfs_image, detach=True, name=name, network=name, labels={TEST_LABEL: "1"},
         cap_add=["SYS_ADMIN"], security_opt=["seccomp=unconfined"], cgroupns="private",
         tmpfs={"/run": "", "/run/lock": "", "/tmp": ""},
         stop_signal="SIGRTMIN+3",  # systemd's "halt" signal
@@ -185,7 +189,8 @@ def test_unit_under_systemd_as_pid1(machine: Machine):
     assert props["StatusText"] == "API listening on port 48484", m.journal_text()
     assert (props["Type"], props["WatchdogUSec"]) == ("notify", f"{TEST_WATCHDOG_S}s")
     first_pid = props["MainPID"]
-    ip = m.container.client.api.inspect_container(m.container.id)["NetworkSettings"]["IPAddress"]
+    networks = m.container.client.api.inspect_container(m.container.id)["NetworkSettings"]["Networks"]
+    (ip,) = [net["IPAddress"] for net in networks.values()]
     url = f"http://{ip}:48484"
     assert requests.get(f"{url}/ping", timeout=10).text == "OK"
     # Native paths (balenaos-integration.md §3.1): the database on the data partition behind the
