@@ -49,6 +49,7 @@ STDLIB_PACKAGES = {
     "secrets": "python3-netclient", "hmac": "python3-netclient", "base64": "python3-netclient",
     "fractions": "python3-numbers", "decimal": "python3-numbers",
     "shlex": "python3-shell",
+    "string": "python3-stringold",
     "sqlite3": "python3-sqlite3",
     "queue": "python3-threading",
     "fcntl": "python3-fcntl", "ctypes": "python3-ctypes", "mmap": "python3-mmap",
@@ -60,7 +61,7 @@ STDLIB_CORE = set(sys.builtin_module_names) | {
     "functools", "io", "math", "os", "pathlib", "platform", "re", "select", "shutil", "signal",
     "stat", "struct", "subprocess", "threading", "time", "typing", "warnings", "weakref", "zlib",
     "codecs", "inspect", "ipaddress", "operator", "textwrap", "traceback", "types", "glob", "fnmatch",
-    "importlib", "heapq", "bisect", "string", "errno",
+    "importlib", "heapq", "bisect", "errno", "binascii",
 }
 #: Third-party packages other layers balenaOS builds with provide (balenaos-integration.md §4.4);
 #: every other third-party package the recipe needs must have a recipe in this layer.
