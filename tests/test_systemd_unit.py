@@ -143,8 +143,8 @@ def machine(docker_client: docker.DockerClient, docker_cleanup, systemd_rootfs_i
     # engine's default bridge is in (other test sessions on this engine create and remove links).
     network = docker_client.networks.create(name, driver="bridge", labels={TEST_LABEL: "1"})
     docker_cleanup.append(network)
-    container = docker_client.containers.run(
-        systemd_rootfs_image, detach=True, name=name, network=name, labels={TEST_LABEL: "1"},
+    container = docker_client.containers.create(
+        systemd_rootfs_image, name=name, network=name, labels={TEST_LABEL: "1"},
         cap_add=["SYS_ADMIN"], security_opt=["seccomp=unconfined"], cgroupns="private",
         tmpfs={"/run": "", "/run/lock": "", "/tmp": ""},
         stop_signal="SIGRTMIN+3",  # systemd's "halt" signal
@@ -153,7 +153,8 @@ def machine(docker_client: docker.DockerClient, docker_cleanup, systemd_rootfs_i
             str(wheelhouse): {"bind": "/wheels", "mode": "ro"},
         },
     )
-    docker_cleanup.append(container)
+    docker_cleanup.append(container)  # before start: a container that fails to start is removed too
+    container.start()
     m = Machine(container)
     wait_for(lambda: m.sh("systemctl is-system-running", check=False) in ("running", "degraded"),
              "systemd in the container to finish booting", timeout=120,
