@@ -21,6 +21,7 @@ from .config import Config, ConfigJson
 from .db import Database
 from .host import HostFacts
 from .paths import Paths
+from .sdnotify import ServiceNotifier, hang_hooks
 from .state.contexts import TargetBuilder
 from .state.device_config import CONFIG_STEPS, DeviceConfig, validate_target_config, with_defaults
 from .state.locks import LockRegistry
@@ -135,12 +136,14 @@ class Supervisor:
             apps=self.managed_apps,
             planner=self._plan,
         )
-        self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler]
+        self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler, *hang_hooks()]
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
         self.binder: CloudBinder | None = None
         if not self.config.unmanaged:
             self.binder = self._make_binder()
             self.subsystems.append(self.binder)
+        # systemd Type=notify + WatchdogSec (supervisor/sdnotify.py): a no-op outside systemd.
+        self.systemd = ServiceNotifier(self.health)
 
     def _init_device_config(self) -> DeviceConfig:
         """Config variables and the boot-config backends of this device type (spec §5.3-5.5)."""
@@ -194,6 +197,7 @@ class Supervisor:
         self.apply_host_config()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
+        self.systemd.ready(f"API listening on port {self.server.port}")
 
     def _load_preloaded_apps(self) -> bool:
         """Spec §0.2 ``loadInitialState``: a first start takes its target from ``apps.json``."""
@@ -211,6 +215,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Stop accepting requests first, then the subsystems, then close storage."""
+        self.systemd.stopping()
         self.server.stop()
         self.logs.close()
         for subsystem in reversed(self.subsystems):
