@@ -17,6 +17,7 @@ from .compose.validation import check_truthy
 from .config import Config, ConfigJson
 from .db import Database
 from .host import HostFacts
+from .metrics import Metrics
 from .paths import Paths
 from .power import PowerBackend, StubPowerBackend
 from .state.contexts import TargetBuilder
@@ -79,6 +80,8 @@ class Supervisor:
         from .blink import Blinker
 
         self.settings = settings
+        # Counted by every layer, rendered only when scraped (GET /metrics, supervisor/metrics.py).
+        self.metrics = Metrics({"open_streams": ("Open log/journal streams", lambda: self.streams.open)})
         self.paths = Paths.create(settings.root, settings.data_dir)
         self.config = Config(ConfigJson(self.paths.config_json), Database(self.paths.database))
         self.config.initialise()
@@ -102,7 +105,7 @@ class Supervisor:
         # Host paths under the root prefix: "" on a device, so locks are /tmp/balena-supervisor/...
         self.lock_root = str(self.paths.root).rstrip("/")
         # ONE lock registry per supervisor: the state engine and the API actions share it (§4).
-        self.locks = LockRegistry(self.lock_root)
+        self.locks = LockRegistry(self.lock_root, on_wait=self._lock_waited)
         self.power: PowerBackend = StubPowerBackend()
         self.target_builder = TargetBuilder(
             self.config, self.targets, self.api_keys, self.host,
@@ -118,6 +121,7 @@ class Supervisor:
             poll_interval=lambda: self.config.poll_interval_ms / 1000,
             managed=lambda: not self.config.unmanaged,
             apps=self.managed_apps,
+            metrics=self.metrics,
         )
         self.subsystems: list[Subsystem] = [self.blinker, self.reconciler]
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
@@ -226,6 +230,7 @@ class Supervisor:
             # Dangling images belong to no app: a supervisor scoped to some apps leaves them alone.
             cleanup_filter=None if self.managed_apps is None else (lambda _entry: False),
             delta=lambda: self._delta_fetcher(client),
+            on_bytes=self.metrics.inc,
         )
         locks = self.locks
         host_setup = self.settings.host_setup
@@ -243,6 +248,10 @@ class Supervisor:
         executor.on_change = reader.invalidate
         executor.reboot = self._reboot_to_apply
         return Engine(client=client, images=images, executor=executor, reader=reader)
+
+    def _lock_waited(self, seconds: float) -> None:
+        self.metrics.inc("lock_waits")
+        self.metrics.inc("lock_wait_seconds", seconds)
 
     def _reboot_to_apply(self) -> None:
         """The state engine's ``reboot`` step: as ``POST /v1/reboot`` without ``force``, so a
@@ -325,7 +334,7 @@ class Supervisor:
         from .hostconfig import HostConfig
         from .logs.hub import LogHub
 
-        self.logs = LogHub()
+        self.logs = LogHub(metrics=self.metrics)
         self.streams = StreamSlots(self.settings.api_streams)
         self.tag_store = TagStore(self.config)
         self.host_config = HostConfig(

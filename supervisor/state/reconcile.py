@@ -44,6 +44,7 @@ from supervisor.subsystem import Subsystem
 if TYPE_CHECKING:
     import docker
 
+    from supervisor.metrics import Metrics
     from supervisor.state.engine import EngineReader
     from supervisor.state.executor import Executor, StepResult
     from supervisor.state.images import ImageManager
@@ -123,6 +124,7 @@ class Reconciler(Subsystem):
         backoff_base: float = BACKOFF_BASE_S,
         connect_retry_max: float = CONNECT_RETRY_MAX_S,
         planner: Callable[[Any, TargetApps, PlanContext], list[Step]] = plan,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._connect_engine = connect
@@ -136,6 +138,7 @@ class Reconciler(Subsystem):
         self.backoff_base = backoff_base
         self.connect_retry_max = connect_retry_max
         self._planner = planner
+        self.metrics = metrics
         #: The last failed step of each service, for the API (state/errors.py, issue #11).
         self.errors = ServiceErrors()
 
@@ -255,11 +258,14 @@ class Reconciler(Subsystem):
                     force, self._force = force or self._force, False
                     self._status = _replace(self._status, failed_updates=0)
             try:
+                round_started = time.monotonic()
                 steps = self._plan(engine, force)
                 if not steps:
+                    self._round_done(round_started)
                     self._settled()
                     return  # a trigger that came in meanwhile makes run() apply again at once
                 delay = self._run_batch(engine, steps)
+                self._round_done(round_started)
                 if self._reboot_requested:
                     # The device goes down now; planning again would only ask for it again.
                     log.info("Reboot requested to apply the target state")
@@ -272,6 +278,10 @@ class Reconciler(Subsystem):
                 delay = self._failed(f"Could not apply the target: {err}", locked=False)
             if self.wait_on(self._cond, lambda: self._cancel, delay):
                 return
+
+    def _round_done(self, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.round_done(time.monotonic() - started)
 
     def _plan(self, engine: Engine, force: bool) -> list[Step]:
         current = engine.reader.read(apps=self.apps)
@@ -295,6 +305,9 @@ class Reconciler(Subsystem):
         if results is None:
             return 0.0  # stopping: the batch finishes (or not) without us
         self.errors.note(results)
+        if self.metrics is not None:
+            for result in results:
+                self.metrics.inc("steps", 1, result.step.action, "ok" if result.ok else "failed")
         if any(isinstance(s, Fetch) for s in steps):
             with self._cond:
                 self._fetch_seconds += time.monotonic() - started
