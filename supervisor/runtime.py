@@ -83,7 +83,10 @@ class Supervisor:
         # Counted by every layer, rendered only when scraped (GET /metrics, supervisor/metrics.py).
         self.metrics = Metrics({"open_streams": ("Open log/journal streams", lambda: self.streams.open)})
         self.paths = Paths.create(settings.root, settings.data_dir)
-        self.config = Config(ConfigJson(self.paths.config_json), Database(self.paths.database))
+        self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
+        self.config = Config(ConfigJson(self.paths.config_json), Database(self.paths.database, recover=True))
+        if self.config.db.recovered is not None:
+            self._recover_facts()
         self.config.initialise()
         self.api_keys = ApiKeys(self.config.db)
         self.api_keys.global_key()
@@ -112,7 +115,6 @@ class Supervisor:
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
             supervisor_network=settings.host_setup,
         )
-        self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
         self._extra_firmware_unsaved: str | None = None
         self.reconciler = Reconciler(
             self._connect_engine,
@@ -134,7 +136,8 @@ class Supervisor:
     def start(self) -> None:
         target_set = bool(self.config.get_db("targetStateSet"))
         preloaded = False
-        if not self.config.provisioned or not target_set:
+        # After a database recovery the device was running: apps.json is not its state any more.
+        if self.config.db.recovered is None and (not self.config.provisioned or not target_set):
             preloaded = self._load_preloaded_apps()
         # No orphaned locks: a previous run's supervisor lock files go before the first apply.
         self.locks.clean_leftovers(self.managed_apps)
@@ -145,6 +148,26 @@ class Supervisor:
         self.server.start()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
+
+    def _recover_facts(self) -> None:
+        """After a database recovery (issue #17): one line saying what was found and what comes back
+        how. The device uuid (when config.json has none) and name come back from the running
+        containers; nothing is applied until a target arrives, so the apps keep running."""
+        from .recovery import facts_from_containers
+
+        recovered = self.config.db.recovered
+        assert recovered is not None
+        facts = facts_from_containers(self.managed_apps)
+        if self.config.json.get("uuid"):
+            facts.pop("uuid", None)
+        if facts:
+            self.config.set_db(**facts)
+        problem, kept = recovered
+        source = ("the target comes back from the cloud" if not self.config.unmanaged
+                  else "running apps are left as they are until the next target")
+        log.error("Database %s was damaged (%s): kept it as %s and started a new one; %s, API keys "
+                  "were regenerated%s", self.paths.database, problem, kept.name, source,
+                  f", {' and '.join(sorted(facts))} read back from the running containers" if facts else "")
 
     def _load_preloaded_apps(self) -> bool:
         """Spec §0.2 ``loadInitialState``: a first start takes its target from ``apps.json``."""
