@@ -8,6 +8,7 @@ committed transactions across power loss.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -46,6 +47,16 @@ MIGRATIONS: list[str] = [
     CREATE TABLE logsChannelSecret (backend TEXT, secret TEXT);
     """,
 ]
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """A write that failed for want of space: ``ENOSPC``/``EDQUOT`` from a file write, or SQLite's
+    ``SQLITE_FULL`` ("database or disk is full")."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, sqlite3.Error):
+        return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(err)
+    return False
 
 
 class DatabaseDamaged(Exception):
@@ -139,10 +150,13 @@ class Database:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLITE_FULL (a full disk) may have rolled the transaction back already, and a failed
+                # COMMIT leaves it open: end it either way, so the next transaction can begin.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
