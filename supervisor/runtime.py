@@ -51,7 +51,7 @@ class Settings:
     blink_seconds: float = DEFAULT_BLINK_SECONDS
     api_threads: int = 8
     #: Open streams (``/v2/local/logs``, ``/v2/journal-logs``) allowed at once; each holds a thread of
-    #: its own on top of ``api_threads`` (supervisor/api/streams.py).
+    #: its own on top of ``api_threads``, started when it opens (supervisor/api/streams.py).
     api_streams: int = 32
     #: Only these app ids are managed (None: every supervised app on the engine). For development
     #: machines and tests that share an engine with containers that are not this supervisor's.
@@ -94,8 +94,8 @@ class Supervisor:
         # The port is taken first: a port in use is then the one line the CLI prints (issue #11).
         self.app = create_app(self)
         port = settings.port if settings.port is not None else self.config.listen_port
-        self.server = ApiServer(self.app, settings.host, port,
-                               threads=settings.api_threads + settings.api_streams)
+        # api_threads workers; each open stream adds one while it is open (supervisor/api/streams.py).
+        self.server = ApiServer(self.app, settings.host, port, threads=settings.api_threads)
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
@@ -358,7 +358,10 @@ class Supervisor:
         from .logs.hub import LogHub
 
         self.logs = LogHub(metrics=self.metrics)
-        self.streams = StreamSlots(self.settings.api_streams)
+        self.streams = StreamSlots(
+            self.settings.api_streams,
+            on_change=lambda open_streams: self.server.set_threads(self.settings.api_threads + open_streams),
+        )
         self.tag_store = TagStore(self.config)
         self.host_config = HostConfig(
             self.paths, read_hostname=self._read_hostname, write_hostname=self._write_hostname,

@@ -145,6 +145,7 @@ class Reconciler(Subsystem):
         self._cond = threading.Condition()
         self._engine: Engine | None = None
         self._first_attempt = threading.Event()  # set once the first connection attempt has ended
+        self._engine_wanted = False  # an API request asked for the engine (guarded by _cond)
         # Guarded by _cond: the trigger queue (one slot) and what the API reads.
         self._pending = False
         self._cancel = False
@@ -176,10 +177,15 @@ class Reconciler(Subsystem):
         return self._engine
 
     def require_engine(self) -> Engine:
-        """The connected engine; :class:`EngineUnavailableError` while there is none. Until the
-        first connection attempt has ended (at most ``FIRST_CONNECT_WAIT_S``), waits for it: an engine
-        that is up must not read as "not connected" in the moment after the API starts."""
+        """The connected engine; :class:`EngineUnavailableError` while there is none. The loop
+        connects at the first need (this, or a trigger); until that first attempt has ended (at most
+        ``FIRST_CONNECT_WAIT_S``) this waits for it: an engine that is up must not read as "not
+        connected" in the moment after the API starts."""
         engine = self._engine
+        if engine is None and not self._engine_wanted:
+            with self._cond:
+                self._engine_wanted = True
+                self._cond.notify_all()
         if engine is None and self._first_attempt.wait(FIRST_CONNECT_WAIT_S):
             engine = self._engine
         if engine is None:
@@ -214,6 +220,10 @@ class Reconciler(Subsystem):
         connect_delay = 1.0
         while not self.stopping:
             if self._engine is None:
+                # Lazily: the Docker SDK (with requests and urllib3) is ~7 MB of a small device's RAM, and
+                # a device with nothing to apply that nobody asks about never needs it (issue #17).
+                if self.wait_on(self._cond, lambda: self._pending or self._engine_wanted):
+                    return
                 if self._try_connect():
                     connect_delay = 1.0
                 else:
