@@ -153,12 +153,7 @@ class DeviceSupervisor:
             )
         )
         self.sup.reconciler.start()
-        deadline = time.monotonic() + 30
-        while (engine := self.sup.reconciler.engine) is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no engine: {self.sup.reconciler.status().engine_error}")
-            time.sleep(0.01)
-        self.engine = engine
+        self.engine = engine = self.sup.reconciler.require_engine()  # the loop connects at first need
         engine.images.cleanup_filter = lambda e: (e.get("Labels") or {}).get(RUN_LABEL) == bench.token
         self.batches = 0
         execute_batch = engine.executor.execute_batch
