@@ -392,7 +392,22 @@ class Supervisor:
     def health(self) -> list[tuple[bool, str]]:
         checks = [subsystem.health() for subsystem in self.subsystems]
         checks.append((self.server.alive(), "api"))
+        engine = self.reconciler.engine
+        if engine is not None:  # connected once: an engine gone since is an outage (issue #17)
+            checks.append(self._engine_reachable(engine.client))
         return checks
+
+    @staticmethod
+    def _engine_reachable(client: Any, timeout_s: float = 3.0) -> tuple[bool, str]:
+        """``GET /_ping`` with a short timeout: the healthcheck must answer even when the engine hangs.
+        (The SDK's ``ping()`` has no timeout of its own but the client's, 60 s.)"""
+        api = client.api
+        try:
+            response = api._get(api._url("/_ping"), timeout=timeout_s)
+            response.raise_for_status()
+        except Exception as err:  # refused, missing socket, timeout, 5xx: all "unreachable"
+            return False, f"Docker engine unreachable: {err}"
+        return True, "ok"
 
     def blink(self) -> None:
         self.blinker.blink()

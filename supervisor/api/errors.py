@@ -68,5 +68,16 @@ def install(app: Flask) -> None:
                       request.method, request.path, exc)
             return failed("No space left on the device: the change was not stored; free some space "
                           "and try again", 503)
+        if _engine_connection_lost(exc):
+            # The engine went away after the first connection (a restart, a crash): a known state,
+            # one line, and the same message as before the first connection (issue #17).
+            log.error("%s %s: Docker engine unavailable: %s", request.method, request.path, exc)
+            return failed(f"Docker engine unavailable: {exc}", 503)
         log.error("%s %s failed: %s", request.method, request.path, exc, exc_info=exc)
         return failed(str(exc) or "Unknown error", 503)
+
+
+def _engine_connection_lost(exc: Exception) -> bool:
+    """A connection-level failure of the HTTP stack under the Docker SDK (request handlers never call
+    the cloud: supervisor/cloud/ keeps what they read), not an answer of the engine."""
+    return type(exc).__module__.startswith(("requests.", "urllib3.")) and "Connection" in type(exc).__name__
