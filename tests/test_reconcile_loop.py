@@ -48,7 +48,7 @@ class FakeDevice:
             raise ConnectionError("no engine here")
         return Engine(client=None, images=FakeImages(), executor=self, reader=self)  # type: ignore[arg-type]
 
-    def read(self, apps: Any = None) -> object:
+    def read(self, apps: Any = None, uuids: Any = None) -> object:
         return object()
 
     def plan(self, _current: object, _target: object, ctx: PlanContext) -> list[Step]:
@@ -225,7 +225,7 @@ def test_engine_errors_while_reading_count_as_failures(make_loop) -> None:
     device = FakeDevice()
     calls = {"n": 0}
 
-    def read(apps: Any = None) -> object:
+    def read(apps: Any = None, uuids: Any = None) -> object:
         calls["n"] += 1
         if calls["n"] == 1:
             raise ConnectionError("engine went away")
@@ -333,7 +333,8 @@ def _supervisor(root: Any) -> Any:
     from supervisor.runtime import Settings, Supervisor
     from tests.fixtures.device import free_port
 
-    return Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none"))
+    return Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none",
+                               host_setup=False))  # never the machine's firewall
 
 
 def test_extra_firmware_is_recorded_in_config_json_only_when_there_is_one(device_root) -> None:
@@ -394,3 +395,18 @@ def test_a_refused_reboot_is_retried_with_backoff(make_loop) -> None:
     wait_until(lambda: len(device.batches) == 3 and not loop.status().applying)
     (t1, _), (t2, _), (t3, _) = device.batches
     assert t3 - t2 > t2 - t1 >= 0.02  # backoff_base, doubled
+
+
+def test_a_held_loop_starts_no_batch_until_released(make_loop) -> None:
+    """The device is about to reboot (supervisor/host/power.py): triggers wait; a failed reboot
+    releases the loop and the waiting apply runs."""
+    device = FakeDevice(plans=[[fetch()]])
+    loop, _ = make_loop(device)
+    loop.start()
+    wait_until(lambda: device.connects == 1)
+    loop.hold()
+    loop.trigger()
+    time.sleep(0.5)  # long enough for a batch to have started, were the loop free
+    assert device.batches == [] and device.forces == []
+    loop.release()
+    wait_until(lambda: len(device.batches) == 1 and not loop.status().applying)

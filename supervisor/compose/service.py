@@ -416,17 +416,18 @@ class Service:
         service_id = check_int(config["labels"].get("io.balena.service-id"))
         if service_id is None:
             raise ComposeError("Attempt to build Service class from container with malformed labels")
-        parsed = parse_container_name(str(inspect.get("Name") or ""))
+        service_name = config["labels"].get("io.balena.service-name", "")
+        parsed = parse_container_name(str(inspect.get("Name") or ""), service_name)
         if parsed is None:
             raise ComposeError(
-                "Expected supervised container to have name "
-                f"'<serviceName>_<imageId>_<releaseId>_<commit>', got: {inspect.get('Name')}"
+                f"Expected supervised container to have name '{service_name or '<serviceName>'}"
+                f"_<imageId>_<releaseId>_<commit>', got: {inspect.get('Name')}"
             )
-        _, image_id, release_id, commit = parsed
+        image_id, release_id, commit = parsed
         return cls(
             app_id=app_id,
             app_uuid=config["labels"].get("io.balena.app-uuid"),
-            service_name=config["labels"].get("io.balena.service-name", ""),
+            service_name=service_name,
             service_id=service_id,
             image_id=image_id,
             release_id=release_id,

@@ -155,6 +155,7 @@ class Reconciler(Subsystem):
         self._fetch_seconds = 0.0
         self._last_batch: list[Step] = []  # only the loop's thread uses these two
         self._reboot_requested = False
+        self._held = False  # guarded by _cond: no new batch while the device goes down
 
     # ------------------------------------------------------------------ requests (any thread)
     def trigger(self, *, force: bool = False, cancel: bool = False) -> None:
@@ -169,6 +170,18 @@ class Reconciler(Subsystem):
                 self._applying_since = time.monotonic()
                 self._fetch_seconds = 0.0
             self._status = _replace(self._status, applying=True)
+            self._cond.notify_all()
+
+    def hold(self) -> None:
+        """Start no new batch until :meth:`release` (the device is about to reboot, §1.4); a batch
+        that is running finishes, and triggers that come meanwhile wait."""
+        with self._cond:
+            self._held = True
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
             self._cond.notify_all()
 
     @property
@@ -231,7 +244,7 @@ class Reconciler(Subsystem):
                         return
                     connect_delay = min(connect_delay * 2, self.connect_retry_max)
                     continue
-            if self.wait_on(self._cond, lambda: self._pending):
+            if self.wait_on(self._cond, lambda: self._pending and not self._held):
                 return
             engine = self._engine
             assert engine is not None
@@ -263,6 +276,9 @@ class Reconciler(Subsystem):
         self._last_batch, self._reboot_requested = [], False
         while not self.stopping:
             with self._cond:
+                if self._held:  # the apply resumes (from a fresh read) once released
+                    self._pending = True
+                    return
                 if self._cancel:  # a new target: start over from a fresh read, no backoff left
                     self._pending, self._cancel = False, False
                     force, self._force = force or self._force, False
@@ -294,10 +310,10 @@ class Reconciler(Subsystem):
             self.metrics.round_done(time.monotonic() - started)
 
     def _plan(self, engine: Engine, force: bool) -> list[Step]:
-        current = engine.reader.read(apps=self.apps)
         target = {
             uuid: app for uuid, app in self._build_target(engine).items() if self.manages(app.app_id, uuid)
         }
+        current = engine.reader.read(apps=self.apps, uuids={app.app_id: uuid for uuid, app in target.items()})
         return self._planner(current, target, self._context(force))
 
     def manages(self, app_id: int, app_uuid: str | None = None) -> bool:
