@@ -29,8 +29,8 @@ from tests.fixtures.docker import TEST_LABEL
 
 pytestmark = pytest.mark.docker
 
-#: ``PYSUPERVISOR_FUZZ_EXAMPLES`` raises it (the deep fuzz job of .ci/run).
-EXAMPLES = int(os.environ.get("PYSUPERVISOR_FUZZ_EXAMPLES", "400"))
+#: ``PYSUPERVISOR_TARGET_FUZZ_EXAMPLES`` raises it (the deep fuzz job of .ci/run: 2000).
+EXAMPLES = int(os.environ.get("PYSUPERVISOR_TARGET_FUZZ_EXAMPLES", "400"))
 
 
 def seeds(image: str) -> list[dict[str, Any]]:
