@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from supervisor.db import Database, DatabaseDamaged
+from tests.cloud_helpers import env as cloud_env
 from tests.fixtures.device import wait_for
 from tests.test_apply_errors import _apply, _service, _target
+from tests.test_cloud_e2e import cloud_fleet  # noqa: F401 - the fixture
 from tests.test_reconcile import OWNER_LABEL, SETTLED, remove_app, start_local
 
 DB = "mnt/data/resin-data/balena-supervisor/database.sqlite"
@@ -105,3 +107,33 @@ def test_a_damaged_database_never_stops_the_running_app(start_supervisor, device
             api.inspect_container(before["Id"])["State"]["StartedAt"]
     finally:
         remove_app(docker_client, app_id, owner)
+
+
+@pytest.mark.docker
+def test_a_managed_device_gets_its_target_back_from_the_cloud(request, start_supervisor) -> None:
+    """The target comes back from the (fake) balena API; the running release is adopted, not restarted."""
+    from tests.cloud_helpers import config_json
+
+    fl = request.getfixturevalue("cloud_fleet")  # tests/test_cloud_e2e.py
+    release = fl.release()
+    sup = fl.start(start_supervisor)
+    wait_for(lambda: fl.runs(release["commit"], ("main", "db")), "the release running and reported", sup,
+             timeout=120, context=fl.containers)
+    before = fl.containers()
+    old_key = global_key(fl.root)
+    assert sup.stop() == 0
+    data = damage(fl.root / DB, "garbage")
+
+    again = start_supervisor(fl.root, "--apps", str(fl.app_id), "--no-host-setup", engine=True,
+                             env=cloud_env())
+    wait_for(lambda: "Finished applying target state" in again.output(), "the cloud's target applied", again,
+             timeout=120)
+    (line,) = [line for line in again.output().splitlines() if "was damaged" in line]
+    assert "the target comes back from the cloud" in line
+    kept = [p for p in (fl.root / DB).parent.iterdir() if ".damaged-" in p.name]
+    assert len(kept) == 1 and kept[0].read_bytes() == data
+    assert global_key(fl.root) != old_key
+    assert config_json(fl.root)["uuid"] == fl.uuid  # config.json is untouched by the recovery
+    wait_for(lambda: fl.runs(release["commit"], ("main", "db")), "the release reported again", again,
+             timeout=120, context=fl.containers)
+    assert fl.containers() == before  # the same containers: adopted, never stopped
