@@ -89,7 +89,7 @@ class PrivateEngine:
             if self.proc is not None:
                 for container in client.api.containers(all=True):
                     client.api.remove_container(container["Id"], force=True, v=True)
-        except Exception:
+        except Exception:  # a dockerd that never answered has nothing to remove
             pass
         finally:
             client.close()
@@ -100,9 +100,9 @@ class PrivateEngine:
 
 @pytest.fixture
 def engine() -> Iterator[PrivateEngine]:
-    private = PrivateEngine().start()
-    try:
-        yield private
+    private = PrivateEngine()
+    try:  # a start that fails still stops its dockerd and removes its directory
+        yield private.start()
     finally:
         private.destroy()
 
