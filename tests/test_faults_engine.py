@@ -1,6 +1,7 @@
 """The engine restarts under a running supervisor (issue #17), on a private ``dockerd`` this test starts
 on its own socket, data root, exec root and pidfile (``--bridge=none``, no iptables, the vfs storage
-driver: nothing of the shared engine or the host's network is touched).
+driver), in a network namespace of its own: nothing of the shared engine or the host's network is
+touched.
 
 While the engine is down ``/v1/healthy`` says so (500, one log line naming the engine), the API answers
 503 where it needs the engine, and an apply asked for meanwhile backs off with growing delays. Once the
@@ -48,7 +49,11 @@ class PrivateEngine:
     def start(self) -> PrivateEngine:
         log = open(self.dir / "dockerd.log", "ab")  # noqa: SIM115 - the child holds it
         self.proc = subprocess.Popen(
-            ["dockerd", "--config-file", str(self.dir / "daemon.json"), "--data-root", str(self.dir / "data"),
+            # In a network namespace of its own: a dockerd started with --bridge=none deletes the
+            # docker0 link of the namespace it runs in (moby removes the default bridge interface),
+            # which in the root namespace is the shared engine's bridge.
+            ["unshare", "--net", "dockerd", "--config-file", str(self.dir / "daemon.json"),
+             "--data-root", str(self.dir / "data"),
              "--exec-root", str(self.dir / "exec"), "--pidfile", str(self.dir / "docker.pid"),
              "-H", self.docker_host, "--bridge=none", "--iptables=false", "--ip6tables=false",
              "--storage-driver=vfs", "--shutdown-timeout=2"],
