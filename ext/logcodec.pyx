@@ -183,6 +183,9 @@ cdef class Demuxer:
     cdef bint _cont[2]           # the next piece of this stream continues a line cut by max_line
     cdef object _cont_ts0
     cdef object _cont_ts1
+    cdef bint _strip             # the current frame continues a line: drop its timestamp prefix
+    cdef uint8_t _prefix[MAX_TS_LEN + 1]  # the start of such a frame, until its prefix is decided
+    cdef int _plen
     cdef object _error
 
     def __cinit__(self):
@@ -217,6 +220,8 @@ cdef class Demuxer:
         self._cont[1] = False
         self._cont_ts0 = None
         self._cont_ts1 = None
+        self._strip = False
+        self._plen = 0
 
     def feed(self, chunk) -> list:
         """Consume one chunk; return a record for every line it completes."""
@@ -232,6 +237,8 @@ cdef class Demuxer:
         """Flush unterminated final lines (stdout first); drop an incomplete frame; reset."""
         cdef list out = []
         cdef int s
+        if self._strip and self._plen:  # an undecided prefix of a cut frame is line data
+            self._consume(self._stream, <const char*>self._prefix, self._plen, out)
         for s in range(2):
             if self._buf[s].length:
                 self._emit(s, self._buf[s].data, self._buf[s].length, True, out)
@@ -250,7 +257,10 @@ cdef class Demuxer:
         while n > 0:
             if self._remaining:
                 take = <Py_ssize_t>self._remaining if self._remaining < <uint64_t>n else n
-                self._consume(self._stream, <const char*>p, take, out)
+                if self._strip:
+                    take = self._strip_prefix(p, take, out)
+                else:
+                    self._consume(self._stream, <const char*>p, take, out)
                 self._remaining -= <uint64_t>take
                 p += take
                 n -= take
@@ -276,7 +286,29 @@ cdef class Demuxer:
             self._stream = 1 if hdr[0] >= 2 else 0
             self._remaining = ((<uint32_t>hdr[4] << 24) | (<uint32_t>hdr[5] << 16)
                                | (<uint32_t>hdr[6] << 8) | <uint32_t>hdr[7])
+            self._strip = self._timestamps and (self._buf[self._stream].length > 0
+                                                or self._cont[self._stream])
         return 0
+
+    cdef Py_ssize_t _strip_prefix(self, const uint8_t* p, Py_ssize_t take, list out) except -1:
+        """Collect a continuation frame's start (see the twin); returns the bytes of p used."""
+        cdef Py_ssize_t i = 0
+        cdef int64_t ms
+        cdef bint spaced = False
+        while i < take and self._plen < MAX_TS_LEN + 1:
+            self._prefix[self._plen] = p[i]
+            self._plen += 1
+            i += 1
+            if p[i - 1] == 32:
+                spaced = True
+                break
+        if not spaced and self._plen <= MAX_TS_LEN and <uint64_t>i < self._remaining:
+            return i  # the prefix goes on in the next chunk
+        self._strip = False
+        if not (spaced and _parse_ts(self._prefix, self._plen - 1, &ms)):
+            self._consume(self._stream, <const char*>self._prefix, self._plen, out)
+        self._plen = 0
+        return i
 
     cdef int _corrupt(self, const uint8_t* hdr, list out) except -1:
         cdef bytes raw = PyBytes_FromStringAndSize(<const char*>hdr, 8)

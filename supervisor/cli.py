@@ -128,8 +128,20 @@ def print_api_key(root: str | None, data_dir: str | None) -> int:
     return 0
 
 
+def _skip_charset_detection() -> None:
+    """requests imports charset_normalizer (about 2.6 MB resident) only to guess the encoding of a
+    response that declares none (``Response.apparent_encoding``); the Docker and balena APIs answer
+    JSON, which requests decodes without it (and ``.text`` then falls back to UTF-8). Only the
+    supervisor process does this (issue #17); requests says so with a warning, silenced here."""
+    import warnings
+
+    sys.modules.setdefault("charset_normalizer", None)  # type: ignore[arg-type]  # "not installed"
+    warnings.filterwarnings("ignore", message="Unable to find acceptable character detection")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _skip_charset_detection()
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s",

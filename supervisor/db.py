@@ -8,8 +8,11 @@ committed transactions across power loss.
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,21 +49,80 @@ MIGRATIONS: list[str] = [
 ]
 
 
-class Database:
-    """The supervisor's SQLite database; all access is serialised through one lock."""
+def is_disk_full(err: BaseException) -> bool:
+    """A write that failed for want of space: ``ENOSPC``/``EDQUOT`` from a file write, or SQLite's
+    ``SQLITE_FULL`` ("database or disk is full")."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, sqlite3.Error):
+        return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(err)
+    return False
 
-    def __init__(self, path: str | Path) -> None:
+
+class DatabaseDamaged(Exception):
+    """The database file cannot be used: not SQLite, truncated, or failing its integrity check."""
+
+
+class Database:
+    """The supervisor's SQLite database; all access is serialised through one lock.
+
+    ``recover``: a damaged file (garbage, truncated, failing ``PRAGMA quick_check``; the case of
+    balena-supervisor#2196, where the reference crash-loops) is moved aside as
+    ``database.sqlite.damaged-<UTC time>`` (with its ``-wal``/``-shm``) and a new database is started;
+    :attr:`recovered` then says what was found. Without it, :class:`DatabaseDamaged` is raised.
+    """
+
+    def __init__(self, path: str | Path, *, recover: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        #: (what was wrong, where the damaged file was kept) after a recovery at open, else None.
+        self.recovered: tuple[str, Path] | None = None
+        try:
+            self._open()
+        except DatabaseDamaged as err:
+            if not recover:
+                raise
+            self.recovered = (str(err), self._set_aside())
+            self._open()
+
+    def _open(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = None
+        if size is not None and size < 100:  # smaller than SQLite's header: a truncated file
+            raise DatabaseDamaged(f"truncated to {size} bytes")
         self._conn = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30
         )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self.migrate()
+        try:
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            if size is not None:
+                # Milliseconds for a supervisor's database; catches truncation past the header.
+                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise DatabaseDamaged("; ".join(problems))
+            self.migrate()
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            raise DatabaseDamaged(str(err)) from err
+        except DatabaseDamaged:
+            self._conn.close()
+            raise
+
+    def _set_aside(self) -> Path:
+        """Move the damaged file (and its WAL/shm) aside, never deleting it: it may be recoverable."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                os.replace(source, f"{kept}{suffix}")
+        return kept
 
     @property
     def schema_version(self) -> int:
@@ -88,10 +150,13 @@ class Database:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLITE_FULL (a full disk) may have rolled the transaction back already, and a failed
+                # COMMIT leaves it open: end it either way, so the next transaction can begin.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -20,7 +20,9 @@ from .compose.validation import check_truthy
 from .config import Config, ConfigJson
 from .db import Database
 from .host import HostFacts
+from .metrics import Metrics
 from .paths import Paths
+from .sdnotify import ServiceNotifier, hang_hooks
 from .state.admission import WarningLog, validate_local
 from .state.contexts import TargetBuilder
 from .state.device_config import CONFIG_STEPS, DeviceConfig, validate_target_config, with_defaults
@@ -53,7 +55,7 @@ class Settings:
     blink_seconds: float = DEFAULT_BLINK_SECONDS
     api_threads: int = 8
     #: Open streams (``/v2/local/logs``, ``/v2/journal-logs``) allowed at once; each holds a thread of
-    #: its own on top of ``api_threads`` (supervisor/api/streams.py).
+    #: its own on top of ``api_threads``, started when it opens (supervisor/api/streams.py).
     api_streams: int = 32
     #: Only these app ids are managed (None: every supervised app on the engine). For development
     #: machines and tests that share an engine with containers that are not this supervisor's.
@@ -86,8 +88,13 @@ class Supervisor:
         from .host.services import HostServices
 
         self.settings = settings
+        # Counted by every layer, rendered only when scraped (GET /metrics, supervisor/metrics.py).
+        self.metrics = Metrics({"open_streams": ("Open log/journal streams", lambda: self.streams.open)})
         self.paths = Paths.create(settings.root, settings.data_dir)
-        self.config = Config(ConfigJson(self.paths.config_json), Database(self.paths.database))
+        self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
+        self.config = Config(ConfigJson(self.paths.config_json), Database(self.paths.database, recover=True))
+        if self.config.db.recovered is not None:
+            self._recover_facts()
         self.config.initialise()
         self.api_keys = ApiKeys(self.config.db)
         self.api_keys.global_key()
@@ -95,8 +102,8 @@ class Supervisor:
         # The port is taken first: a port in use is then the one line the CLI prints (issue #11).
         self.app = create_app(self)
         port = settings.port if settings.port is not None else self.config.listen_port
-        self.server = ApiServer(self.app, settings.host, port,
-                               threads=settings.api_threads + settings.api_streams)
+        # api_threads workers; each open stream adds one while it is open (supervisor/api/streams.py).
+        self.server = ApiServer(self.app, settings.host, port, threads=settings.api_threads)
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
@@ -110,7 +117,7 @@ class Supervisor:
         # Host paths under the root prefix: "" on a device, so locks are /tmp/balena-supervisor/...
         self.lock_root = str(self.paths.root).rstrip("/")
         # ONE lock registry per supervisor: the state engine and the API actions share it (§4).
-        self.locks = LockRegistry(self.lock_root)
+        self.locks = LockRegistry(self.lock_root, on_wait=self._lock_waited)
         # The host over D-Bus, iptables and netlink (supervisor/host/): each piece works alone.
         self.host_services = HostServices(listen_port=lambda: self.server.port,
                                           host_network_services=self._host_network_services)
@@ -123,7 +130,6 @@ class Supervisor:
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
             supervisor_network=settings.host_setup,
         )
-        self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
         self._target_warnings = WarningLog(log)  # each admitted target's warnings, logged once
         self._extra_firmware_unsaved: str | None = None
         self.device_config = self._init_device_config()
@@ -136,18 +142,22 @@ class Supervisor:
             managed=lambda: not self.config.unmanaged,
             apps=self.managed_apps,
             planner=self._plan,
+            metrics=self.metrics,
         )
-        self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler]
+        self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler, *hang_hooks()]
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
         self.binder: CloudBinder | None = None
         if not self.config.unmanaged:
             self.binder = self._make_binder()
             self.subsystems.append(self.binder)
+        # systemd Type=notify + WatchdogSec (supervisor/sdnotify.py): a no-op outside systemd.
+        self.systemd = ServiceNotifier(self.health)
 
     def _init_device_config(self) -> DeviceConfig:
         """Config variables and the boot-config backends of this device type (spec §5.3-5.5)."""
         from .bootconfig import BootConfig
         from .host import read_os_release
+        from .host.services import HostVpn
 
         meta_version = read_os_release(self.paths.os_release).get("META_BALENA_VERSION")
         boot = BootConfig(self.paths.boot, self.paths.root, self.config.json, self.host.device_type,
@@ -155,6 +165,7 @@ class Supervisor:
         return DeviceConfig(
             self.config, boot, runtime_dir=self.paths.runtime_dir,
             target_config=self.targets.target_config, boot_time=self.host.boot_time,
+            vpn=HostVpn(self.host_services) if self.settings.host_setup else None,
             system_log=self.system_message,
         )
 
@@ -180,7 +191,8 @@ class Supervisor:
         self._save_initial_config()
         target_set = bool(self.config.get_db("targetStateSet"))
         preloaded = False
-        if not self.config.provisioned or not target_set:
+        # After a database recovery the device was running: apps.json is not its state any more.
+        if self.config.db.recovered is None and (not self.config.provisioned or not target_set):
             preloaded = self._load_preloaded_apps()
         # No orphaned locks: a previous run's supervisor lock files go before the first apply.
         self.locks.clean_leftovers(self.managed_apps)
@@ -194,6 +206,27 @@ class Supervisor:
         self.apply_host_config()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
+        self.systemd.ready(f"API listening on port {self.server.port}")
+
+    def _recover_facts(self) -> None:
+        """After a database recovery (issue #17): one line saying what was found and what comes back
+        how. The device uuid (when config.json has none) and name come back from the running
+        containers; nothing is applied until a target arrives, so the apps keep running."""
+        from .recovery import facts_from_containers
+
+        recovered = self.config.db.recovered
+        assert recovered is not None
+        facts = facts_from_containers(self.managed_apps)
+        if self.config.json.get("uuid"):
+            facts.pop("uuid", None)
+        if facts:
+            self.config.set_db(**facts)
+        problem, kept = recovered
+        source = ("the target comes back from the cloud" if not self.config.unmanaged
+                  else "running apps are left as they are until the next target")
+        log.error("Database %s was damaged (%s): kept it as %s and started a new one; %s, API keys "
+                  "were regenerated%s", self.paths.database, problem, kept.name, source,
+                  f", {' and '.join(sorted(facts))} read back from the running containers" if facts else "")
 
     def _load_preloaded_apps(self) -> bool:
         """Spec §0.2 ``loadInitialState``: a first start takes its target from ``apps.json``."""
@@ -211,6 +244,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Stop accepting requests first, then the subsystems, then close storage."""
+        self.systemd.stopping()
         self.server.stop()
         self.logs.close()
         for subsystem in reversed(self.subsystems):
@@ -280,6 +314,7 @@ class Supervisor:
             # Dangling images belong to no app: a supervisor scoped to some apps leaves them alone.
             cleanup_filter=None if self.managed_apps is None else (lambda _entry: False),
             delta=lambda: self._delta_fetcher(client),
+            on_bytes=self.metrics.inc,
         )
         locks = self.locks
         host_setup = self.settings.host_setup
@@ -299,6 +334,10 @@ class Supervisor:
         for kind in CONFIG_STEPS:
             executor.add_handler(kind, self.device_config.execute)
         return Engine(client=client, images=images, executor=executor, reader=reader)
+
+    def _lock_waited(self, seconds: float) -> None:
+        self.metrics.inc("lock_waits")
+        self.metrics.inc("lock_wait_seconds", seconds)
 
     def _reboot_to_apply(self) -> None:
         """The state engine's ``reboot`` step: as ``POST /v1/reboot`` without ``force``, so a
@@ -431,8 +470,11 @@ class Supervisor:
         from .host.hostconfig import HostConfig
         from .logs.hub import LogHub
 
-        self.logs = LogHub()
-        self.streams = StreamSlots(self.settings.api_streams)
+        self.logs = LogHub(metrics=self.metrics)
+        self.streams = StreamSlots(
+            self.settings.api_streams,
+            on_change=lambda open_streams: self.server.set_threads(self.settings.api_threads + open_streams),
+        )
         self.tag_store = TagStore(self.config)
         self.host_config = HostConfig(
             self.paths, read_hostname=self._read_hostname, write_hostname=self._write_hostname,
@@ -471,7 +513,22 @@ class Supervisor:
     def health(self) -> list[tuple[bool, str]]:
         checks = [subsystem.health() for subsystem in self.subsystems]
         checks.append((self.server.alive(), "api"))
+        engine = self.reconciler.engine
+        if engine is not None:  # connected once: an engine gone since is an outage (issue #17)
+            checks.append(self._engine_reachable(engine.client))
         return checks
+
+    @staticmethod
+    def _engine_reachable(client: Any, timeout_s: float = 3.0) -> tuple[bool, str]:
+        """``GET /_ping`` with a short timeout: the healthcheck must answer even when the engine hangs.
+        (The SDK's ``ping()`` has no timeout of its own but the client's, 60 s.)"""
+        api = client.api
+        try:
+            response = api._get(api._url("/_ping"), timeout=timeout_s)
+            response.raise_for_status()
+        except Exception as err:  # refused, missing socket, timeout, 5xx: all "unreachable"
+            return False, f"Docker engine unreachable: {err}"
+        return True, "ok"
 
     def blink(self) -> None:
         self.blinker.blink()

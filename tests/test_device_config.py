@@ -31,6 +31,7 @@ from supervisor.state.device_config import (
     with_defaults,
 )
 from supervisor.state.locks import LockRegistry, UpdatesLockedError, is_supervisor_lock
+from tests.fixtures.power import RecordingPower
 
 DATA = Path(__file__).parent / "data" / "bootconfig"
 MANAGED = {"uuid": "e" * 32, "apiEndpoint": "https://api.example", "deviceApiKey": "d" * 32}
@@ -157,7 +158,9 @@ def pi_device(tmp_path: Path, *, managed: bool = False, config_txt: str = "confi
     shutil.copy(DATA / config_txt, boot / "config.txt")
     if managed:
         (boot / "config.json").write_text(json.dumps(MANAGED))
-    sup = Supervisor(Settings(root=str(root), port=0))
+    # no host setup: the VPN is the recording stand-in, never a bus (tests/test_host_dbus.py has that)
+    sup = Supervisor(Settings(root=str(root), port=0, host_setup=False))
+    sup.power = RecordingPower()  # records the reboot the config asks for; never reaches logind
     sup._save_initial_config()
     return sup
 

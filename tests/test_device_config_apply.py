@@ -2,8 +2,9 @@
 the local target-state API with a ``config`` section, the reboot under update locks, a simulated
 reboot, and ``kill -9`` at each point of a boot-config apply.
 
-The reboot goes to the stub power backend (it logs ``Power backend stub: reboot requested``), so
-counting that line counts the reboots the device was asked for.
+The reboot goes to logind on a private system bus (tests/fixtures/fakehostd.py), which records the
+call and then fails it so the process stays up: counting its ``Reboot`` calls counts the reboots the
+device was asked for.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from supervisor.bootconfig.configtxt import ConfigTxt
+from tests.fixtures.dbus import HOST_STAYS_UP
 from tests.fixtures.device import SupervisorProcess, wait_for
 from tests.test_reconcile import (  # noqa: F401 - app_owner is a fixture used here
     SETTLED,
@@ -31,7 +33,6 @@ from tests.test_update_strategies import Lab
 pytestmark = pytest.mark.docker
 
 DATA = Path(__file__).parent / "data" / "bootconfig"
-REBOOTED = "Power backend stub: reboot requested"
 CRASH_ENV = "SUPERVISOR_TEST_CRASH_AT"
 
 
@@ -62,10 +63,20 @@ def no_temp_files(root: Path) -> bool:
 
 
 @pytest.fixture
-def pi(device_root: Path, app_owner, start_supervisor) -> Any:  # noqa: F811
+def pi(device_root: Path, app_owner, start_supervisor, host_bus) -> Any:  # noqa: F811
+    """``pi(**kw)`` starts a supervisor on the Pi root; ``pi.reboots()`` counts logind's Reboot calls."""
     pi_root(device_root)
     app_id, _owner = app_owner
-    return lambda **kw: start_local(start_supervisor, device_root, [app_id], **kw)
+    bus, fake = host_bus
+    fake.configure(login=HOST_STAYS_UP)
+    fake.forget()
+
+    def start(**kw: Any) -> SupervisorProcess:
+        env = {**bus.env, **kw.pop("env", {})}
+        return start_local(start_supervisor, device_root, [app_id], env=env, **kw)
+
+    start.reboots = lambda: sum(call["member"] == "Reboot" for call in fake.calls())  # type: ignore[attr-defined]
+    return start
 
 
 # ------------------------------------------------------------------------------ API + first run
@@ -111,7 +122,7 @@ def test_config_variables_apply_before_apps_with_the_reference_messages(pi, devi
     change = '{"SUPERVISOR_POLL_INTERVAL": "60000", "SUPERVISOR_DELTA": "true"}'
     assert f"Applying configuration change {change}" in log
     assert f"Applied configuration change {change}" in log
-    assert "Applying boot config" not in log and REBOOTED not in log
+    assert "Applying boot config" not in log and pi.reboots() == 0
     assert not (device_root / "mnt/boot/config.json").exists()  # not invented on an unmanaged device
     db = device_root / "mnt/data/resin-data/balena-supervisor/database.sqlite"
     with sqlite3.connect(db) as conn:
@@ -140,14 +151,14 @@ def test_boot_change_waits_for_the_update_lock_then_reboots_once(
     assert log.index("Reboot has been scheduled") < log.index("Applying boot config: {")
     assert "Applied boot config: {" in log
     assert config_txt(device_root)["gpu_mem"] == "256" and breadcrumb(device_root).exists()
-    assert REBOOTED not in sup.output()  # waits: the lock is held
+    assert pi.reboots() == 0  # waits: the lock is held
 
     lab.exec("main", "rm", "/tmp/balena/updates.lock")
-    wait_for(lambda: REBOOTED in sup.output(), "the reboot once the lock is released", sup, timeout=120)
+    wait_for(lambda: pi.reboots() >= 1, "the reboot once the lock is released", sup, timeout=120)
     offset = len(sup.output())
     assert sup.post("/v1/update", json={}).status_code == 204
     wait_for(lambda: SETTLED in sup.output()[offset:], "another apply", sup)
-    assert sup.output().count(REBOOTED) == 1
+    assert pi.reboots() == 1
 
     # the reboot: /tmp is empty again and the supervisor starts afresh
     sup.stop(signal.SIGKILL)
@@ -156,7 +167,7 @@ def test_boot_change_waits_for_the_update_lock_then_reboots_once(
     offset = len(after.output())
     assert after.post("/v1/update", json={}).status_code == 204
     wait_for(lambda: SETTLED in after.output()[offset:], "the apply after the reboot", after)
-    assert REBOOTED not in after.output() and not breadcrumb(device_root).exists()
+    assert pi.reboots() == 1 and not breadcrumb(device_root).exists()
     assert config_txt(device_root)["gpu_mem"] == "256"
 
 
@@ -171,21 +182,20 @@ def test_kill_9_during_a_boot_config_apply(pi, device_root: Path, point: str) ->
                     json={"local": {"name": "pi", "config": config, "apps": {}}}).status_code == 200
     wait_for(lambda: sup.proc.poll() is not None, "the process to be killed", sup)
     assert sup.proc.returncode == -signal.SIGKILL
-    first_log = sup.output()
     assert breadcrumb(device_root).exists() and no_temp_files(device_root)
     if point == "breadcrumb-set":
         assert config_txt(device_root)["gpu_mem"] == "128"  # not written yet
     else:
         assert config_txt(device_root) == expected  # whole, never torn
-    assert REBOOTED not in first_log
+    assert pi.reboots() == 0
 
     sup.stop(signal.SIGKILL)
     after = pi()  # the stored target is applied again at start
-    wait_for(lambda: REBOOTED in after.output(), "the reboot after the restart", after, timeout=120)
+    wait_for(lambda: pi.reboots() >= 1, "the reboot after the restart", after, timeout=120)
     assert config_txt(device_root) == expected and no_temp_files(device_root)
     rewritten = "Applying boot config" in after.output()
     assert rewritten == (point == "breadcrumb-set")  # written once in all
     offset = len(after.output())
     assert after.post("/v1/update", json={}).status_code == 204
     wait_for(lambda: SETTLED in after.output()[offset:], "another apply", after)
-    assert after.output().count(REBOOTED) == 1
+    assert pi.reboots() == 1

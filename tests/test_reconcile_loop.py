@@ -403,7 +403,8 @@ def test_a_held_loop_starts_no_batch_until_released(make_loop) -> None:
     device = FakeDevice(plans=[[fetch()]])
     loop, _ = make_loop(device)
     loop.start()
-    wait_until(lambda: device.connects == 1)
+    loop.require_engine()  # the loop connects at its first need (issue #17)
+    assert device.connects == 1
     loop.hold()
     loop.trigger()
     time.sleep(0.5)  # long enough for a batch to have started, were the loop free

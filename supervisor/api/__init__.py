@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final
 
 from flask import Flask, Response, g, request
 
-from . import auth, errors, openapi, v1, v2
+from . import auth, errors, metrics, openapi, v1, v2
 
 if TYPE_CHECKING:
     from ..runtime import Supervisor
@@ -72,6 +72,10 @@ def create_app(supervisor: Supervisor) -> Flask:
     @app.after_request
     def _log_request(response):  # type: ignore[no-untyped-def]
         log_request(response)
+        # By route (bounded), not path: /v2/applications/<id>/... must not make a series per id.
+        rule = request.url_rule
+        supervisor.metrics.inc("api_requests", 1, rule.rule if rule is not None else "(unmatched)",
+                               request.method, str(response.status_code))
         return response
 
     auth.install(app)
@@ -79,4 +83,5 @@ def create_app(supervisor: Supervisor) -> Flask:
     app.register_blueprint(v1.bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics.bp)
     return app

@@ -13,6 +13,7 @@ import logging
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge
 
+from ..db import is_disk_full
 from ..state.locks import UpdatesLockedError
 from ..state.reconcile import EngineUnavailableError
 
@@ -60,5 +61,23 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        if is_disk_full(exc):
+            # A known state, not a bug: one line, no traceback; nothing was stored (the transaction or
+            # the atomic write did not happen), and the client may retry once space is back.
+            log.error("%s %s: no space left on the data partition, nothing was stored (%s)",
+                      request.method, request.path, exc)
+            return failed("No space left on the device: the change was not stored; free some space "
+                          "and try again", 503)
+        if _engine_connection_lost(exc):
+            # The engine went away after the first connection (a restart, a crash): a known state,
+            # one line, and the same message as before the first connection (issue #17).
+            log.error("%s %s: Docker engine unavailable: %s", request.method, request.path, exc)
+            return failed(f"Docker engine unavailable: {exc}", 503)
         log.error("%s %s failed: %s", request.method, request.path, exc, exc_info=exc)
         return failed(str(exc) or "Unknown error", 503)
+
+
+def _engine_connection_lost(exc: Exception) -> bool:
+    """A connection-level failure of the HTTP stack under the Docker SDK (request handlers never call
+    the cloud: supervisor/cloud/ keeps what they read), not an answer of the engine."""
+    return type(exc).__module__.startswith(("requests.", "urllib3.")) and "Connection" in type(exc).__name__

@@ -310,6 +310,14 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/openapi.json": {"get": _op(
             "This document", {200: _json("The OpenAPI 3 document", {"type": "object"})}, tag="meta",
         )},
+        "/metrics": {"get": _op(
+            "The supervisor's own metrics (Prometheus text format 0.0.4)",
+            {200: {"description": "Counters, a histogram and gauges: reconcile rounds, steps by kind "
+                                  "and outcome, bytes pulled, log lines, API requests, lock waits, memory, "
+                                  "threads (docs/API.md \"Metrics\")",
+                   "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            tag="meta",
+        )},
         "/v1/blink": {"post": _op("Blink the identification LED for 15 s", {200: OK_TEXT}, tag="v1")},
         "/v1/regenerate-api-key": {"post": _op(
             "Replace the key used for this request",

@@ -50,6 +50,10 @@ class ApiServer:
     def port(self) -> int:
         return int(self._server.effective_port)  # type: ignore[attr-defined]  # waitress may give a str
 
+    def set_threads(self, count: int) -> None:
+        """Grow or shrink the worker pool (an idle worker ends when the pool shrinks)."""
+        self._server.task_dispatcher.set_thread_count(count)  # type: ignore[attr-defined]
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
         self._thread.start()

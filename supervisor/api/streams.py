@@ -1,9 +1,12 @@
 """Long-lived streamed responses (``/v2/local/logs``, ``/v2/journal-logs``) on waitress.
 
-waitress serves each request on a thread of a fixed pool for as long as its body is iterated, so an
-open stream holds a thread. The server therefore gets ``api_threads + max_streams`` threads and at
-most ``max_streams`` streams may be open at once (:class:`StreamSlots`; one more is a 503): however
-many clients stream, ``api_threads`` threads stay free for every other request.
+waitress serves each request on a thread of its pool for as long as its body is iterated, so an
+open stream holds a thread. The pool has ``api_threads`` threads plus one per open stream: opening a
+stream adds a thread to the pool, closing it takes one away (:class:`StreamSlots` ``on_change``, waitress's
+``set_thread_count``), so however many clients stream, ``api_threads`` threads stay free for every other
+request, and an idle supervisor holds no thread for streams nobody opened (issue #17; it used to start
+``api_threads + max_streams`` threads up front). At most ``max_streams`` streams may be open at once
+(one more is a 503).
 
 A stream polls its source with a short timeout and checks between polls whether the client went away
 (``waitress.client_disconnected``, which needs ``channel_request_lookahead >= 1`` so waitress keeps
@@ -29,10 +32,12 @@ POLL_S = 0.25
 
 
 class StreamSlots:
-    """A counter of open streams with a fixed limit."""
+    """A counter of open streams with a fixed limit; ``on_change(open)`` is told each new count
+    (under the lock, so counts arrive in order)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
         self.limit = limit
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._open = 0
 
@@ -41,11 +46,15 @@ class StreamSlots:
             if self._open >= self.limit:
                 return False
             self._open += 1
+            if self.on_change is not None:
+                self.on_change(self._open)
             return True
 
     def release(self) -> None:
         with self._lock:
             self._open -= 1
+            if self.on_change is not None:
+                self.on_change(self._open)
 
     @property
     def open(self) -> int:

@@ -11,6 +11,11 @@ Defined behaviour beyond the obvious (shared by both implementations):
   has a timestamp prefix. The other pieces get the first piece's timestamp and keep all their bytes.
   Only the final piece has its ``\\r`` stripped. Each piece is decoded on its own, so a cut inside a
   UTF-8 sequence gives U+FFFD on both sides.
+* With ``timestamps`` on a multiplexed stream, a frame that continues an unterminated line (the
+  engine splits lines longer than 16 KiB into several messages, each framed and stamped on its
+  own) starts with its own timestamp: that prefix is dropped, so the line arrives whole with the
+  first piece's timestamp. Only a valid timestamp followed by a space within the frame's first
+  ``_MAX_TS_LEN + 1`` bytes is dropped; anything else is line data.
 * ``encode`` never raises for a lone surrogate. It outputs ``?`` in its place, like
   ``str.encode("utf-8", "replace")`` would.
 """
@@ -110,6 +115,8 @@ class Demuxer:
         "_stream",
         "_partial",
         "_cont_ts",
+        "_strip",
+        "_prefix",
         "_error",
     )
 
@@ -134,6 +141,8 @@ class Demuxer:
         self._stream = 0  # 0 stdout, 1 stderr
         self._partial = (bytearray(), bytearray())  # unterminated line per stream, <= max_line
         self._cont_ts: list = [_LINE_START, _LINE_START]  # timestamp of a line cut by max_line
+        self._strip = False  # the current frame continues a line: drop its timestamp prefix
+        self._prefix = bytearray()  # the start of such a frame, until its prefix is decided
         self._error: str | None = None
 
     def feed(self, chunk: bytes) -> list[dict]:
@@ -150,9 +159,13 @@ class Demuxer:
         while pos < end:
             if self._remaining:
                 take = min(self._remaining, end - pos)
-                self._consume(self._stream, chunk[pos : pos + take], out)
+                data = chunk[pos : pos + take]
                 self._remaining -= take
                 pos += take
+                if self._strip:
+                    data = self._strip_prefix(data)
+                if data:
+                    self._consume(self._stream, data, out)
                 continue
             need = 8 - len(self._header)
             self._header += chunk[pos : pos + need]
@@ -162,13 +175,37 @@ class Demuxer:
             header = bytes(self._header)
             self._header.clear()
             self._check_header(header, out)
-            self._stream = 1 if header[0] >= 2 else 0
+            self._stream = stream = 1 if header[0] >= 2 else 0
             self._remaining = int.from_bytes(header[4:8], "big")
+            self._strip = self._timestamps and bool(
+                self._partial[stream] or self._cont_ts[stream] is not _LINE_START)
         return out
+
+    def _strip_prefix(self, data: bytes) -> bytes:
+        """Collect a continuation frame's start; once decided, what of it is line data."""
+        prefix = self._prefix
+        room = _MAX_TS_LEN + 1 - len(prefix)
+        space = data.find(b" ", 0, room)
+        if space >= 0:
+            prefix += data[: space + 1]
+            rest = data[space + 1 :]
+        else:
+            prefix += data[:room]
+            rest = data[room:]
+            if len(prefix) <= _MAX_TS_LEN and self._remaining:
+                return b""  # the prefix goes on in the next chunk
+        self._strip = False
+        head = bytes(prefix)
+        prefix.clear()
+        if head.endswith(b" ") and parse_timestamp(head[:-1]) is not None:
+            return rest
+        return head + rest
 
     def close(self) -> list[dict]:
         """Flush unterminated final lines (stdout first); drop an incomplete frame; reset."""
         out: list[dict] = []
+        if self._strip and self._prefix:  # an undecided prefix of a cut frame is line data
+            self._consume(self._stream, bytes(self._prefix), out)
         for stream in (0, 1):
             buf = self._partial[stream]
             if buf:
@@ -177,6 +214,8 @@ class Demuxer:
             self._cont_ts[stream] = _LINE_START
         self._header.clear()
         self._remaining = 0
+        self._strip = False
+        self._prefix.clear()
         return out
 
     def _check_header(self, header: bytes, out: list[dict]) -> None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 DEFAULT_QUEUE_SIZE = 1000
 
@@ -29,13 +32,15 @@ class Subscription:
         self.dropped = 0
         self.closed = False
 
-    def _offer(self, message: Message) -> None:
+    def _offer(self, message: Message) -> bool:
+        """Queue a message; False when the queue was full and it was dropped."""
         with self._cond:
             if len(self._queue) >= self._size:
                 self.dropped += 1
-                return
+                return False
             self._queue.append(message)
             self._cond.notify()
+            return True
 
     def get(self, timeout: float) -> Message | None:
         """The next message, or None after ``timeout`` seconds or once closed."""
@@ -64,8 +69,9 @@ class Subscription:
 class LogHub:
     """Fan-out of log messages to the current subscribers."""
 
-    def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE, metrics: Metrics | None = None) -> None:
         self._queue_size = queue_size
+        self._metrics = metrics
         self._lock = threading.Lock()
         self._subscribers: list[Subscription] = []
 
@@ -79,8 +85,14 @@ class LogHub:
         """Deliver to every subscriber now; messages published while nobody listens are dropped."""
         with self._lock:
             subscribers = list(self._subscribers)
-        for sub in subscribers:
-            sub._offer(message)
+        delivered = sum(1 for sub in subscribers if sub._offer(message))
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.inc("log_lines_received")
+            if delivered:
+                metrics.inc("log_lines_sent", delivered, "local")
+            if delivered < len(subscribers):
+                metrics.inc("log_lines_dropped", len(subscribers) - delivered, "local")
 
     def _remove(self, sub: Subscription) -> None:
         with self._lock:

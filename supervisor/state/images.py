@@ -135,7 +135,15 @@ class PullProgress:
 
     def __init__(self) -> None:
         self._layers: dict[str, tuple[float, float]] = {}
+        self._bytes: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
         self.percentage = 0
+
+    @property
+    def downloaded(self) -> int:
+        """Bytes downloaded so far: each layer's last ``Downloading`` ``current``, its ``total``
+        once downloaded (a layer the engine reports only as complete counts nothing: no size given)."""
+        return sum(self._bytes.values())
 
     def update(self, event: Mapping[str, Any]) -> bool:
         """Take one stream event; True when the percentage moved."""
@@ -147,8 +155,13 @@ class PullProgress:
         download, extract = self._layers.get(layer, (0.0, 0.0))
         if status == "Downloading" and fraction is not None:
             download = fraction
+            detail = event["progressDetail"]
+            self._bytes[layer] = int(detail["current"])
+            self._sizes[layer] = int(detail["total"])
         elif status in self._DOWNLOADED:
             download = 1.0
+            if layer in self._sizes:  # progress events are throttled: the last one is not the end
+                self._bytes[layer] = self._sizes[layer]
         elif status == "Extracting":
             download, extract = 1.0, extract if fraction is None else fraction
         elif status in self._DONE:
@@ -260,12 +273,15 @@ class ImageManager:
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
         clock: Callable[[], float] = time.monotonic,
         delta: Callable[[], DeltaFetcher | None] | None = None,
+        on_bytes: Callable[[str, int], None] | None = None,
     ) -> None:
         self.api = client.api
         self.db = db
         self.auth = auth
         #: The delta fetcher for the current config, or None when deltas are off (docs/DELTAS.md).
         self.delta = delta
+        #: Told ("pulled_bytes" or "delta_bytes", bytes) after each download (supervisor/metrics.py).
+        self.on_bytes = on_bytes
         self.on_progress = on_progress
         self.cleanup_filter = cleanup_filter
         self.supervisor_image = supervisor_image
@@ -516,6 +532,8 @@ class ImageManager:
             except DeltaAuthError as err:
                 raise ImageError(str(err)) from err
         log.info("Applied delta for image '%s' (%d bytes downloaded)", name, fetcher.downloaded)
+        if self.on_bytes is not None:
+            self.on_bytes("delta_bytes", fetcher.downloaded)
         return engine_id
 
     def _pull(
@@ -543,6 +561,8 @@ class ImageManager:
                         self._report(name, progress.percentage, on_progress)
             finally:
                 stream.close()
+                if self.on_bytes is not None and progress.downloaded:
+                    self.on_bytes("pulled_bytes", progress.downloaded)
 
     def _report(self, name: str, percentage: int, on_progress: ProgressCallback | None) -> None:
         with self._lock:

@@ -40,7 +40,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -96,19 +96,27 @@ class _ProcessLocks:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._owners: dict[int, object] = {}
+        #: Called with the seconds waited after a take that had to wait (metrics, issue #17).
+        self.on_wait: Callable[[float], None] | None = None
 
     def acquire(self, app_id: int, owner: object, max_wait_ms: int) -> None:
         """Re-entrant for the same owner; ``max_wait_ms`` 0 waits forever (as the reference)."""
         deadline = time.monotonic() + max_wait_ms / 1000 if max_wait_ms > 0 else None
-        with self._cond:
-            while self._owners.get(app_id, owner) is not owner:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise UpdatesLockedError(
-                        f"Locks for app {app_id} are being held by another supervisor operation"
-                    )
-                self._cond.wait(remaining)
-            self._owners[app_id] = owner
+        started: float | None = None
+        try:
+            with self._cond:
+                while self._owners.get(app_id, owner) is not owner:
+                    started = started or time.monotonic()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise UpdatesLockedError(
+                            f"Locks for app {app_id} are being held by another supervisor operation"
+                        )
+                    self._cond.wait(remaining)
+                self._owners[app_id] = owner
+        finally:
+            if started is not None and self.on_wait is not None:
+                self.on_wait(time.monotonic() - started)
 
     def release(self, app_id: int, owner: object) -> None:
         with self._cond:
@@ -130,10 +138,12 @@ class LockRegistry:
 
     _ENGINE: Final = object()  # the owner token of the state engine's holds
 
-    def __init__(self, lock_root: str = "", *, engine_max_wait_ms: int = ENGINE_MAX_WAIT_MS) -> None:
+    def __init__(self, lock_root: str = "", *, engine_max_wait_ms: int = ENGINE_MAX_WAIT_MS,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         self.lock_root = lock_root
         self.engine_max_wait_ms = engine_max_wait_ms
         self._process = _ProcessLocks()
+        self._process.on_wait = on_wait
         self._held: dict[int, set[Path]] = {}  # the engine's files, by app
         self._lock = threading.Lock()
 

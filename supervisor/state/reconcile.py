@@ -44,6 +44,7 @@ from supervisor.subsystem import Subsystem
 if TYPE_CHECKING:
     import docker
 
+    from supervisor.metrics import Metrics
     from supervisor.state.engine import EngineReader
     from supervisor.state.executor import Executor, StepResult
     from supervisor.state.images import ImageManager
@@ -123,6 +124,7 @@ class Reconciler(Subsystem):
         backoff_base: float = BACKOFF_BASE_S,
         connect_retry_max: float = CONNECT_RETRY_MAX_S,
         planner: Callable[[Any, TargetApps, PlanContext], list[Step]] = plan,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._connect_engine = connect
@@ -136,12 +138,14 @@ class Reconciler(Subsystem):
         self.backoff_base = backoff_base
         self.connect_retry_max = connect_retry_max
         self._planner = planner
+        self.metrics = metrics
         #: The last failed step of each service, for the API (state/errors.py, issue #11).
         self.errors = ServiceErrors()
 
         self._cond = threading.Condition()
         self._engine: Engine | None = None
         self._first_attempt = threading.Event()  # set once the first connection attempt has ended
+        self._engine_wanted = False  # an API request asked for the engine (guarded by _cond)
         # Guarded by _cond: the trigger queue (one slot) and what the API reads.
         self._pending = False
         self._cancel = False
@@ -186,10 +190,15 @@ class Reconciler(Subsystem):
         return self._engine
 
     def require_engine(self) -> Engine:
-        """The connected engine; :class:`EngineUnavailableError` while there is none. Until the
-        first connection attempt has ended (at most ``FIRST_CONNECT_WAIT_S``), waits for it: an engine
-        that is up must not read as "not connected" in the moment after the API starts."""
+        """The connected engine; :class:`EngineUnavailableError` while there is none. The loop
+        connects at the first need (this, or a trigger); until that first attempt has ended (at most
+        ``FIRST_CONNECT_WAIT_S``) this waits for it: an engine that is up must not read as "not
+        connected" in the moment after the API starts."""
         engine = self._engine
+        if engine is None and not self._engine_wanted:
+            with self._cond:
+                self._engine_wanted = True
+                self._cond.notify_all()
         if engine is None and self._first_attempt.wait(FIRST_CONNECT_WAIT_S):
             engine = self._engine
         if engine is None:
@@ -224,6 +233,10 @@ class Reconciler(Subsystem):
         connect_delay = 1.0
         while not self.stopping:
             if self._engine is None:
+                # Lazily: the Docker SDK (with requests and urllib3) is ~7 MB of a small device's RAM, and
+                # a device with nothing to apply that nobody asks about never needs it (issue #17).
+                if self.wait_on(self._cond, lambda: self._pending or self._engine_wanted):
+                    return
                 if self._try_connect():
                     connect_delay = 1.0
                 else:
@@ -271,11 +284,14 @@ class Reconciler(Subsystem):
                     force, self._force = force or self._force, False
                     self._status = _replace(self._status, failed_updates=0)
             try:
+                round_started = time.monotonic()
                 steps = self._plan(engine, force)
                 if not steps:
+                    self._round_done(round_started)
                     self._settled()
                     return  # a trigger that came in meanwhile makes run() apply again at once
                 delay = self._run_batch(engine, steps)
+                self._round_done(round_started)
                 if self._reboot_requested:
                     # The device goes down now; planning again would only ask for it again.
                     log.info("Reboot requested to apply the target state")
@@ -288,6 +304,10 @@ class Reconciler(Subsystem):
                 delay = self._failed(f"Could not apply the target: {err}", locked=False)
             if self.wait_on(self._cond, lambda: self._cancel, delay):
                 return
+
+    def _round_done(self, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.round_done(time.monotonic() - started)
 
     def _plan(self, engine: Engine, force: bool) -> list[Step]:
         target = {
@@ -311,6 +331,9 @@ class Reconciler(Subsystem):
         if results is None:
             return 0.0  # stopping: the batch finishes (or not) without us
         self.errors.note(results)
+        if self.metrics is not None:
+            for result in results:
+                self.metrics.inc("steps", 1, result.step.action, "ok" if result.ok else "failed")
         if any(isinstance(s, Fetch) for s in steps):
             with self._cond:
                 self._fetch_seconds += time.monotonic() - started

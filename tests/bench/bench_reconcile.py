@@ -8,7 +8,10 @@ tests/bench/README.md). In one run it measures:
 * update: a 3-service app moved to a new release (env change on all 3, a new image for one,
   pulled from a loopback registry): from setting the local target until the running reconcile
   loop has settled (its delays included), against a plain Docker SDK script doing the same
-  pull/stop/remove/create/start/rmi, the two interleaved for ``--rounds`` rounds.
+  pull/stop/remove/create/start/rmi, the two interleaved for ``--rounds`` rounds;
+* first apply: a fresh 2-service app whose images are only in the registry, from setting the target
+  until the loop settled with both running, against a plain Docker SDK script doing the same pulls,
+  network, creates and starts (target <= 1.1x; issue #17).
 
 Both use the production wiring (:class:`supervisor.runtime.Supervisor`, in-process, local mode,
 scoped to the benchmark's app).
@@ -153,12 +156,7 @@ class DeviceSupervisor:
             )
         )
         self.sup.reconciler.start()
-        deadline = time.monotonic() + 30
-        while (engine := self.sup.reconciler.engine) is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no engine: {self.sup.reconciler.status().engine_error}")
-            time.sleep(0.01)
-        self.engine = engine
+        self.engine = engine = self.sup.reconciler.require_engine()  # the loop connects at first need
         engine.images.cleanup_filter = lambda e: (e.get("Labels") or {}).get(RUN_LABEL) == bench.token
         self.batches = 0
         execute_batch = engine.executor.execute_batch
@@ -373,6 +371,99 @@ def bench_update(bench: Bench, base: str, args: argparse.Namespace) -> bool:
     return ok
 
 
+# --------------------------------------------------------------------------- first apply
+FIRST_APPLY_TARGET = 1.1
+FRESH_SERVICES = ("api", "db")
+
+
+class PlainFirstApply:
+    """A fresh 2-service app by hand: pull both images (in parallel, as the supervisor's fetches are),
+    create the app's network, then create and start both containers (in parallel)."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.api = bench.api
+
+    def apply(self, refs: dict[str, str], round_: int) -> float:
+        api, labels = self.api, dict(self.bench.labels)
+        network = f"bench-first-{self.bench.token}-{round_}"
+
+        def pull(ref: str) -> None:
+            repo, _, tag = ref.rpartition(":")
+            for line in api.pull(repo, tag=tag, stream=True, decode=True):
+                if "error" in line:
+                    raise RuntimeError(f"pull of {ref} failed: {line}")
+
+        def run(name: str) -> str:
+            created = api.create_container(
+                refs[name], name=f"{network}-{name}", environment={"RELEASE": str(round_)}, labels=labels,
+                host_config=api.create_host_config(restart_policy={"Name": "always"}, network_mode=network),
+                networking_config=api.create_networking_config(
+                    {network: api.create_endpoint_config(aliases=[name])}),
+            )
+            api.start(created["Id"])
+            return created["Id"]
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(FRESH_SERVICES)) as pool:
+            list(pool.map(pull, refs.values()))
+            api.create_network(network, labels=labels)
+            ids = list(pool.map(run, FRESH_SERVICES))
+        elapsed = time.perf_counter() - start
+        for container in ids:  # untimed: gone again for the next round
+            api.remove_container(container, force=True, v=True)
+        api.remove_network(network)
+        return elapsed
+
+
+def supervisor_first_apply(device: DeviceSupervisor, bench: Bench, refs: dict[str, str],
+                           round_: int) -> float:
+    services = {
+        str(300 + i): {"serviceName": name, "imageId": 4000 + 10 * round_ + i, "image": refs[name],
+                       "running": True, "environment": {"RELEASE": str(round_)}, "labels": dict(bench.labels),
+                       "stop_grace_period": "0s"}
+        for i, name in enumerate(FRESH_SERVICES)
+    }
+    start = time.perf_counter()
+    device.set_target(services, release=round_)
+    device.converge()
+    elapsed = time.perf_counter() - start
+    device.sup.set_local_target(local_target({}, "bench"))  # untimed: the app goes for the next round
+    device.sup.reconciler.trigger()
+    device.converge()
+    return elapsed
+
+
+def bench_first_apply(bench: Bench, args: argparse.Namespace) -> bool:
+    """From setting the target of a fresh 2-service app (images in the registry only) until the loop
+    settled with both running, against :class:`PlainFirstApply`, interleaved."""
+    refs = {(p, r, n): bench.publish(f"first-{p}{r}{n}") for p in ("sup", "sdk")
+            for r in range(1, args.rounds + 1) for n in FRESH_SERVICES}
+    device = DeviceSupervisor(bench, "first")
+    plain = PlainFirstApply(bench)
+    times: dict[str, list[float]] = {"supervisor": [], "plain SDK": []}
+    print(f"\nfirst apply of a fresh {len(FRESH_SERVICES)}-service app (2 pulls), {args.rounds} rounds:")
+    for r in range(1, args.rounds + 1):
+        for path in (("sup", "sdk") if r % 2 else ("sdk", "sup")):
+            own = {n: refs[(path, r, n)] for n in FRESH_SERVICES}
+            if path == "sup":
+                elapsed = supervisor_first_apply(device, bench, own, r)
+                times["supervisor"].append(elapsed)
+            else:
+                elapsed = plain.apply(own, r)
+                times["plain SDK"].append(elapsed)
+            print(f"  round {r} {'supervisor' if path == 'sup' else 'plain SDK '} {elapsed * 1000:8.1f} ms")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["supervisor"] / med["plain SDK"]
+    ok = ratio <= FIRST_APPLY_TARGET
+    print(f"  median: supervisor {med['supervisor'] * 1000:.1f} ms, "
+          f"plain SDK {med['plain SDK'] * 1000:.1f} ms, ratio {ratio:.2f}")
+    print(f"  target: median supervisor/plain <= {FIRST_APPLY_TARGET}: "
+          f"{'MET' if ok else f'MISSED by {(ratio - FIRST_APPLY_TARGET) / FIRST_APPLY_TARGET:.0%}'}")
+    device.close()
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=10, help="services in the no-op app")
@@ -394,6 +485,7 @@ def main() -> int:
         (root / "registry").mkdir()
         bench.registry.start()
         ok &= bench_update(bench, base, args)
+        ok &= bench_first_apply(bench, args)
     finally:
         try:
             bench.cleanup()
