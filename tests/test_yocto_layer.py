@@ -54,6 +54,7 @@ STDLIB_PACKAGES = {
     "queue": "python3-threading",
     "fcntl": "python3-fcntl", "ctypes": "python3-ctypes", "mmap": "python3-mmap",
     "random": "python3-math",
+    "difflib": "python3-difflib",
 }
 #: In python3-core: the interpreter's built-in modules and the core package's files.
 STDLIB_CORE = set(sys.builtin_module_names) | {
@@ -66,7 +67,8 @@ STDLIB_CORE = set(sys.builtin_module_names) | {
 #: Third-party packages other layers balenaOS builds with provide (balenaos-integration.md §4.4);
 #: every other third-party package the recipe needs must have a recipe in this layer.
 FROM_OTHER_LAYERS = {"python3-flask", "python3-waitress", "python3-requests", "python3-urllib3",
-                     "python3-werkzeug", "python3-pyroute2", "python3-colorzero", "python3-psutil"}
+                     "python3-werkzeug", "python3-pyroute2", "python3-colorzero", "python3-psutil",
+                     "python3-prometheus-client"}
 
 
 def _oelint(release: str, files: list[Path]) -> subprocess.CompletedProcess[str]:

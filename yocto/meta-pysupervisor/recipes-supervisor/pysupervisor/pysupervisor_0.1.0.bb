@@ -89,6 +89,7 @@ RDEPENDS:${PN} = "balena \
                   python3-core \
                   python3-crypt \
                   python3-datetime \
+                  python3-difflib \
                   python3-docker \
                   python3-email \
                   python3-flask \
@@ -99,6 +100,7 @@ RDEPENDS:${PN} = "balena \
                   python3-math \
                   python3-netclient \
                   python3-numbers \
+                  python3-prometheus-client \
                   python3-psutil \
                   python3-pyroute2 \
                   python3-requests \
