@@ -25,6 +25,7 @@ from supervisor.cleanup import orphaned_volumes
 from tests.fixtures.cloud import FakeCloud
 from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, write_config_json
 from tests.fixtures.docker import TEST_LABEL
+from tests.fixtures.locks import take_user_lock
 
 HOST_CONFIG = "/v1/device/host-config"
 
@@ -152,9 +153,7 @@ def test_patch_respects_update_locks_unless_forced(device: SupervisorProcess) ->
         "services": {"1": {"serviceName": "main", "imageId": 1, "image": "img",
                            "environment": {}, "labels": {}}}}}}}
     assert device.post("/v2/local/target-state", json=target).status_code == 200
-    lock = device.root / "tmp/balena-supervisor/services/1201/main/updates.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text("")
+    lock = take_user_lock(device.root / "tmp/balena-supervisor/services/1201/main/updates.lock")
     response = _patch(device, {"network": {"proxy": FULL_PROXY}})
     assert response.status_code == 423
     assert response.headers["Content-Type"].startswith("text/plain")

@@ -45,8 +45,10 @@ def set_local_target_state() -> Response:
 @bp.get("/v2/state/status")
 def state_status() -> Response:
     sup = supervisor()
+    status = sup.reconciler.status()
     body = report.state_status(
-        sup.observe(), applying=sup.reconciler.status().applying, allows=current_key().allows_app
+        sup.observe(), applying=status.applying, allows=current_key().allows_app,
+        awaiting_target=status.held is not None,
     )
     return jsonify(body)
 
