@@ -186,7 +186,9 @@ class Reconciler(Subsystem):
         self._status = ApplyStatus()
         self._applying_since: float | None = None
         self._fetch_seconds = 0.0
-        self._last_batch: list[Step] = []  # only the loop's thread uses these three
+        # What the last batch did, by its steps' descriptions (compose objects compare by identity,
+        # and a new read makes new ones). Only the loop's thread uses these three.
+        self._last_batch: list[str] = []
         self._reboot_requested = False
         #: (app id, service name) of services this run killed while running and has not started again.
         self._open: set[tuple[int, str]] = set()
@@ -375,7 +377,8 @@ class Reconciler(Subsystem):
             return self._failed(_failure_message(failures), locked=all(_locked(r) for r in failures))
         if all(isinstance(s, Noop) for s in steps):
             return self.noop_delay
-        repeated, self._last_batch = list(steps) == self._last_batch, list(steps)
+        batch = [describe(s) for s in steps]
+        repeated, self._last_batch = batch == self._last_batch, batch
         if repeated:  # it changed nothing the planner can see: a brake, as for a failure
             return self._failed(
                 "The same steps again: the last batch did not change the device. Steps:["
