@@ -156,6 +156,9 @@ class Supervisor:
         engine first finishes what it is in, see state/reconcile.py), then close storage.
         False when a thread did not end in time (storage is then left open for it)."""
         self.server.stop()
+        # An action that killed services (a restart, a purge) starts them again before we go on.
+        if not self.locks.wait_for_actions(timeout=self.reconciler.stop_grace):
+            log.warning("An API action still holds its update locks")
         self.logs.close()
         self.tag_reporter.stop()
         stopped = True

@@ -23,7 +23,7 @@ import requests
 
 from supervisor.cleanup import orphaned_volumes
 from tests.fixtures.cloud import FakeCloud
-from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, write_config_json
+from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for, write_config_json
 from tests.fixtures.docker import TEST_LABEL
 from tests.fixtures.locks import take_user_lock
 
@@ -259,9 +259,7 @@ def test_patch_tags_stores_and_reports_them(cloud_device: SupervisorProcess, fak
     response = requests.patch(cloud_device.url + "/v2/device/tags", json={"room": "attic", "new": "1"},
                               params={"apikey": cloud_device.key}, timeout=10)
     assert (response.status_code, response.json()) == (202, {"status": "success"})
-    deadline = time.monotonic() + 10
-    while not [r for r in fake_cloud.requests if r.method == "PATCH"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: [r for r in fake_cloud.requests if r.method == "PATCH"], "the tags report", cloud_device)
     (sent,) = [r for r in fake_cloud.requests if r.method == "PATCH"]
     assert sent.path == "/device/v3/tags" and sent.body == {UUID: {"room": "attic", "new": "1"}}
     assert sent.headers["Authorization"] == f"Bearer {DEVICE_KEY}"

@@ -526,3 +526,16 @@ def test_a_stop_finishes_only_what_brings_killed_services_back(make_loop) -> Non
     gate.set()
     stopper.join(30)
     assert [steps for _, steps in device.batches] == [[Kill(main)], [Start(main)]]
+
+
+def test_an_app_that_progresses_keeps_its_lock_while_another_apps_step_fails(make_loop, tmp_path) -> None:
+    """Letting go of every lock at each failure would undo app 2's takeLock every round, so its
+    kill (the next round) would never come while app 1's image fails: a livelock."""
+    registry = LockRegistry(str(tmp_path))
+    device = FakeDevice(plans=[[TakeLock(2, ("solo",)), fetch()] for _ in range(3)], locks=registry)
+    device.fail = lambda step: RuntimeError("no such image") if isinstance(step, Fetch) else None
+    loop, _ = make_loop(device, backoff_base=30.0, locks=registry)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: loop.status().failed_updates == 1)
+    assert registry.held() == frozenset({2})  # app 1 (the fetch's) holds nothing, app 2 keeps its lock

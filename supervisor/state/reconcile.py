@@ -192,7 +192,8 @@ class Reconciler(Subsystem):
         self._reboot_requested = False
         #: (app id, service name) of services this run killed while running and has not started again.
         self._open: set[tuple[int, str]] = set()
-        self._backing_off = False  # the round just run backs off (failed, or changed nothing)
+        # Apps whose update locks the backoff after this round lets go of (empty: no backoff).
+        self._stuck_apps: set[int | None] = set()
         self._target_apps: frozenset[int] = frozenset()  # app ids of the last planned target
 
     # ------------------------------------------------------------------ requests (any thread)
@@ -298,10 +299,11 @@ class Reconciler(Subsystem):
                     self._status = _replace(self._status, failed_updates=0)
                     self._last_batch = []
                 force, self._force = force or self._force, False
-            self._backing_off = False
+            self._stuck_apps = set()
             try:
                 steps = self._plan(engine, force)
                 if not steps:
+                    self._open.clear()  # nothing left to start: a killed service left the target
                     self._settled()
                     return  # a trigger that came in meanwhile makes run() apply again at once
                 if self.stopping:
@@ -316,9 +318,9 @@ class Reconciler(Subsystem):
                 # An engine outage is expected and says all in one line; anything else is a bug.
                 log.log(logging.DEBUG if _is_engine_error(err) else logging.ERROR, "Apply round failed",
                         exc_info=True)
-                delay = self._failed(f"Could not apply the target: {err}", locked=False)
-            if self._backing_off:
-                self._let_go()
+                delay = self._failed(f"Could not apply the target: {err}", locked=False, apps={None})
+            if self._stuck_apps:
+                self._let_go(self._stuck_apps)
             if self.wait_on(self._cond, lambda: self._cancel, delay):
                 break
         self._finish(engine, force)
@@ -374,7 +376,8 @@ class Reconciler(Subsystem):
         failures = [r for r in results if not r.ok]
         if failures:
             self._last_batch = []  # its retry doing something is no repeat of a batch without effect
-            return self._failed(_failure_message(failures), locked=all(_locked(r) for r in failures))
+            return self._failed(_failure_message(failures), locked=all(_locked(r) for r in failures),
+                                apps={_app_of(r.step) for r in failures})
         if all(isinstance(s, Noop) for s in steps):
             return self.noop_delay
         batch = [describe(s) for s in steps]
@@ -383,7 +386,7 @@ class Reconciler(Subsystem):
             return self._failed(
                 "The same steps again: the last batch did not change the device. Steps:["
                 + ",".join(f'"{describe(s)}"' for s in steps) + "]",
-                locked=False,
+                locked=False, apps={_app_of(s) for s in steps},
             )
         return 0.0
 
@@ -448,17 +451,20 @@ class Reconciler(Subsystem):
         if self._open:
             log.warning("Stopped with %s not running again", ", ".join(sorted(n for _, n in self._open)))
 
-    def _let_go(self) -> None:
-        """Release every update lock this loop holds before a backoff wait (§4): API actions on
-        those apps must not wait behind an apply that keeps failing."""
+    def _let_go(self, apps: set[int | None]) -> None:
+        """Before a backoff wait, release the update locks of the apps whose steps failed or
+        changed nothing (``None`` in ``apps``: every app) (§4): API actions on those apps must
+        not wait behind an apply that keeps failing. Apps that progressed keep theirs: their
+        next step (a kill after a ``takeLock``) comes in the next round, which must find them."""
         if self.locks is None:
             return
         for app_id in sorted(self.locks.held()):
-            self.locks.release(app_id)
+            if None in apps or app_id in apps:
+                self.locks.release(app_id)
 
-    def _failed(self, message: str, *, locked: bool) -> float:
+    def _failed(self, message: str, *, locked: bool, apps: set[int | None]) -> float:
         """Count a failed round and log it; the backoff before the next."""
-        self._backing_off = True
+        self._stuck_apps = set(apps)
         with self._cond:
             count = self._status.failed_updates + 1
             self._status = _replace(
@@ -522,6 +528,17 @@ def _brings_back(step: Step, services: set[tuple[int, str]]) -> bool:
     if isinstance(step, CreateNetwork | CreateVolume):
         return any(app_id == step.target.app_id for app_id, _ in services)
     return False
+
+
+def _app_of(step: Step) -> int | None:
+    """The app a step works on (None: the device as a whole, e.g. ``cleanup`` or ``reboot``)."""
+    app_id = getattr(step, "app_id", None)
+    if app_id is None:
+        for attr in ("image", "current", "target"):
+            app_id = getattr(getattr(step, attr, None), "app_id", None)
+            if app_id is not None:
+                break
+    return app_id if isinstance(app_id, int) else None
 
 
 def _locked(result: StepResult) -> bool:
