@@ -133,15 +133,34 @@ def _parse_pin(spec: str, pin: str) -> int | str:
     return int(pin) if pin.isdigit() else pin
 
 
+#: The optional extra with the pin library gpiozero needs on a Raspberry Pi (lgpio: /dev/gpiochip*).
+GPIO_EXTRA = "pip install 'pysupervisor[gpio]'"
+
+
+def no_pin_factory_reason(dev: str = "/dev") -> str:
+    """Why gpiozero found no pin factory, and how to get one, in one line (its own message, "Unable
+    to load any default pin factory!", says neither)."""
+    import glob
+
+    if not glob.glob(os.path.join(dev, "gpiochip*")):
+        return (f"this machine has no GPIO chip ({dev}/gpiochip*), so there is no pin to drive; on a "
+                f"Raspberry Pi, install the pin library with {GPIO_EXTRA}")
+    return f"no GPIO pin library is installed: install it with {GPIO_EXTRA}"
+
+
 def _make_gpio(spec: str, pin: int | str, pin_factory: Any) -> LED:
-    from gpiozero import GPIOZeroError, PinInvalidPin
+    from gpiozero import BadPinFactory, GPIOZeroError, PinInvalidPin
 
     try:
         return GpioLed(pin, pin_factory=pin_factory)
     except PinInvalidPin as exc:
         raise ValueError(f"invalid LED spec {spec!r}: {exc}") from exc
+    except BadPinFactory:
+        reason = no_pin_factory_reason()
+        log.warning("identify LED %s unavailable (running without it): %s", spec, reason)
+        return NullLed(f"{spec}: {reason}")
     except (GPIOZeroError, ImportError, OSError, RuntimeError) as exc:
-        # BadPinFactory off a Pi, a pin already in use, no access to /dev/gpiomem, ...
+        # A pin already in use, no access to /dev/gpiomem, ...
         log.warning("identify LED %r unavailable, blinking disabled: %s", spec, exc)
         return NullLed(f"{spec}: {exc}")
 

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
+        "command", nargs="?", choices=("run", "api-key"), default="run",
+        help="run: start the supervisor (default); api-key: print the device's global API key from "
+        "the data directory (the key every API request of a managed device needs) and exit",
+    )
+    parser.add_argument(
         "--root", default=os.environ.get("SUPERVISOR_ROOT"),
         help="prefix for every balenaOS host path: the config is ROOT/mnt/boot/config.json, "
         "locks live in ROOT/tmp/balena-supervisor (env SUPERVISOR_ROOT; default /)",
@@ -102,6 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_api_key(root: str | None, data_dir: str | None) -> int:
+    """``python -m supervisor api-key``: the global key, as the supervisor with the same
+    ``--root``/``--data-dir`` created it. 1 when there is no database there yet: a key made up here
+    would hide a wrong ``--root`` (the supervisor creates the key on its first start)."""
+    from .apikeys import ApiKeys
+    from .db import Database
+    from .paths import Paths
+
+    paths = Paths.create(root, data_dir)
+    if not paths.database.is_file():
+        print(f"supervisor: no database at {paths.database}: start the supervisor once, or pass the "
+              "--root/--data-dir it runs with", file=sys.stderr)
+        return 1
+    db = Database(paths.database)
+    try:
+        print(ApiKeys(db).global_key())
+    finally:
+        db.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -111,15 +137,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.port is not None and not 0 <= args.port < 65536:
         print(f"supervisor: --port must be 0-65535, got {args.port}", file=sys.stderr)
         return 2
+    if args.command == "api-key":
+        return print_api_key(args.root, args.data_dir)
     settings = Settings(root=args.root, data_dir=args.data_dir, port=args.port, host=args.host,
                         led=args.led, blink_seconds=args.blink_seconds, apps=args.apps,
                         host_setup=args.host_setup)
 
+    from .api.server import ListenError
     from .runtime import Supervisor
 
     try:
         supervisor = Supervisor(settings)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ListenError, ValueError) as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return 2
 

@@ -94,6 +94,13 @@ class HostFacts:
     def read(cls, paths: Paths) -> HostFacts:
         release = read_os_release(paths.os_release)
         device_type = _read_json_fields(paths.device_type_json, "slug", "arch")
+        if len(device_type) < 2:  # no device-type.json (a dev board): what the board says
+            from .devicetype import detect
+
+            found = detect(paths)
+            log.info("No device type in %s: detected %s (from %s), arch %s",
+                     paths.device_type_json, found.slug, found.source, found.arch)
+            device_type = {"slug": found.slug, "arch": found.arch, **device_type}
         try:
             hostname = paths.host("/etc/hostname").read_text().strip()
         except OSError:

@@ -30,6 +30,7 @@ from .state.target import from_v2_local, thaw
 from .subsystem import Subsystem
 
 if TYPE_CHECKING:
+    from .cloud import CloudBinder
     from .delta.fetch import DeltaFetcher, DeltaSettings
 
 log = logging.getLogger("supervisor")
@@ -84,6 +85,11 @@ class Supervisor:
         self.api_keys = ApiKeys(self.config.db)
         self.api_keys.global_key()
         self.targets = TargetStore(self.config.db)
+        # The port is taken first: a port in use is then the one line the CLI prints (issue #11).
+        self.app = create_app(self)
+        port = settings.port if settings.port is not None else self.config.listen_port
+        self.server = ApiServer(self.app, settings.host, port,
+                               threads=settings.api_threads + settings.api_streams)
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
@@ -92,10 +98,6 @@ class Supervisor:
         self.blinker = Blinker(led, duration=settings.blink_seconds)
 
         self._init_device_endpoints()
-        self.app = create_app(self)
-        port = settings.port if settings.port is not None else self.config.listen_port
-        self.server = ApiServer(self.app, settings.host, port,
-                               threads=settings.api_threads + settings.api_streams)
 
         # Host paths under the root prefix: "" on a device, so locks are /tmp/balena-supervisor/...
         self.lock_root = str(self.paths.root).rstrip("/")
@@ -105,6 +107,7 @@ class Supervisor:
         self.target_builder = TargetBuilder(
             self.config, self.targets, self.api_keys, self.host,
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
+            supervisor_network=settings.host_setup,
         )
         self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
         self._extra_firmware_unsaved: str | None = None
@@ -119,6 +122,11 @@ class Supervisor:
             hold=self.hold_reason,
         )
         self.subsystems: list[Subsystem] = [self.blinker, self.reconciler]
+        # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
+        self.binder: CloudBinder | None = None
+        if not self.config.unmanaged:
+            self.binder = self._make_binder()
+            self.subsystems.append(self.binder)
 
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -160,10 +168,9 @@ class Supervisor:
         if not self.locks.wait_for_actions(timeout=self.reconciler.stop_grace):
             log.warning("An API action still holds its update locks")
         self.logs.close()
-        self.tag_reporter.stop()
         stopped = True
         for subsystem in reversed(self.subsystems):
-            timeout = self.reconciler.stop_grace + 30 if subsystem is self.reconciler else 2.0
+            timeout = self.reconciler.stop_grace + 30 if subsystem is self.reconciler else 10.0
             if not subsystem.stop(timeout=timeout):
                 log.warning("%s did not stop in time", subsystem.name)
                 stopped = False
@@ -192,18 +199,27 @@ class Supervisor:
         """Containers, images and commits of the managed apps, read now (for the API)."""
         from .state.engine import current_commits
         from .state.images import DOWNLOADED
+        from .state.report import device_images
 
         engine = self.reconciler.require_engine()
         manages = self.reconciler.manages
         services = engine.reader.services(apps=self.managed_apps)
         present = {entry["Id"] for entry in engine.client.api.images()}
-        images = [
-            img for img in engine.images.status()
-            if manages(img["appId"], img["appUuid"])
-            and (img["status"] != DOWNLOADED or img["dockerImageId"] in present)
-        ]
-        commits = {app: c for app, c in current_commits(self.config.db).items() if manages(app)}
-        return Observation(services=services, images=images, commits=commits)
+        # Apps the device has: in the target, or with containers (a removed app's kept images and
+        # stored commit are not reported: issue #11).
+        target = {app.id: app.release.commit if app.release is not None else None
+                  for app in self.targets.get_target(self.target_source).apps.values()}
+        images = device_images(
+            (img for img in engine.images.status()
+             if manages(img["appId"], img["appUuid"])
+             and (img["status"] != DOWNLOADED or img["dockerImageId"] in present)),
+            services, target,
+        )
+        apps = set(target) | {svc.app_id for svc in services}
+        commits = {app: c for app, c in current_commits(self.config.db).items()
+                   if app in apps and manages(app)}
+        return Observation(services=services, images=images, commits=commits,
+                           errors=self.reconciler.errors.snapshot())
 
     def volatile_state(self) -> dict[str, Any]:
         """The device fields the reference keeps in memory (``currentVolatile``)."""
@@ -328,17 +344,16 @@ class Supervisor:
 
     # device endpoints (issue #5) -----------------------------------------------------------------
     def _init_device_endpoints(self) -> None:
-        """The parts behind host-config, tags, logs and streams (supervisor/hostconfig.py, cloud.py,
+        """The parts behind host-config, tags, logs and streams (supervisor/hostconfig.py, cloud/tags.py,
         logs/hub.py, api/streams.py); each edge is a replaceable object for the later host/cloud work."""
         from .api.streams import StreamSlots
-        from .cloud import BalenaApi, TagReporter
+        from .cloud import TagStore
         from .hostconfig import HostConfig
         from .logs.hub import LogHub
 
         self.logs = LogHub()
         self.streams = StreamSlots(self.settings.api_streams)
-        self.cloud = BalenaApi(self.config)
-        self.tag_reporter = TagReporter(self.config, self.cloud)
+        self.tag_store = TagStore(self.config)
         self.host_config = HostConfig(
             self.paths, read_hostname=self._read_hostname, write_hostname=self._write_hostname,
         )
@@ -392,8 +407,42 @@ class Supervisor:
         self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
 
     def update(self, *, force: bool, cancel: bool) -> None:
-        """POST /v1/update: apply the stored target now (there is no cloud poll to run yet)."""
+        """POST /v1/update: a managed device polls the cloud now, ``force`` carried into the apply
+        (§10.3); otherwise, or before the binder is ready, the stored target is applied again."""
+        if self.binder is not None and not self.config.local_mode and self.binder.poll_now(force=force):
+            return
         self.reconciler.trigger(force=force, cancel=cancel)
+
+    def want_tags(self, tags: Mapping[str, str]) -> None:
+        """PATCH /v2/device/tags: stored, and reported by the binder when there is one."""
+        if self.binder is not None:
+            self.binder.tags.want(tags)
+        else:
+            self.tag_store.want(tags)
+
+    # the cloud binder (supervisor/cloud/) ---------------------------------------------------------
+    def _make_binder(self) -> CloudBinder:
+        from . import __version__
+        from .cloud import CloudBinder, Timing
+
+        variant = self.host.os_variant or ("dev" if self.config.json.get("developmentMode") else "prod")
+        user_agent = f"Supervisor/{__version__} (Linux; {self.host.os_version or 'unknown'}; {variant})"
+        return CloudBinder(
+            self.config, CloudDeviceSide(self), timing=Timing.from_env(),
+            report_cache=self.paths.runtime_dir / "state-report-cache", vpn_status=self.paths.vpn_status,
+            user_agent=user_agent, request_timeout_s=self._api_request_timeout_s,
+        )
+
+    def _api_request_timeout_s(self) -> float:
+        """``SUPERVISOR_API_REQUEST_TIMEOUT`` (ms, default 59000), read at every request."""
+        from .config import check_int
+
+        values = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
+        return (check_int(values.get("SUPERVISOR_API_REQUEST_TIMEOUT"), positive=True) or 59000) / 1000
+
+    def config_value(self, name: str) -> str:
+        """A config variable (name without prefix) as the target sets it, else its default."""
+        return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged).get(name, "")
 
     def local_target_view(self) -> dict:
         """GET /v2/local/target-state: the target as the engine sees it (spec §1.4)."""
@@ -420,3 +469,88 @@ class Supervisor:
             }
         config = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
         return {"local": {"name": device.name, "config": config, "apps": apps}}
+
+
+class CloudDeviceSide:
+    """The supervisor as the cloud binder sees it (supervisor/cloud/binder.py ``DeviceSide``)."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self._undervolted: tuple[float, bool] | None = None
+
+    def store_target(self, device: Any) -> None:
+        sup = self.sup
+        sup.targets.set_target(device, sup.config.api_endpoint)
+        sup.config.set_db(cloudTargetReceived=True)
+        log.info("New target state received from the cloud (%d apps)", len(device.apps))
+
+    def apply(self, *, force: bool, cancel: bool) -> None:
+        self.sup.reconciler.trigger(force=force, cancel=cancel)
+
+    def local_mode(self) -> bool:
+        return self.sup.config.local_mode
+
+    def connectivity_check_enabled(self) -> bool:
+        """``connectivityCheckEnabled`` when stored (``/v1/tcp-ping``, config apply), else the target's
+        ``SUPERVISOR_CONNECTIVITY_CHECK`` (default true)."""
+        if self.sup.config.db.get_config("connectivityCheckEnabled") is not None:
+            return bool(self.sup.config.get_db("connectivityCheckEnabled"))
+        return check_truthy(self.sup.config_value("SUPERVISOR_CONNECTIVITY_CHECK"))
+
+    def current_config(self) -> dict[str, str]:
+        """What the device runs with now; until the config-variable module lands (#13), the
+        stored target's values over the defaults."""
+        return with_defaults(self.sup.targets.target_config(), unmanaged=False)
+
+    def facts(self) -> dict[str, Any]:
+        from . import __version__
+
+        host = self.sup.host
+        return {"device_type": host.device_type, "supervisor_version": __version__,
+                "os_version": host.os_version, "os_variant": host.os_variant, "mac_address": host.mac_address}
+
+    def metrics(self) -> dict[str, Any]:
+        """§13.6 metrics, or all None with ``SUPERVISOR_HARDWARE_METRICS=false``; the under-voltage
+        check (a dmesg run) at most every 300 s."""
+        import time
+
+        from .cloud.metrics import disabled_metrics, is_undervolted, system_metrics
+
+        sup = self.sup
+        if not check_truthy(sup.config_value("SUPERVISOR_HARDWARE_METRICS")):
+            values = disabled_metrics()
+        else:
+            values = system_metrics(sup.paths.root, sup.paths.data_dir)
+        now = time.monotonic()
+        if self._undervolted is None or now - self._undervolted[0] > 300:
+            self._undervolted = (now, is_undervolted())
+        values["is_undervolted"] = self._undervolted[1]
+        return values
+
+    def report_state(self) -> dict[str, Any]:
+        """§2.3 device fields and apps (local mode: no ``apps``, no ``logs_channel``)."""
+        from .state import report
+        from .state.reconcile import EngineUnavailableError
+
+        sup = self.sup
+        volatile = sup.volatile_state()
+        variant = sup.host.os_variant or ("dev" if sup.config.json.get("developmentMode") else "prod")
+        state: dict[str, Any] = {
+            "status": "Idle", "api_port": volatile["api_port"], "api_secret": sup.api_keys.global_key(),
+            "os_version": volatile["os_version"], "os_variant": variant,
+            "supervisor_version": volatile["supervisor_version"], "provisioning_progress": None,
+            "provisioning_state": "", "ip_address": volatile.get("ip_address") or "",
+        }
+        if volatile.get("mac_address"):
+            state["mac_address"] = volatile["mac_address"]
+        if sup.config.local_mode:
+            return state
+        state["logs_channel"] = None
+        target = sup.targets.get_target(sup.config.api_endpoint)
+        try:
+            observation = sup.observe()
+        except EngineUnavailableError:
+            return state  # no engine: apps are not known now, the last reported ones stand
+        apps = report.app_states(observation, target)
+        state["apps"] = {uuid: app for uuid, app in apps.items() if uuid in target.apps}
+        return state

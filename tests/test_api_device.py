@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from supervisor.cleanup import orphaned_volumes
-from tests.fixtures.cloud import FakeCloud
+from tests.fakecloud.client import FakeCloud
 from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for, write_config_json
 from tests.fixtures.docker import TEST_LABEL
 from tests.fixtures.locks import take_user_lock
@@ -178,13 +178,6 @@ def test_device_info(device_root: Path, start_supervisor) -> None:
                                "info": {"arch": "aarch64", "deviceType": "raspberrypi4-64"}}
 
 
-def test_device_info_without_device_type_json_is_500(device: SupervisorProcess) -> None:
-    response = device.get("/v2/local/device-info")
-    assert response.status_code == 500
-    body = response.json()
-    assert body["status"] == "failed" and "device-type.json" in body["message"]
-
-
 def test_device_name_is_the_target_name(device: SupervisorProcess) -> None:
     assert device.get("/v2/device/name").json() == {"status": "success", "deviceName": "local"}
     target = {"local": {"name": "kitchen-sensor", "config": {}, "apps": {}}}
@@ -210,29 +203,49 @@ UUID = "a1" * 16
 
 
 @pytest.fixture
-def cloud_device(device_root: Path, start_supervisor, fake_cloud: FakeCloud):
-    fake_cloud.add_device(77, UUID, DEVICE_KEY, tags=[
-        {"id": 1, "tag_key": "room", "value": "kitchen"}, {"id": 2, "tag_key": "floor", "value": "2"}])
-    fake_cloud.add_device(78, "b2" * 16, "e" * 32, tags=[{"id": 3, "tag_key": "other", "value": "x"}])
-    write_config_json(device_root, {"uuid": UUID, "apiEndpoint": fake_cloud.url, "deviceApiKey": DEVICE_KEY,
+def cloud_device(device_root: Path, start_supervisor, fake_api: FakeCloud):
+    """A provisioned device (id 77) with two tags in the fake API, next to another device's."""
+    app = fake_api.create_application("tagfleet")
+    fake_api.create_device(app["id"], UUID, DEVICE_KEY, id=77)
+    fake_api.create_device(app["id"], "b2" * 16, "e" * 32, id=78)
+    for uuid_, key, tags in ((UUID, DEVICE_KEY, {"room": "kitchen", "floor": "2"}), ("b2" * 16, "e" * 32,
+                                                                                      {"other": "x"})):
+        assert requests.patch(f"{fake_api.url}/device/v3/tags", json={uuid_: tags}, timeout=10,
+                              headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    write_config_json(device_root, {"uuid": UUID, "apiEndpoint": fake_api.url, "deviceApiKey": DEVICE_KEY,
                                     "deviceId": 77, "registered_at": 1700000000})
-    sup = start_supervisor(device_root)
+    sup = start_supervisor(device_root, env={"PYSUPERVISOR_CLOUD_TIME_SCALE": "0.01"})
     sup.key = global_api_key(device_root)
     return sup
 
 
-def test_get_tags_asks_the_balena_api(cloud_device: SupervisorProcess, fake_cloud: FakeCloud) -> None:
-    response = cloud_device.get("/v2/device/tags", params={"apikey": cloud_device.key})
+def _tag_requests(fake_api: FakeCloud, method: str) -> list[dict[str, Any]]:
+    return [r for r in fake_api.requests() if r["kind"] in ("odata", "tags_patch") and r["method"] == method]
+
+
+def test_get_tags_asks_the_balena_api(cloud_device: SupervisorProcess, fake_api: FakeCloud) -> None:
+    response = wait_for_status(cloud_device, "/v2/device/tags", cloud_device.key)
     assert response.status_code == 200
-    assert response.json() == {"status": "success", "tags": [
-        {"id": 1, "name": "room", "value": "kitchen"}, {"id": 2, "name": "floor", "value": "2"}]}
-    (sent,) = [r for r in fake_cloud.requests if r.path == "/v7/device_tag"]
-    assert sent.query == {"$select": ["id,tag_key,value"], "$filter": ["device eq 77"]}
-    assert sent.headers["Authorization"] == f"Bearer {DEVICE_KEY}"
+    assert sorted(response.json()["tags"], key=lambda t: t["name"]) == [
+        {"id": 2, "name": "floor", "value": "2"}, {"id": 1, "name": "room", "value": "kitchen"}]
+    sent = [r for r in _tag_requests(fake_api, "GET") if r["path"] == "/v7/device_tag"]
+    assert sent and sent[0]["query"] == "%24select=id%2Ctag_key%2Cvalue&%24filter=device+eq+77"
 
 
-def test_get_tags_is_500_when_the_api_fails(cloud_device: SupervisorProcess, fake_cloud: FakeCloud) -> None:
-    fake_cloud.fail_with = 502
+def wait_for_status(sup: SupervisorProcess, path: str, key: str, timeout: float = 60) -> requests.Response:
+    """The answer once the device is provisioned and ready (409 before)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = sup.get(path, params={"apikey": key})
+        if response.status_code != 409 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
+
+
+def test_get_tags_is_500_when_the_api_fails(cloud_device: SupervisorProcess, fake_api: FakeCloud) -> None:
+    wait_for_status(cloud_device, "/v2/device/tags", cloud_device.key)
+    time.sleep(0.2)  # the list fetched first is fresh for 0.1 s (10 s x the test time scale)
+    fake_api.fault("status", path="^/v7/device_tag", status=502)
     response = cloud_device.get("/v2/device/tags", params={"apikey": cloud_device.key})
     assert response.status_code == 500
     assert response.json() == {"status": "failed", "message": "The balena API answered 502"}
@@ -246,25 +259,32 @@ def test_get_tags_without_a_cloud_is_409(device: SupervisorProcess) -> None:
         "status": "failed", "message": "Device tags are kept by the balena cloud: this device is unmanaged"})
 
 
-def test_get_tags_not_provisioned_is_409(device_root: Path, start_supervisor, fake_cloud: FakeCloud) -> None:
-    write_config_json(device_root, {"uuid": UUID, "apiEndpoint": fake_cloud.url, "deviceApiKey": DEVICE_KEY})
-    sup = start_supervisor(device_root)  # no deviceId yet: the device is not provisioned
+def test_get_tags_not_provisioned_is_409(device_root: Path, start_supervisor, fake_api: FakeCloud) -> None:
+    write_config_json(device_root, {"uuid": UUID, "apiEndpoint": fake_api.url, "deviceApiKey": DEVICE_KEY})
+    sup = start_supervisor(device_root)  # no deviceId and no provisioning key: never provisioned
     response = sup.get("/v2/device/tags", params={"apikey": global_api_key(device_root)})
     assert (response.status_code, response.json()) == (409, {
         "status": "failed", "message": "The device is not provisioned yet (no deviceId)"})
-    assert fake_cloud.requests == []
+    assert [r for r in fake_api.requests() if r["kind"] != "ping"] == []
 
 
-def test_patch_tags_stores_and_reports_them(cloud_device: SupervisorProcess, fake_cloud: FakeCloud) -> None:
+def test_patch_tags_stores_and_reports_them(cloud_device: SupervisorProcess, fake_api: FakeCloud) -> None:
+    wait_for_status(cloud_device, "/v2/device/tags", cloud_device.key)
     response = requests.patch(cloud_device.url + "/v2/device/tags", json={"room": "attic", "new": "1"},
                               params={"apikey": cloud_device.key}, timeout=10)
     assert (response.status_code, response.json()) == (202, {"status": "success"})
-    wait_for(lambda: [r for r in fake_cloud.requests if r.method == "PATCH"], "the tags report", cloud_device)
-    (sent,) = [r for r in fake_cloud.requests if r.method == "PATCH"]
-    assert sent.path == "/device/v3/tags" and sent.body == {UUID: {"room": "attic", "new": "1"}}
-    assert sent.headers["Authorization"] == f"Bearer {DEVICE_KEY}"
-    tags = cloud_device.get("/v2/device/tags", params={"apikey": cloud_device.key}).json()["tags"]
-    assert {t["name"]: t["value"] for t in tags} == {"room": "attic", "floor": "2", "new": "1"}
+    wait_for(lambda: fake_api.device(UUID)["tags"] == {"room": "attic", "floor": "2", "new": "1"},
+             "the tags reported", cloud_device, timeout=20)
+    assert fake_api.device("b2" * 16)["tags"] == {"other": "x"}
+    setup_a, setup_b, sent = _tag_requests(fake_api, "PATCH")  # the fixture's two, then the device's one
+    assert sent["path"] == "/device/v3/tags" and sent["status"] == 200 and sent["uuid"] == UUID
+
+    def device_tags() -> dict[str, str]:  # the binder's list, updated once the cloud has answered
+        tags = cloud_device.get("/v2/device/tags", params={"apikey": cloud_device.key}).json()["tags"]
+        return {t["name"]: t["value"] for t in tags}
+
+    wait_for(lambda: device_tags() == {"room": "attic", "floor": "2", "new": "1"}, "the device's tags",
+             cloud_device, context=device_tags)
     with _db(cloud_device.root) as conn:
         (target,) = conn.execute("SELECT value FROM config WHERE key = 'targetTags'").fetchone()
     assert json.loads(target) == {"room": "attic", "new": "1"}

@@ -699,38 +699,94 @@ def test_names():
     ("name", "label", "expected"),
     [
         ("1234_default", None, naming.ParsedNetworkName("default", app_id=1234)),
-        ("1234_default", 99, naming.ParsedNetworkName("default", app_id=99, app_uuid="1234")),
+        ("1234_default", 1234, naming.ParsedNetworkName("default", app_id=1234, app_uuid="1234")),
         ("deadbeef_my_net", None, naming.ParsedNetworkName("my_net", app_uuid="deadbeef")),
         ("deadbeef_x", 5, naming.ParsedNetworkName("x", app_id=5, app_uuid="deadbeef")),
+        ("0_default", 0, naming.ParsedNetworkName("default", app_id=0, app_uuid="0")),
     ],
 )
 def test_parse_network_name(name, label, expected):
     assert naming.parse_network_name(name, label) == expected
 
 
-@pytest.mark.parametrize("bad", ["abcd", "nothex_x", "1234", "zz_x"])
-def test_parse_network_name_rejects(bad):
+# Foreign names: not a form the supervisor writes, so never read as an app's network.
+@pytest.mark.parametrize(
+    ("bad", "label"),
+    [
+        ("abcd", None),
+        ("nothex_x", None),
+        ("1234", None),
+        ("zz_x", None),
+        ("x7119_default", 7119),  # the issue's prefix
+        ("1234_default", 99),  # app 1234's name, app 99's label
+        ("07119_default", 7119),  # a leading zero: not str(int)
+        ("07119_default", None),
+        ("7119_default ", 7119),  # trailing text
+        ("7119_default\nx", 7119),
+        ("7119_-default", 7119),  # not a compose name
+        ("7119__default", 7119),
+        ("7119_", 7119),
+    ],
+)
+def test_parse_network_name_rejects(bad, label):
     with pytest.raises(InvalidNameError):
-        naming.parse_network_name(bad)
+        naming.parse_network_name(bad, label)
 
 
 def test_parse_volume_name():
     assert naming.parse_volume_name("12_data_dir") == (12, "data_dir")
-    with pytest.raises(InvalidNameError):
-        naming.parse_volume_name("data")
+    assert naming.parse_volume_name("12_data.v2-x") == (12, "data.v2-x")
+    assert naming.parse_volume_name("0_data") == (0, "data")
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"),
+    "bad",
+    ["data", "x7119_data", "my7119_data", "a_7119_data", "07119_data", "-7119_data", "7119_", "7119__data",
+     "7119_data ", "7119_data\n", "7119_da ta", "extra-firmware", "12a_data", "\u0667119_data"],
+)
+def test_parse_volume_name_rejects_foreign_names(bad):
+    """The reference's unanchored search took ``x7119_data`` for app 7119's volume ``data``."""
+    with pytest.raises(InvalidNameError):
+        naming.parse_volume_name(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "service", "expected"),
     [
-        ("/main_11_1_deadbeef", ("main", 11, 1, "deadbeef")),
-        ("my_service_431889_572579", ("my_service", 431889, 572579, None)),
-        ("one_11_1_deadbeef", ("one", 11, 1, "deadbeef")),
-        ("nonsense", None),
+        ("/main_11_1_deadbeef", "main", (11, 1, "deadbeef")),
+        ("my_service_431889_572579", "my_service", (431889, 572579, None)),  # before commits were named
+        ("one_11_1_deadbeef", "one", (11, 1, "deadbeef")),
+        ("/old_main_11_1_deadbeef", "main", (11, 1, "deadbeef")),  # a hand-over under way
+        ("/old_main_11_1_deadbeef", "old_main", (11, 1, "deadbeef")),
+        ("/main_11_1_dead_beef", "main", (11, 1, "dead_beef")),
+        ("/main_0_0_None", "main", (0, 0, "None")),
     ],
 )
-def test_parse_container_name(name, expected):
-    assert naming.parse_container_name(name) == expected
+def test_parse_container_name(name, service, expected):
+    assert naming.parse_container_name(name, service) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "service"),
+    [
+        ("nonsense", "main"),
+        ("/xmain_11_1_deadbeef", "main"),  # another service's (or nobody's) name
+        ("/main_11_1_deadbeef", "mai"),
+        ("/main_11_1_deadbeef", "ain"),
+        ("/main_11_1_deadbeef", "other"),
+        ("/main_11_1_deadbeef", ""),
+        ("/backup-main_11_1_deadbeef", "main"),
+        ("/main_011_1_deadbeef", "main"),
+        ("/main_11_-1_deadbeef", "main"),
+        ("/main_11_1_", "main"),
+        ("/main_11_1_dead beef", "main"),
+        ("/main_11", "main"),
+        ("/main_x_1_deadbeef", "main"),
+        ("/new_main_11_1_deadbeef", "main"),
+    ],
+)
+def test_parse_container_name_rejects_foreign_names(name, service):
+    assert naming.parse_container_name(name, service) is None
 
 
 @given(
@@ -741,4 +797,15 @@ def test_parse_container_name(name, expected):
 )
 def test_container_name_round_trip(service, image_id, release_id, commit):
     name = naming.container_name(service, image_id, release_id, commit)
-    assert naming.parse_container_name("/" + name) == (service, image_id, release_id, commit)
+    assert naming.parse_container_name("/" + name, service) == (image_id, release_id, commit)
+
+
+@given(st.integers(0, 10**12), st.from_regex(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}", fullmatch=True))
+def test_volume_and_network_names_round_trip(app_id, name):
+    """Every name the supervisor writes reads back (else it would create it again every round)."""
+    assert naming.parse_volume_name(naming.volume_name(app_id, name)) == (app_id, name)
+    legacy = naming.network_name(str(app_id), name)
+    assert naming.parse_network_name(legacy, app_id) == naming.ParsedNetworkName(name, app_id, str(app_id))
+    uuid = "0123456789abcdef" * 2
+    parsed = naming.parse_network_name(naming.network_name(uuid, name), app_id)
+    assert parsed == naming.ParsedNetworkName(name, app_id, uuid)

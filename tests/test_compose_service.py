@@ -729,6 +729,10 @@ def test_from_container_legacy_names_and_labels():
         ({"io.balena.service-id": "1"}, "/a_1_2_c"),
         ({"io.balena.app-id": "1", "io.balena.service-id": "x"}, "/a_1_2_c"),
         ({"io.balena.app-id": "1", "io.balena.service-id": "1"}, "/no-ids-here"),
+        # Foreign names wearing an app's labels (issue #10 §3): the name must be the service's own.
+        ({"io.balena.app-id": "1", "io.balena.service-id": "1", "io.balena.service-name": "a"}, "/xa_1_2_c"),
+        ({"io.balena.app-id": "1", "io.balena.service-id": "1", "io.balena.service-name": "a"}, "/b_1_2_c"),
+        ({"io.balena.app-id": "1", "io.balena.service-id": "1"}, "/a_1_2_c"),
     ],
 )
 def test_from_container_rejects_unsupervised(labels, name):
@@ -739,7 +743,7 @@ def test_from_container_rejects_unsupervised(labels, name):
 
 
 def test_parse_container_name_is_exported():
-    assert parse_container_name("/api_9001_50001_c0ffee") == ("api", 9001, 50001, "c0ffee")
+    assert parse_container_name("/api_9001_50001_c0ffee", "api") == (9001, 50001, "c0ffee")
 
 
 # --------------------------------------------------------------------------- comparison

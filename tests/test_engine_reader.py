@@ -172,6 +172,35 @@ def test_legacy_and_malformed_supervised_containers(busybox_image, device, docke
     assert svc.status == "Installed"
 
 
+def test_objects_wearing_the_apps_labels_under_foreign_names_are_not_the_apps(
+    busybox_image, device, docker_client, docker_cleanup
+):
+    """Issue #10 §3: names are matched whole. A supervised volume ``x<appId>_data``, a network
+    labelled with the app's id but named for another app or uuid, and a container labelled as the
+    app's service ``main`` but named otherwise are someone else's: the app does not contain them."""
+    services, networks, volume = deploy(device, busybox_image)
+    api = docker_client.api
+    app_id = device.app_id
+    supervised = {**LABELS, "io.balena.supervised": "true", "io.balena.app-uuid": device.app_uuid}
+    for name in (f"x{app_id}_data", f"0{app_id}_data", f"my{app_id}_data"):
+        docker_cleanup.append(api.create_volume(name, labels=supervised)["Name"])
+    net_labels = {**LABELS, "io.balena.supervised": "true", "io.balena.app-id": str(app_id)}
+    for name in (f"f{app_id}_default", f"{app_id + 1}_default", f"{device.app_uuid}x_default"):
+        docker_cleanup.append(api.create_network(name, labels=net_labels)["Id"])
+    main_labels = {**LABELS, **services[0].config["labels"]}
+    for name in ("xmain_1_2_c", "main-copy_1_2_c", "main_01_2_c"):
+        foreign = api.create_container(busybox_image, labels=main_labels, name=f"{name}{device.token[:8]}")
+        docker_cleanup.append(foreign["Id"])
+
+    for state in (device.read(), device.reader.read(apps={device.app_uuid}, uuids={app_id: device.app_uuid})):
+        app = state.apps[device.app_uuid]
+        assert sorted(n.docker_name for n in app.networks) == sorted(n.docker_name for n in networks)
+        assert [v.docker_name for v in app.volumes] == [volume.docker_name]
+        assert sorted(s.service_name for s in app.services) == ["db", "main"]
+        assert len(app.services) == 2
+        assert len(state.apps) == 1
+
+
 def test_locks_downloads_and_volatile_statuses(busybox_image, device):
     device.executor.execute(CreateNetwork(device.network()))
     device.executor.execute(Start(device.service("main", busybox_image)))
@@ -219,10 +248,13 @@ def test_an_unchanged_engine_is_read_with_list_calls_only(busybox_image, device,
     docker_client.api.rename(main.container_id, f"renamed-{device.token[:8]}")
     calls.clear()
     state = device.read()
-    assert f"/containers/{main.container_id}/json" in calls and len(calls) == 5
-    assert {s.service_name for s in state.apps[device.app_uuid].services} == {"db"}  # not ours by name
+    # Renamed out of the supervisor's names: not ours any more, which the listing alone tells.
+    assert f"/containers/{main.container_id}/json" not in calls and len(calls) == 4
+    assert {s.service_name for s in state.apps[device.app_uuid].services} == {"db"}
     docker_client.api.rename(main.container_id, main.container_name())
+    calls.clear()
     assert device.current("main").status == "exited"
+    assert f"/containers/{main.container_id}/json" in calls  # stopped since its cached read
 
     # docker update (not in the listing) is seen once the cached read is old enough.
     db = device.current("db")

@@ -51,7 +51,7 @@ class FakeDevice:
             raise ConnectionError("no engine here")
         return Engine(client=None, images=FakeImages(), executor=self, reader=self)  # type: ignore[arg-type]
 
-    def read(self, apps: Any = None) -> object:
+    def read(self, apps: Any = None, uuids: Any = None) -> object:
         return object()
 
     def plan(self, _current: object, _target: object, ctx: PlanContext) -> list[Step]:
@@ -245,7 +245,7 @@ def test_engine_errors_while_reading_count_as_failures(make_loop) -> None:
     device = FakeDevice()
     calls = {"n": 0}
 
-    def read(apps: Any = None) -> object:
+    def read(apps: Any = None, uuids: Any = None) -> object:
         calls["n"] += 1
         if calls["n"] == 1:
             raise ConnectionError("engine went away")

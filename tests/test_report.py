@@ -17,8 +17,10 @@ from supervisor.state.report import (
     applications_state,
     container_ids,
     created_at_iso,
+    device_images,
     legacy_app_state,
     legacy_apps,
+    service_error,
     state_status,
     update_status,
     v1_device,
@@ -257,3 +259,77 @@ def test_an_app_scoped_key_sees_only_its_app(scoped_client) -> None:
     response = scoped_client.get("/v2/applications/1/state", query_string=key)
     assert (response.status_code, response.get_json()["message"]) == (409, "Application ID does not exist: 1")
     assert scoped_client.get("/v2/state/status").status_code == 401
+
+
+# ------------------------------------------------------------------ apply errors (issue #11)
+def _result(step: Any, reason: str | None = None, cause: Exception | None = None) -> Any:
+    from supervisor.state.executor import StepError, StepResult
+
+    if reason is None:
+        return StepResult(step)
+    error = StepError(step, reason)
+    error.__cause__ = cause
+    return StepResult(step, error)
+
+
+def _image(service: str = "main") -> Any:
+    from supervisor.state.current import Image
+
+    return Image(name="reg/app:1", app_id=1, app_uuid="uuid1", service_id=11, service_name=service,
+                 image_id=101, release_id=1, commit="c1")
+
+
+def test_service_errors_count_in_a_row_and_clear_on_success() -> None:
+    from supervisor.state.errors import ServiceErrors
+    from supervisor.state.images import ImageDownloadBackoffError
+    from supervisor.state.steps import Fetch, TakeLock
+
+    now = [1000.0]
+    errors = ServiceErrors(clock=lambda: now[0])
+    fetch = Fetch(_image(), "main")
+    errors.note([_result(fetch, "manifest unknown")])
+    now[0] = 1010.0
+    errors.note([_result(fetch, "retrying in 1s", ImageDownloadBackoffError("later"))])  # not an attempt
+    (error,) = errors.snapshot().values()
+    assert (error.message, error.since, error.retries) == ("manifest unknown", 1000.0, 1)
+    assert error.action == "fetch"
+    errors.note([_result(fetch, "manifest unknown again")])
+    assert errors.snapshot()[(1, "main")].retries == 2 and errors.snapshot()[(1, "main")].since == 1000.0
+
+    errors.note([_result(TakeLock(2), "Lockfile exists")])  # no services named: the whole app
+    obs = Observation(services=[svc("db", 2)], errors=errors.snapshot())
+    assert service_error(obs, 2, "db", obs.services[0])["message"] == "Lockfile exists"
+    body = state_status(obs, applying=True)
+    assert body["containers"][0]["error"]["retries"] == 1
+
+    errors.note([_result(fetch)])
+    assert (1, "main") not in errors.snapshot() and (2, None) in errors.snapshot()
+    errors.clear()
+    assert errors.snapshot() == {}
+
+
+def test_failed_fetch_is_listed_and_v1_device_names_the_step() -> None:
+    from supervisor.state.errors import ServiceErrors
+    from supervisor.state.steps import Fetch
+
+    errors = ServiceErrors(clock=lambda: 0.5)
+    errors.note([_result(Fetch(_image(), "main"), "manifest unknown")])
+    obs = Observation(errors=errors.snapshot())
+    (image,) = state_status(obs, applying=True)["images"]
+    assert image["name"] == "reg/app:1" and image["dockerImageId"] is None
+    assert image["error"] == {"message": "manifest unknown", "since": "1970-01-01T00:00:00.500Z",
+                              "retries": 1}
+    volatile = {"api_port": 1, "supervisor_version": "x", "update_failed": True}
+    device = v1_device(obs, volatile, applying=True)
+    assert device["status"] == "Failed to download image" and device["error"] == "manifest unknown"
+    device = v1_device(Observation(), volatile, applying=True, last_error="engine gone")
+    assert device["status"] == "Update failed" and device["error"] == "engine gone"
+
+
+def test_device_images_once_per_service_and_only_for_apps_on_the_device() -> None:
+    rows = [img("a", commit="c1"), img("a", commit="c2"), img("a", commit="c3"),
+            img("b", commit="c1", service="worker"), img("gone", 9)]
+    current = [svc("main", commit="c2")]
+    chosen = device_images(rows, current, {1: "c2"})
+    assert sorted((i["name"], i["commit"]) for i in chosen) == [("a", "c2"), ("b", "c1")]
+    assert device_images(rows, [], {}) == []

@@ -21,6 +21,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.config import SchemathesisConfig
@@ -34,8 +35,8 @@ from schemathesis.specs.openapi.checks import (
 from supervisor.api.openapi import document
 from supervisor.runtime import Settings, Supervisor
 from supervisor.state.target import from_v2_local
+from tests.fakecloud.client import FakeCloud
 from tests.fixtures.apps import local_target, main_service_app, remove_app
-from tests.fixtures.cloud import FakeCloud
 from tests.fixtures.device import free_port, write_config_json
 
 pytestmark = pytest.mark.docker
@@ -80,14 +81,20 @@ def fuzz(docker_client, make_image, tmp_path_factory) -> Iterator[FuzzDevice]:
     image = f"pysupervisor-test/fuzz-{uuid.uuid4().hex[:12]}:latest"
     make_image(image)
     root = tmp_path_factory.mktemp("fuzz") / "root"
-    # Managed (a key is needed) and provisioned on a fake balena API, so tags can be read.
-    cloud = FakeCloud()
-    cloud.add_device(4242, "f" * 32, "d" * 32, tags=[{"id": 1, "tag_key": "fuzz", "value": "yes"}])
+    # Managed (a key is needed) and provisioned on the fake balena API, so tags can be read. Its
+    # target GET fails (503) so the binder never replaces the fuzz app's stored target.
+    cloud = FakeCloud(tmp_path_factory.mktemp("fakecloud"), free_port()).start()
+    fleet = cloud.create_application("fuzzfleet")
+    cloud.create_device(fleet["id"], "f" * 32, "d" * 32, id=4242)
+    cloud.fault("status", path="^/device/v3/[0-9a-f]+/state$", status=503)
+    assert requests.patch(f"{cloud.url}/device/v3/tags", json={"f" * 32: {"fuzz": "yes"}}, timeout=10,
+                          headers={"Authorization": f"Bearer {'d' * 32}"}).status_code == 200
     write_config_json(root, {"uuid": "f" * 32, "apiEndpoint": cloud.url, "deviceApiKey": "d" * 32,
-                             "deviceId": 4242, "deviceType": "generic-amd64"})
+                             "deviceId": 4242, "registered_at": 1700000000, "deviceType": "generic-amd64"})
     (root / "mnt/boot/device-type.json").write_text('{"slug": "generic-amd64", "arch": "amd64"}')
     sup = Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none",
                               blink_seconds=0.2, apps=(app_id,), host_setup=False))
+    sup.config.set_db(initialConfigReported=cloud.url)  # no initial target GET (it would fail)
     try:
         sup.start()
         app = main_service_app(f"fuzz-{app_id}", image, image_id=901, service_id=91, volumes={"data": {}})
@@ -107,7 +114,7 @@ def fuzz(docker_client, make_image, tmp_path_factory) -> Iterator[FuzzDevice]:
         yield FuzzDevice(sup=sup, app_id=app_id, key=key, schema=schema)
     finally:
         sup.stop()
-        cloud.close()
+        cloud.stop()
         remove_app(docker_client, app_id, volumes=True)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 
 from . import auth, errors, openapi, v1, v2
 
@@ -16,6 +17,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervisor.api")
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # the reference's body-parser limit
+REASON_MAX: Final = 300  # characters of an error message in the request log
+
+
+def _reason(response: Response) -> str:
+    """The message of an error response (JSON ``message``/``Error`` or a short text body), one line."""
+    if response.direct_passthrough or response.is_streamed:
+        return ""
+    data = response.get_data(as_text=True)[:2000]
+    if response.is_json:
+        try:
+            body = json.loads(data)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            data = str(body.get("message") or body.get("Error") or "")
+    line = " ".join(data.split())
+    return line if len(line) <= REASON_MAX else line[: REASON_MAX - 3] + "..."
+
+
+def log_request(response: Response) -> None:
+    """One line per request: DEBUG when it went well (a client polling ``/v2/state/status`` must not
+    flood the journal), INFO with the reason for a client error, ERROR for a server error. The
+    path only: the query string may carry an API key, which must never be logged."""
+    status = response.status_code
+    elapsed = (time.monotonic() - g.get("started", time.monotonic())) * 1000
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.ERROR
+    if not log.isEnabledFor(level):
+        return
+    if status < 400:
+        log.debug("%s %s %s - %.1f ms", request.method, request.path, status, elapsed)
+        return
+    log.log(level, "%s %s %s - %.1f ms: %s", request.method, request.path, status, elapsed, _reason(response))
 
 
 def create_app(supervisor: Supervisor) -> Flask:
@@ -32,9 +65,7 @@ def create_app(supervisor: Supervisor) -> Flask:
 
     @app.after_request
     def _log_request(response):  # type: ignore[no-untyped-def]
-        # The path only: the query string may carry an API key, which must never be logged.
-        elapsed = (time.monotonic() - g.get("started", time.monotonic())) * 1000
-        log.info("%s %s %s - %.1f ms", request.method, request.path, response.status_code, elapsed)
+        log_request(response)
         return response
 
     auth.install(app)

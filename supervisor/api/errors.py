@@ -51,13 +51,11 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(EngineUnavailableError)
     def _no_engine(exc: EngineUnavailableError):  # type: ignore[no-untyped-def]
-        log.warning("%s %s: %s", request.method, request.path, exc)  # no traceback: a known state
-        return failed(str(exc), 503)
+        return failed(str(exc), 503)  # no traceback: a known state (the request log says it)
 
     @app.errorhandler(UpdatesLockedError)
     def _locked(exc: UpdatesLockedError):  # type: ignore[no-untyped-def]
         # As the reference: 423 with the lock's message, and not logged as an error.
-        log.info("%s %s: %s", request.method, request.path, exc)
         return failed(str(exc), 423)
 
     @app.errorhandler(Exception)

@@ -122,6 +122,20 @@ SERVICE_BODY = _obj(
 )
 
 SCHEMAS: dict[str, Schema] = {
+    "ServiceError": {
+        **_obj(
+            ["message", "since", "retries"],
+            message={"type": "string", "description": "The last failure, e.g. the registry's `manifest "
+                     "unknown`, the engine's start error, `Lockfile exists for ...`, or `The container "
+                     "keeps restarting: exited with code 3`"},
+            since={"type": ["string", "null"], "description": "ISO 8601 UTC: the first failure in a row "
+                   "(for a crash loop: the container's last exit)"},
+            retries={"type": "integer", "minimum": 0, "description": "Failed attempts in a row (for a "
+                     "crash loop: the engine's restart count)"},
+        ),
+        "description": "Why the service is not as the target wants it (present only while it is not; "
+                       "not in the reference)",
+    },
     "Failed": _obj(["status", "message"], status=_const("failed"), message={"type": "string"}),
     "Success": _obj(["status"], status=_const("success")),
     "PowerResult": _obj(
@@ -144,8 +158,13 @@ SCHEMAS: dict[str, Schema] = {
         os_version={"type": ["string", "null"]}, mac_address={"type": ["string", "null"]},
         supervisor_version={"type": "string"}, update_pending={"type": "boolean"},
         update_failed={"type": "boolean"}, update_downloaded={"type": "boolean"},
-        commit={"type": ["string", "null"]}, status={"type": ["string", "null"]},
+        commit={"type": ["string", "null"]},
+        status={"type": ["string", "null"], "description": "The first service's status (`Running` reads "
+                "`Idle`); while the update fails, the failing step (e.g. `Failed to download image`, "
+                "`Updates locked`)"},
         download_progress={"type": ["integer", "number", "null"]},
+        error={"type": "string", "description": "While the update fails or the first service keeps "
+               "restarting: the last error message (not in the reference)"},
     ),
     "Proxy": _obj(
         type={"type": "string", "enum": ["socks4", "socks5", "http-connect", "http-relay"]},
@@ -172,7 +191,7 @@ SCHEMAS: dict[str, Schema] = {
             services={"type": "object", "additionalProperties": _obj(
                 status={"type": "string"}, image={"type": ["string", "null"]},
                 downloadProgress={"type": ["integer", "number", "null"]},
-                releaseId={"type": ["integer", "null"]},
+                releaseId={"type": ["integer", "null"]}, error=_ref("ServiceError"),
             )},
         ),
     },
@@ -198,11 +217,13 @@ SCHEMAS: dict[str, Schema] = {
             status={"type": "string"}, serviceName={"type": "string"}, appId={"type": "integer"},
             imageId={"type": ["integer", "null"]}, serviceId={"type": ["integer", "null"]},
             containerId={"type": "string"}, createdAt={"type": ["string", "null"]},
+            error=_ref("ServiceError"),
         )},
         images={"type": "array", "items": _obj(
             name={"type": "string"}, appId={"type": "integer"}, serviceName={"type": "string"},
             imageId={"type": ["integer", "null"]}, dockerImageId={"type": ["string", "null"]},
             status={"type": "string"}, downloadProgress={"type": ["integer", "number", "null"]},
+            error=_ref("ServiceError"),
         )},
         release={"type": ["string", "null"]},
     ),
@@ -336,6 +357,22 @@ def _paths() -> dict[str, dict[str, Any]]:
                                                  "in progress"})),
             tag="v1",
         )},
+        "/v1/tcp-ping": {
+            verb: _op(
+                f"{what} the TCP connectivity heartbeat (older API docs): today's connectivity "
+                "check, `SUPERVISOR_CONNECTIVITY_CHECK`",
+                {204: {"description": f"{what}d; no body"}}, tag="v1",
+            )
+            for verb, what in (("post", "Enable"), ("delete", "Disable"))
+        },
+        **{
+            f"/v1/{name}": {"post": _op(
+                f"Removed (older API docs): {summary}",
+                {410: _failed("Gone: the message names the replacement, the host's SSH on port 22222 "
+                              "(`balena ssh`)")}, tag="v1",
+            )}
+            for name, summary in (("spawn-tty", "open a web terminal"), ("despawn-tty", "close it"))
+        },
         "/v1/device/host-config": {
             "get": _op(
                 "Hostname and proxy of the host OS",

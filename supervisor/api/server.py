@@ -7,6 +7,7 @@ poll timeout, then shut the worker pool down.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 
@@ -15,17 +16,34 @@ from flask import Flask
 log = logging.getLogger(__name__)
 
 
+class ListenError(Exception):
+    """The API cannot listen where it was told to; the message is one line naming the address."""
+
+
+def _listen_error(host: str, port: int, err: OSError) -> ListenError:
+    if err.errno == errno.EADDRINUSE:
+        return ListenError(f"port {port} is already in use on {host}: stop what listens there "
+                           "(another supervisor?) or choose another port with --port")
+    if err.errno == errno.EACCES:
+        return ListenError(f"no permission to listen on port {port} ({host}): "
+                           "use a port above 1023, or run as root")
+    return ListenError(f"cannot listen on {host}:{port}: {err.strerror or err}")
+
+
 class ApiServer:
     def __init__(self, app: Flask, host: str, port: int, threads: int = 8) -> None:
         from waitress.server import create_server
 
-        self._server = create_server(
-            app, host=host, port=port, threads=threads, ident="supervisor",
-            clear_untrusted_proxy_headers=True,
-            # Keep reading a connection during its request, so a stream sees its client leave
-            # (``waitress.client_disconnected``, supervisor/api/streams.py).
-            channel_request_lookahead=1,
-        )
+        try:
+            self._server = create_server(
+                app, host=host, port=port, threads=threads, ident="supervisor",
+                clear_untrusted_proxy_headers=True,
+                # Keep reading a connection during its request, so a stream sees its client leave
+                # (``waitress.client_disconnected``, supervisor/api/streams.py).
+                channel_request_lookahead=1,
+            )
+        except OSError as err:  # bind() failed: say where, in one line (the CLI exits 2)
+            raise _listen_error(host, port, err) from None
         self._thread: threading.Thread | None = None
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from ..apikeys import KeyNotFoundError
 from ..compose.validation import check_int, check_truthy
@@ -79,7 +79,8 @@ def update() -> Response:
 def device() -> Response:
     sup = supervisor()
     status = sup.reconciler.status()
-    return jsonify(report.v1_device(sup.observe(), sup.volatile_state(), applying=status.applying))
+    return jsonify(report.v1_device(sup.observe(), sup.volatile_state(), applying=status.applying,
+                                    last_error=status.last_error))
 
 
 # --- device endpoints (issue #5) -----------------------------------------------------------------
@@ -218,3 +219,32 @@ def reboot() -> Response:
 @bp.post("/v1/shutdown")
 def shutdown() -> Response:
     return _power(False)
+
+
+# --- endpoints of the older API docs (issue #11) ---------------------------------------------------
+@bp.route("/v1/tcp-ping", methods=["POST", "DELETE"])
+def tcp_ping() -> Response:
+    """Turn the TCP heartbeat used while the VPN is down on (POST) or off (DELETE): 204, no body.
+
+    That heartbeat became the connectivity check; the setting is its config value
+    ``connectivityCheckEnabled`` (``SUPERVISOR_CONNECTIVITY_CHECK``, spec §10.7), which the check
+    reads. A later device-config apply of the variable overrides it, as for any config value."""
+    enabled = request.method == "POST"
+    supervisor().config.set_db(connectivityCheckEnabled=enabled)
+    log.info("Connectivity check %s (tcp-ping)", "enabled" if enabled else "disabled")
+    return Response(status=204)
+
+
+#: What replaced the web terminal of ``spawn-tty`` (a tty.js tunnel, gone since the 2017 API).
+TTY_GONE = (
+    "The web terminal (spawn-tty/despawn-tty) was removed from the supervisor. Use the host's SSH "
+    "server on port 22222 instead: `balena ssh <device uuid>` (or `ssh -p 22222 root@<device address>` "
+    "on a development image)."
+)
+
+
+@bp.post("/v1/spawn-tty")
+@bp.post("/v1/despawn-tty")
+def spawn_tty() -> Response:
+    """410 Gone naming the replacement: a 404 would read like a typo in the path."""
+    return failed(TTY_GONE, 410)

@@ -12,7 +12,7 @@ from ..state import report
 from ..state.target import TargetStateError
 from .app_actions import IdErrors, app_action
 from .auth import current_key
-from .body import request_body
+from .body import json_body, request_body
 from .context import supervisor
 from .errors import failed, text
 
@@ -150,13 +150,17 @@ def device_name() -> Response:
 def get_device_tags() -> Response:
     """The device's tags, which only the balena API knows. A device with no cloud to ask (unmanaged,
     or not provisioned yet) is 409: nothing failed, the device is not in a state to answer (the
-    reference answers 500, docs/API.md); 500 stays for a cloud that fails."""
-    from ..cloud import CloudRequestError, CloudUnavailableError
+    reference answers 500, docs/API.md); 500 stays for a cloud that fails. The cloud binder fetches
+    the list; this request thread only waits a bounded time for it (supervisor/cloud/tags.py)."""
+    from ..cloud import CloudRequestError
 
+    sup = supervisor()
+    if sup.binder is None:
+        return failed("Device tags are kept by the balena cloud: this device is unmanaged", 409)
+    if sup.config.json.get("deviceId") is None or not sup.binder.ready_for_updates:
+        return failed("The device is not provisioned yet (no deviceId)", 409)
     try:
-        tags = supervisor().cloud.device_tags()
-    except CloudUnavailableError as exc:
-        return failed(str(exc), 409)
+        tags = sup.binder.tags.tags()
     except CloudRequestError as exc:
         return failed(str(exc), 500)
     return jsonify(status="success", tags=tags)
@@ -168,15 +172,12 @@ TAGS_BODY_ERROR = "Invalid tags body, must be an object like `{[tagKey: string]:
 @bp.patch("/v2/device/tags")
 def patch_device_tags() -> Response:
     """Add or change tags (never delete): stored as wanted and reported in the background. 202."""
-    if request.is_json:
-        body = request.get_json(silent=False) if request.get_data(cache=True) else None
-    else:
-        body = request_body()
+    body = json_body() if request.is_json else request_body()
     if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
         return failed(TAGS_BODY_ERROR, 400)
     if any(any(ch.isspace() for ch in key) for key in body):
         return failed("Tag keys cannot contain whitespace", 400)
-    supervisor().tag_reporter.want(body)
+    supervisor().want_tags(body)
     return jsonify(status="success"), 202
 
 

@@ -20,6 +20,13 @@ PREFIX = "io.balena.features."
 SUPERVISOR_NETWORK = "supervisor0"
 CONTAINER_DOCKER_SOCKET = "/host/run/balena-engine.sock"
 LEGACY_DOCKER_SOCKET = "/var/run/balena.sock"
+#: Without supervisor0 (``--no-host-setup``, a dev machine), a supervisor-api service reaches the API
+#: at this name, which the engine maps to the host (``host-gateway``: the host's address on the
+#: default bridge, reachable from every bridge network); the API must listen there (the default
+#: 0.0.0.0 does). Chosen over creating supervisor0 anyway: its fixed subnet and bridge name are the
+#: machine's business (another supervisor, a balenaOS host), which ``--no-host-setup`` promises to
+#: leave alone.
+HOST_GATEWAY_NAME = "host.docker.internal"
 
 _SIMPLE_BINDS: dict[str, tuple[str, ...]] = {
     "dbus": ("/run/dbus:/host/run/dbus",),
@@ -46,6 +53,9 @@ class FeatureInputs:
     docker_socket: str
     host_paths: frozenset[str]
     board_rev: str | None
+    #: False under ``--no-host-setup``: there is no supervisor0, so the API is reached through the
+    #: host's address on the service's own network (:data:`HOST_GATEWAY_NAME`).
+    supervisor_network: bool = True
 
 
 def enabled(labels: dict[str, str], feature: str) -> bool:
@@ -85,6 +95,10 @@ def apply(config: dict[str, Any], inputs: FeatureInputs) -> None:
     if enabled(labels, "supervisor-api"):
         if config["networkMode"] == "host":
             host = "127.0.0.1"
+        elif not inputs.supervisor_network:
+            host = HOST_GATEWAY_NAME
+            if not any(entry.split(":", 1)[0] == host for entry in config["extraHosts"]):
+                config["extraHosts"].append(f"{host}:host-gateway")
         else:
             config["networks"][SUPERVISOR_NETWORK] = {}
             host = inputs.supervisor_host or "127.0.0.1"

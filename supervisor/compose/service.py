@@ -84,6 +84,7 @@ class ServiceContext:
     device_api_key: str = ""
     scoped_api_key: str | None = None
     supervisor_host: str = "10.114.104.1"
+    supervisor_network: bool = True  # False: no supervisor0 (--no-host-setup), see compose/features.py
     hostname: str = ""
     docker_socket: str = "/var/run/docker.sock"
     lock_dir: str = ""
@@ -150,6 +151,11 @@ class Service:
     depends_on: list[str] | None = None
     docker_image_id: str | None = None
     exit_error_message: str | None = None
+    #: A container the engine keeps restarting (``State.Restarting``; issue #11): ``RestartCount``,
+    #: the last ``ExitCode`` and ``FinishedAt`` (engine timestamp), for the API's ``error`` field.
+    restart_count: int = 0
+    exit_code: int | None = None
+    finished_at: str | None = None
     ignored_fields: tuple[str, ...] = field(default=())
 
     # ---------------------------------------------------------------- building
@@ -302,6 +308,7 @@ class Service:
                 device_api_key=ctx.device_api_key,
                 scoped_api_key=ctx.scoped_api_key,
                 supervisor_host=ctx.supervisor_host,
+                supervisor_network=ctx.supervisor_network,
                 docker_socket=ctx.docker_socket,
                 host_paths=ctx.host_paths,
                 board_rev=ctx.board_rev,
@@ -331,7 +338,9 @@ class Service:
         cfg = inspect.get("Config") or {}
         container_id = str(inspect.get("Id") or "")
 
-        if state.get("Running"):
+        if state.get("Restarting"):  # Running is true too: a crash loop is not "Running" (issue #11)
+            status = "Restarting"
+        elif state.get("Running"):
             status = "Running"
         elif state.get("Status") == "created":
             status = "Installed"
@@ -407,17 +416,18 @@ class Service:
         service_id = check_int(config["labels"].get("io.balena.service-id"))
         if service_id is None:
             raise ComposeError("Attempt to build Service class from container with malformed labels")
-        parsed = parse_container_name(str(inspect.get("Name") or ""))
+        service_name = config["labels"].get("io.balena.service-name", "")
+        parsed = parse_container_name(str(inspect.get("Name") or ""), service_name)
         if parsed is None:
             raise ComposeError(
-                "Expected supervised container to have name "
-                f"'<serviceName>_<imageId>_<releaseId>_<commit>', got: {inspect.get('Name')}"
+                f"Expected supervised container to have name '{service_name or '<serviceName>'}"
+                f"_<imageId>_<releaseId>_<commit>', got: {inspect.get('Name')}"
             )
-        _, image_id, release_id, commit = parsed
+        image_id, release_id, commit = parsed
         return cls(
             app_id=app_id,
             app_uuid=config["labels"].get("io.balena.app-uuid"),
-            service_name=config["labels"].get("io.balena.service-name", ""),
+            service_name=service_name,
             service_id=service_id,
             image_id=image_id,
             release_id=release_id,
@@ -428,6 +438,9 @@ class Service:
             created_at=inspect.get("Created"),
             docker_image_id=cfg.get("Image"),
             exit_error_message=state.get("Error"),
+            restart_count=int(inspect.get("RestartCount") or 0),
+            exit_code=state.get("ExitCode"),
+            finished_at=state.get("FinishedAt"),
         )
 
     # ---------------------------------------------------------------- engine

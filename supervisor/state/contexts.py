@@ -30,7 +30,8 @@ class TargetBuilder:
     """Builds the planner's target apps from the stored target of the active source.
 
     ``source`` says whose target the engine follows (``'local'`` or the apiEndpoint) at each call;
-    ``listen_port`` is the port services reach the supervisor API on.
+    ``listen_port`` is the port services reach the supervisor API on; ``supervisor_network`` False
+    (``--no-host-setup``) has them reach it through the host's address instead of supervisor0.
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class TargetBuilder:
         source: Callable[[], str],
         lock_root: str,
         listen_port: int,
+        supervisor_network: bool = True,
     ) -> None:
         self.config = config
         self.store = store
@@ -51,6 +53,7 @@ class TargetBuilder:
         self.source = source
         self.lock_root = lock_root
         self.listen_port = listen_port
+        self.supervisor_network = supervisor_network
 
     def build(self, images: ImageManager) -> TargetApps:
         """The target apps as compose objects, image defaults read from the engine."""
@@ -88,6 +91,7 @@ class TargetBuilder:
                 image_info=images.image_info(svc.image),
                 lock_root=self.lock_root,
                 board_rev=host.board_rev,
+                supervisor_network=self.supervisor_network,
             )
 
         return context

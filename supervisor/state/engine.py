@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
-from supervisor.compose import ComposeError, Network, Service, Volume
+from supervisor.compose import ComposeError, Network, Service, Volume, parse_container_name
 from supervisor.state.current import App, CurrentState
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ __all__ = [
     "current_commits",
     "engine_client",
     "is_supervised",
+    "named_as_service",
 ]
 
 SUPERVISED_LABELS: Final = ("io.balena.supervised", "io.resin.supervised")
@@ -212,14 +213,42 @@ class EngineReader:
         self.extra_firmware = extra_firmware
         self.volatile = volatile
         self._cache = _InspectCache()
+        self._warned: set[str] = set()
+
+    def _warn_once(self, message: str) -> None:
+        """A foreign object is there every round: say so once (bounded, like the planner's warnings)."""
+        if message in self._warned:
+            return
+        if len(self._warned) > 1000:
+            self._warned.clear()
+        self._warned.add(message)
+        log.warning("%s", message)
+
+    def _read_all(
+        self, build: Callable[[Any], Any], entries: Iterable[Mapping[str, Any]], kind: str
+    ) -> list[Any]:
+        """Each entry read back; one the compose layer cannot read is not ours (warned about once)."""
+        out = []
+        for entry in entries:
+            try:
+                out.append(build(entry))
+            except ComposeError as err:
+                self._warn_once(f"Ignoring {kind} {entry.get('Name')}: {err}")
+        return out
 
     def invalidate(self) -> None:
         """Inspect every container again at the next read (after the executor acted)."""
         self._cache.clear()
 
-    def read(self, *, apps: Collection[str] | None = None) -> CurrentState:
+    def read(
+        self, *, apps: Collection[str] | None = None, uuids: Mapping[int, str] | None = None
+    ) -> CurrentState:
         """The device as the planner sees it. ``apps`` (uuids or str app ids) limits the apps
-        reported, for callers that own only some of the engine's apps (tests on a shared engine)."""
+        reported, for callers that own only some of the engine's apps (tests on a shared engine).
+
+        ``uuids`` (app id -> uuid, from the target) tells which name prefix an app's networks carry;
+        without it the uuid on the app's containers and volumes does. A network labelled with the
+        app's id but named for another uuid is not the app's (:func:`_named_for`)."""
         containers = self.api.containers(all=True)
         networks = self.api.networks()
         volumes = (self.api.volumes() or {}).get("Volumes") or []
@@ -236,11 +265,17 @@ class EngineReader:
             group.services.append(svc)
         supervised_volumes = [v for v in volumes if is_supervised(v.get("Labels"))]
         supervised_networks = [n for n in networks if is_supervised(n.get("Labels"))]
-        for vol in _read_all(Volume.from_docker, supervised_volumes, "volume"):
+        for vol in self._read_all(Volume.from_docker, supervised_volumes, "volume"):
             group = groups.setdefault(vol.app_id, _Group(vol.app_id))
             group.note_uuid(vol.app_uuid)
             group.volumes.append(vol)
-        for net in _read_all(Network.from_docker, supervised_networks, "network"):
+        for net in self._read_all(Network.from_docker, supervised_networks, "network"):
+            group = groups.get(net.app_id)
+            expected = (uuids or {}).get(net.app_id) or (group.uuid if group is not None else None)
+            if not _named_for(net, expected):
+                self._warn_once(f"Ignoring network {net.docker_name}: app {net.app_id}'s networks are "
+                                f"named {expected}_<name>")
+                continue
             group = groups.setdefault(net.app_id, _Group(net.app_id))
             group.note_uuid(net.app_uuid)
             group.networks.append(net)
@@ -302,6 +337,12 @@ class EngineReader:
                 continue
             if apps is not None and not any(labels.get(key) in apps for key in _APP_LABELS):
                 continue
+            if not named_as_service(entry):
+                # Wears the labels but not a name the supervisor gives: someone else's. Known from
+                # the listing, so it costs no inspect, round after round.
+                self._warn_once(f"Ignoring container {(entry.get('Names') or ['?'])[0]}: not named "
+                                "<service>_<imageId>_<releaseId>_<commit> for its service label")
+                continue
             cached = self._cache.get(entry)
             if cached is not None:
                 services.append(cached)
@@ -313,7 +354,7 @@ class EngineReader:
             try:
                 service = Service.from_container(inspect)
             except ComposeError as err:
-                log.warning("Ignoring container %s: %s", entry["Id"][:12], err)
+                self._warn_once(f"Ignoring container {entry['Id'][:12]}: {err}")
                 continue
             self._cache.put(entry, service)
             services.append(service)
@@ -321,11 +362,15 @@ class EngineReader:
         return services
 
 
-def _read_all(build: Callable[[Any], Any], entries: Iterable[Mapping[str, Any]], kind: str) -> list[Any]:
-    out = []
-    for entry in entries:
-        try:
-            out.append(build(entry))
-        except ComposeError as err:
-            log.warning("Ignoring %s %s: %s", kind, entry.get("Name"), err)
-    return out
+def _named_for(net: Network, uuid: str | None) -> bool:
+    """Whether the network's name is ``<uuid>_<name>`` (or the legacy ``<appId>_<name>``) of its app;
+    anything goes while the app's uuid is unknown."""
+    return uuid is None or net.app_uuid in (None, uuid, str(net.app_id))
+
+
+def named_as_service(entry: Mapping[str, Any]) -> bool:
+    """A listed container's name is exactly one the supervisor gives its service label (§3.10)."""
+    labels = entry.get("Labels") or {}
+    service = labels.get("io.balena.service-name") or labels.get("io.resin.service-name") or ""
+    names = entry.get("Names") or []
+    return bool(names) and parse_container_name(str(names[0]), service) is not None

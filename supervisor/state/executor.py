@@ -38,7 +38,13 @@ from supervisor.compose import ComposeError, Network, Service, Volume
 from supervisor.compose.endpoints import SERVICE_MODE_RE, connect_kwargs
 from supervisor.compose.naming import BASE_LOCK_DIR, lock_dir_for
 from supervisor.compose.validation import check_truthy
-from supervisor.state.engine import DEFAULT_SUPERVISOR_NETWORK, EXTRA_FIRMWARE_VOLUME, SupervisorNetwork
+from supervisor.state.engine import (
+    DEFAULT_SUPERVISOR_NETWORK,
+    EXTRA_FIRMWARE_VOLUME,
+    SupervisorNetwork,
+    is_supervised,
+    named_as_service,
+)
 
 # Update locks live in supervisor.state.locks; re-exported here for the executor's callers.
 from supervisor.state.locks import LOCK_FILES, SUPERVISOR_LOCK_UID, LockRegistry, UpdatesLockedError
@@ -375,6 +381,8 @@ class Executor:
             entry["Labels"]["io.balena.service-name"]: entry["Id"]
             for entry in sorted(entries, key=lambda e: e.get("Created", 0))
             if "io.balena.service-name" in (entry.get("Labels") or {})
+            and is_supervised(entry.get("Labels"))
+            and named_as_service(entry)  # a look-alike under another name is not the service
         }
 
     def _kill(self, current: Service, *, remove: bool = True) -> None:

@@ -189,6 +189,19 @@ def _repository(name: str) -> tuple[str, str | None, str | None]:
     return repo, None if ref.digest else ref.tag, ref.digest
 
 
+def is_old_supervisor_tag(tag_ref: str, supervisor_image: str) -> bool:
+    """A ``RepoTags`` entry of the running supervisor's repository, by its whole name, under another
+    tag (§9.6 ``isSupervisorRepoTag``); ``balena/<arch>-supervisor`` also matches its old
+    ``resin/<arch>-supervisor`` name. Only the leading ``balena/`` is renamed: replacing every
+    ``balena`` made ``registry.balena-cloud.com/...`` match ``registry.resin-cloud.com/...``."""
+    repo, current_tag, _ = _repository(supervisor_image)
+    repos = {repo}
+    if repo.startswith("balena/"):
+        repos.add("resin/" + repo[len("balena/"):])
+    other_repo, sep, other_tag = tag_ref.rpartition(":")
+    return bool(sep) and "/" not in other_tag and other_repo in repos and other_tag != current_tag
+
+
 def _registry_of(name: str) -> str | None:
     try:
         return split_image(name).registry
@@ -668,16 +681,8 @@ class ImageManager:
         return out
 
     def _old_supervisor_tags(self) -> Callable[[str], bool]:
-        if not self.supervisor_image:
-            return lambda _tag: False
-        repo, current_tag, _ = _repository(self.supervisor_image)
-        repos = {repo, repo.replace("balena", "resin")}
-
-        def old(tag_ref: str) -> bool:
-            other_repo, _, other_tag = tag_ref.rpartition(":")
-            return other_repo in repos and other_tag != current_tag
-
-        return old
+        image = self.supervisor_image
+        return (lambda _tag: False) if not image else (lambda tag: is_old_supervisor_tag(tag, image))
 
     def cleanup(self) -> list[str]:
         """The ``cleanup`` step: force-remove every candidate; one that fails is skipped for an

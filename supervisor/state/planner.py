@@ -19,6 +19,11 @@ Departures from the reference, each a plain bug there (§15) or a loop that coul
   the reference would wait for it (emitting ``noop``) forever.
 * A service waits for *every* app network it joins, not only its network mode, before it starts: the
   engine cannot create a container attached to a network that does not exist yet.
+* A container on a network or volume that is recreated or removed is always an update pair (current,
+  target), never a remove-only pair, even when its own config is unchanged: its strategy fetches the
+  new image first, kills it, and the install path recreates it on the new network or volume. (A
+  remove-only pair never fetches, so ``download-then-kill`` and ``hand-over`` waited for that image
+  with ``noop`` forever; issue #10 §3.)
 * A removed app's ``Dead`` containers get ``remove`` (``kill`` cannot stop a dead container), every
   container of a removed service name is removed at once, and duplicate networks of one name get a
   single ``removeNetwork`` (the executor removes all engine duplicates of that name).
@@ -427,18 +432,18 @@ class _AppPlan:
         for svc in self.current.services:
             by_name.setdefault(svc.service_name, []).append(svc)
 
-        # Services on a network or volume that is recreated or removed must go first.
-        dependents = {svc.service_name for svc in self.current.services if self._uses_changing_component(svc)}
-        removed_names = [n for n in by_name if n not in self.target_by_name or n in dependents]
+        removed_names = [n for n in by_name if n not in self.target_by_name]
         remove = [_Pair(current=svc) for name in removed_names for svc in by_name[name]]
 
         update: list[_Pair] = []
         for name, tgt in self.target_by_name.items():
-            if name not in by_name or name in dependents:
+            if name not in by_name:
                 continue
             newest, *older = sorted(by_name[name], key=_created_key, reverse=True)
             remove += [_Pair(current=svc) for svc in older]  # spurious duplicates
-            if self._needs_update(newest, tgt):
+            # A container on a network or volume that is recreated or removed must go first, but it
+            # keeps its target: its new image is fetched before the strategy kills it.
+            if self._uses_changing_component(newest) or self._needs_update(newest, tgt):
                 update.append(_Pair(newest, tgt))
 
         install = [_Pair(target=tgt) for name, tgt in self.target_by_name.items() if name not in by_name]

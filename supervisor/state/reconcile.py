@@ -58,6 +58,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
+from supervisor.state.errors import ServiceErrors
 from supervisor.state.planner import PlanContext, TargetApps, plan
 from supervisor.state.steps import (
     CreateNetwork,
@@ -91,6 +92,9 @@ BACKOFF_BASE_S: Final = 0.5
 CONNECT_RETRY_MAX_S: Final = 30.0
 #: How long a stop may spend bringing back services the apply killed (under systemd's 90 s).
 STOP_GRACE_S: Final = 60.0
+#: How long an API request that needs the engine waits for the first connection attempt (issue #11:
+#: the API answers /ping before the state engine's thread has connected).
+FIRST_CONNECT_WAIT_S: Final = 5.0
 
 
 class EngineUnavailableError(Exception):
@@ -176,9 +180,12 @@ class Reconciler(Subsystem):
         self.locks = locks
         self._hold = hold
         self.stop_grace = stop_grace
+        #: The last failed step of each service, for the API (state/errors.py, issue #11).
+        self.errors = ServiceErrors()
 
         self._cond = threading.Condition()
         self._engine: Engine | None = None
+        self._first_attempt = threading.Event()  # set once the first connection attempt has ended
         # Guarded by _cond: the trigger queue (one slot) and what the API reads.
         self._pending = False
         self._cancel = False
@@ -217,8 +224,12 @@ class Reconciler(Subsystem):
         return self._engine
 
     def require_engine(self) -> Engine:
-        """The connected engine; :class:`EngineUnavailableError` while there is none."""
+        """The connected engine; :class:`EngineUnavailableError` while there is none. Until the
+        first connection attempt has ended (at most ``FIRST_CONNECT_WAIT_S``), waits for it: an engine
+        that is up must not read as "not connected" in the moment after the API starts."""
         engine = self._engine
+        if engine is None and self._first_attempt.wait(FIRST_CONNECT_WAIT_S):
+            engine = self._engine
         if engine is None:
             raise EngineUnavailableError(self.status().engine_error or "Docker engine not connected yet")
         return engine
@@ -276,8 +287,10 @@ class Reconciler(Subsystem):
             if self.status().engine_error != message:
                 log.error("%s (will keep retrying)", message)
             self._update(engine_error=message)
+            self._first_attempt.set()
             return False
         self._engine = engine
+        self._first_attempt.set()
         if self.status().engine_error is not None:
             log.info("Docker engine reachable again")
         self._update(engine_error=None)
@@ -341,11 +354,11 @@ class Reconciler(Subsystem):
         return True
 
     def _plan(self, engine: Engine, force: bool) -> list[Step]:
-        current = engine.reader.read(apps=self.apps)
         target = {
             uuid: app for uuid, app in self._build_target(engine).items() if self.manages(app.app_id, uuid)
         }
         self._target_apps = frozenset(app.app_id for app in target.values())
+        current = engine.reader.read(apps=self.apps, uuids={app.app_id: uuid for uuid, app in target.items()})
         return self._planner(current, target, self._context(force))
 
     def manages(self, app_id: int, app_uuid: str | None = None) -> bool:
@@ -366,6 +379,7 @@ class Reconciler(Subsystem):
                 log.warning("Removing volume %s of app %s: %s", volume.name, volume.app_id, why)
         started = time.monotonic()
         results = self._execute(engine, steps)
+        self.errors.note(results)
         self._track(results)
         if any(isinstance(s, Fetch) for s in steps):
             with self._cond:
@@ -495,6 +509,7 @@ class Reconciler(Subsystem):
                 last_error=None,
             )
             self._applying_since = None
+        self.errors.clear()
         if not quiet:
             log.info("Finished applying target state")
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from supervisor.compose import Service
+from supervisor.state.errors import Key, ServiceError
 from supervisor.state.target import TargetDevice, is_supervisor_service
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "applications_state",
     "container_ids",
     "created_at_iso",
+    "device_images",
+    "service_error",
     "legacy_apps",
     "legacy_app_state",
     "state_status",
@@ -49,6 +52,8 @@ class Observation:
     services: Sequence[Service] = ()
     images: Sequence[Mapping[str, Any]] = ()
     commits: Mapping[int, str] = field(default_factory=dict)
+    #: The state engine's per-service errors (state/errors.py): (appId, service name or None) -> error.
+    errors: Mapping[Key, ServiceError] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -66,8 +71,89 @@ def created_at_iso(stamp: str | None) -> str | None:
     return when.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
 
 
+def _epoch_iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+def service_error(obs: Observation, app_id: int, service_name: str,
+                  container: Service | None = None) -> dict[str, Any] | None:
+    """The ``error`` field of a service (issue #11): ``{message, since, retries}``, or None.
+
+    A container the engine keeps restarting says so first (``retries``: the engine's restart count,
+    ``since``: its last exit); else the state engine's last failed step for the service, or for its
+    whole app (a refused update lock). ``since`` is ISO 8601 UTC; ``retries`` counts failures in a row.
+    """
+    if container is not None and container.status == "Restarting":
+        reason = f"exited with code {container.exit_code}" if container.exit_code is not None else "exited"
+        if container.exit_error_message:
+            reason += f": {container.exit_error_message}"
+        return {"message": f"The container keeps restarting: {reason}",
+                "since": created_at_iso(container.finished_at), "retries": container.restart_count}
+    error = obs.errors.get((app_id, service_name)) or obs.errors.get((app_id, None))
+    if error is None:
+        return None
+    return {"message": error.message, "since": _epoch_iso(error.since), "retries": error.retries}
+
+
+def _with_error(entry: dict[str, Any], error: dict[str, Any] | None) -> dict[str, Any]:
+    if error is not None:
+        entry["error"] = error
+    return entry
+
+
+def _failed_fetches(obs: Observation) -> list[dict[str, Any]]:
+    """Images whose fetch failed: no image row says them (the fetch is over), so they would vanish
+    from ``images`` while the service waits for them."""
+    listed = {(img["appId"], img["serviceName"], img["name"]) for img in obs.images}
+    rows = []
+    for error in obs.errors.values():
+        image = error.image
+        if image is None or (image.app_id, image.service_name, image.name) in listed:
+            continue
+        rows.append({"name": image.name, "appId": image.app_id, "appUuid": image.app_uuid,
+                     "serviceName": image.service_name, "imageId": image.image_id,
+                     "releaseId": image.release_id, "commit": image.commit, "dockerImageId": None,
+                     "status": "Downloading", "downloadProgress": None})
+    return rows
+
+
 def _progress(value: Any) -> int | float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+# ------------------------------------------------------------------ what is on the device
+def device_images(images: Iterable[Mapping[str, Any]], services: Iterable[Service],
+                  target_commits: Mapping[int, str | None]) -> list[dict[str, Any]]:
+    """The image entries to report (issue #11): each image of a service once, and only for apps the
+    device has (in the target, or with containers).
+
+    The ``image`` table keeps a row per service and release: an image kept across four updates has
+    four rows, and local mode keeps the rows of a removed app's images. One entry per (app, service,
+    engine image) remains: the one of the target release, else of the running container's release,
+    else the newest row. ``target_commits``: app id -> the target release's commit (None: no release).
+    """
+    services = list(services)
+    apps = set(target_commits) | {svc.app_id for svc in services}
+    running = {(svc.app_id, svc.service_name): svc.commit for svc in services}
+    chosen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for img in images:
+        app_id = img["appId"]
+        if app_id not in apps:
+            continue
+        key = (app_id, img["serviceName"], img.get("dockerImageId") or img["name"])
+        best = chosen.get(key)
+        if best is None or _rank(img, target_commits, running) >= _rank(best, target_commits, running):
+            chosen[key] = dict(img)
+    return list(chosen.values())
+
+
+def _rank(img: Mapping[str, Any], target_commits: Mapping[int, str | None],
+          running: Mapping[tuple[int, str], str | None]) -> int:
+    """2: the target release's row; 1: the running container's; 0: another release's."""
+    commit = img.get("commit")
+    if commit is not None and commit == target_commits.get(img["appId"]):
+        return 2
+    return 1 if commit is not None and commit == running.get((img["appId"], img["serviceName"])) else 0
 
 
 # ---------------------------------------------------------------------- /v2/state/status
@@ -83,7 +169,7 @@ def state_status(obs: Observation, *, applying: bool, allows: Allows = _everyone
         if not allows(svc.app_id):
             continue
         app_ids.append(svc.app_id)
-        containers.append({
+        containers.append(_with_error({
             "status": svc.status,
             "serviceName": svc.service_name,
             "appId": svc.app_id,
@@ -91,17 +177,18 @@ def state_status(obs: Observation, *, applying: bool, allows: Allows = _everyone
             "serviceId": svc.service_id,
             "containerId": svc.container_id,
             "createdAt": created_at_iso(svc.created_at),
-        })
+        }, service_error(obs, svc.app_id, svc.service_name, svc)))
     images = []
     progress: list[float] = []
-    for img in obs.images:
+    for img in [*obs.images, *_failed_fetches(obs)]:
         if not allows(img["appId"]):
             continue
         app_ids.append(img["appId"])
         value = _progress(img.get("downloadProgress"))
         if value is not None:
             progress.append(value)
-        images.append({
+        fetch_error = obs.errors.get((img["appId"], img["serviceName"]))
+        images.append(_with_error({
             "name": img["name"],
             "appId": img["appId"],
             "serviceName": img["serviceName"],
@@ -109,12 +196,15 @@ def state_status(obs: Observation, *, applying: bool, allows: Allows = _everyone
             "dockerImageId": img.get("dockerImageId"),
             "status": img["status"],
             "downloadProgress": value,
-        })
+        }, service_error(obs, img["appId"], img["serviceName"])
+            if fetch_error is not None and fetch_error.image is not None else None))
     # The endpoint predates multi-app devices: it reports the first app only.
     first = app_ids[0] if app_ids else None
+    # A container the engine keeps restarting is not an applied target (issue #11).
+    restarting = any(c["status"] == "Restarting" for c in containers if c["appId"] == first)
     body: dict[str, Any] = {
         "status": "success",
-        "appState": "applying" if applying else "applied",
+        "appState": "applying" if applying or restarting else "applied",
         "overallDownloadProgress": sum(progress) / len(progress) if progress else None,
         "containers": [c for c in containers if c["appId"] == first],
         "images": [i for i in images if i["appId"] == first],
@@ -250,13 +340,14 @@ def applications_state(
             continue
         commit = app.release.commit if app.release is not None else None
         release = states.get(uuid, {}).get("releases", {}).get(commit, {})
+        containers = {s.service_name: s for s in obs.services if s.app_id == app.id and s.commit == commit}
         services = {
-            name: {
+            name: _with_error({
                 "status": svc.get("status"),
                 "image": svc.get("image"),
                 "downloadProgress": svc.get("download_progress"),
                 "releaseId": app.release.id if app.release is not None else None,
-            }
+            }, service_error(obs, app.id, name, containers.get(name)))
             for name, svc in release.get("services", {}).items()
         }
         out[app.name] = {
@@ -313,11 +404,34 @@ def legacy_app_state(obs: Observation, app_id: int) -> dict[str, Any] | None:
     return body
 
 
+#: ``/v1/device`` ``status`` while the update fails, by the failing step's action (issue #11).
+FAILED_STEP_STATUS: dict[str, str] = {
+    "fetch": "Failed to download image",
+    "start": "Failed to start service",
+    "takeLock": "Updates locked",
+    "kill": "Failed to stop service",
+    "stop": "Failed to stop service",
+    "remove": "Failed to remove container",
+    "handover": "Failed to hand over",
+    "updateMetadata": "Failed to update service",
+    "createNetwork": "Failed to create network",
+    "createVolume": "Failed to create volume",
+    "removeNetwork": "Failed to remove network",
+    "removeVolume": "Failed to remove volume",
+    "removeImage": "Failed to remove image",
+    "saveImage": "Failed to save image",
+}
+
+
 def v1_device(
-    obs: Observation, volatile: Mapping[str, Any], *, applying: bool
+    obs: Observation, volatile: Mapping[str, Any], *, applying: bool, last_error: str | None = None
 ) -> dict[str, Any]:
     """``GET /v1/device``: the volatile device fields, then the commit (when not applying) and the
-    status and progress of the first service of the first app (``Running`` reads ``Idle``)."""
+    status and progress of the first service of the first app (``Running`` reads ``Idle``).
+
+    While the update fails (``update_failed``), ``status`` names the failing step (the reference says
+    ``Idle`` there) and ``error`` carries the last message; a crash-looping first service reads
+    ``Restarting`` with its exit in ``error``."""
     keys = ("api_port", "ip_address", "os_version", "mac_address", "supervisor_version",
             "update_pending", "update_failed", "update_downloaded")
     body = {k: volatile[k] for k in keys if volatile.get(k) is not None}
@@ -332,4 +446,19 @@ def v1_device(
         if service is not None:
             body["status"] = "Idle" if service["status"] == "Running" else service["status"]
             body["download_progress"] = service["download_progress"]
+    if volatile.get("update_failed"):
+        latest = max(obs.errors.values(), key=lambda e: e.since, default=None)
+        if latest is not None:
+            body["status"] = FAILED_STEP_STATUS.get(latest.action, f"Failed step {latest.action}")
+            body["error"] = latest.message
+        else:
+            body["status"] = "Update failed"
+            if last_error:
+                body["error"] = last_error
+    elif body.get("status") == "Restarting":
+        crashed = next((s for s in obs.services if s.app_id == int(first_app or 0)
+                        and s.status == "Restarting"), None)
+        error = service_error(obs, crashed.app_id, crashed.service_name, crashed) if crashed else None
+        if error is not None:
+            body["error"] = error["message"]
     return body

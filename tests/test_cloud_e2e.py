@@ -1,0 +1,360 @@
+"""Managed mode end to end (issue #12): a real supervisor process, the real engine, a loopback
+registry that only lets ``d_<uuid>`` in, and the fake balena API as a separate server process.
+
+Binder intervals are scaled (``PYSUPERVISOR_CLOUD_TIME_SCALE``, supervisor/cloud/timing.py) so a
+ten-minute outage takes seconds; every wait is a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.cloud_helpers import config_json, env, fleet, fresh_device, set_db_config
+from tests.fakecloud.client import FakeCloud
+from tests.fixtures.apps import remove_app
+from tests.fixtures.device import SupervisorProcess, wait_for
+from tests.fixtures.docker import TEST_LABEL
+
+pytestmark = pytest.mark.docker
+
+
+class Fleet:
+    """A fleet with a random app id (the supervisor is scoped to it), a device identity known
+    beforehand (the registry's htpasswd user is ``d_<uuid>``), and images in that registry."""
+
+    def __init__(
+        self, api: FakeCloud, docker_client: docker.DockerClient, registry: Any, root: Path, make_image: Any
+    ) -> None:
+        self.api, self.client, self.registry, self.root = api, docker_client, registry, root
+        self.app_id = random.randint(10**6, 10**9)
+        self.app = fleet(api, f"fleet{self.app_id}", app_id=self.app_id)
+        self.uuid, self.key = registry.auth[0][2:], registry.auth[1]
+        self.images: dict[str, str] = {}
+        for name in ("main", "db", "other"):
+            local = f"pysupervisor-test/cloud-{name}-{uuid.uuid4().hex[:8]}:latest"
+            make_image(local, files={f"/{name}.txt": name})
+            ref = registry.push(local, f"cloud{self.app_id}/{name}")
+            digest = next(
+                d for d in docker_client.api.inspect_image(ref)["RepoDigests"] if d.startswith(registry.host)
+            )
+            self.images[name] = digest  # <registry>/<repo>@sha256:..., as the builder stores it
+            docker_client.api.remove_image(ref)  # the device must pull it, with its credentials
+
+    def release(
+        self, names: tuple[str, ...] = ("main", "db"), env_value: str = "1", **kw: Any
+    ) -> dict[str, Any]:
+        services = {
+            n: {
+                "image": self.images[n],
+                "environment": {"RELEASE": env_value},
+                "labels": {TEST_LABEL: "1"},
+                "composition": {"stop_grace_period": "0s"},
+            }
+            for n in names
+        }
+        return self.api.create_release(self.app["id"], services, **kw)
+
+    def start(self, start_supervisor: Any, **config: Any) -> SupervisorProcess:
+        fresh_device(self.root, self.api, self.app, uuid=self.uuid, deviceApiKey=self.key, **config)
+        return start_supervisor(
+            self.root, "--apps", str(self.app_id), "--no-host-setup", engine=True, env=env()
+        )
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        """service name -> {id, commit, state} of this app's containers."""
+        found = self.client.api.containers(all=True, filters={"label": f"io.balena.app-id={self.app_id}"})
+        return {
+            c["Labels"]["io.balena.service-name"]: {
+                "id": c["Id"],
+                "state": c["State"],
+                "commit": c["Names"][0].rsplit("_", 1)[-1],
+            }
+            for c in found
+        }
+
+    def reported(self) -> dict[str, Any]:
+        """What the fake API holds as this device's state (the merge of its reports)."""
+        device = self.api.device(self.uuid)
+        return device["state"] if device else {}
+
+    def runs(self, commit: str, names: tuple[str, ...]) -> bool:
+        """The engine runs exactly ``names`` at ``commit`` and the cloud was told so."""
+        running = self.containers()
+        if set(running) != set(names) or any(
+            c["commit"] != commit or c["state"] != "running" for c in running.values()
+        ):
+            return False
+        app = self.reported().get("apps", {}).get(self.app["uuid"], {})
+        services = app.get("releases", {}).get(commit, {}).get("services", {})
+        return (
+            app.get("release_uuid") == commit
+            and set(services) == set(names)
+            and all(s["status"] == "Running" for s in services.values())
+            and all(services[n]["image"] == self.images[n] for n in names)
+        )
+
+
+@pytest.fixture
+def cloud_fleet(fake_api, docker_client, registry_factory, device_root, make_image):
+    device_uuid, key = uuid.uuid4().hex, uuid.uuid4().hex
+    registry = registry_factory(auth=(f"d_{device_uuid}", key))
+    made = Fleet(fake_api, docker_client, registry, device_root, make_image)
+    yield made
+    remove_app(docker_client, made.app_id, volumes=True)
+
+
+def test_fresh_device_provisions_applies_moves_on_and_removes(cloud_fleet: Fleet, start_supervisor) -> None:
+    fl = cloud_fleet
+    first = fl.release()
+    sup = fl.start(start_supervisor)
+    wait_for(
+        lambda: fl.runs(first["commit"], ("main", "db")),
+        "the first release running and reported",
+        sup,
+        timeout=120,
+        context=lambda: (fl.containers(), fl.reported().get("apps")),
+    )
+    (device,) = fl.api.devices()
+    config = config_json(fl.root)
+    assert config["deviceId"] == device["id"] and "apiKey" not in config and config["registered_at"] > 0
+    assert config["uuid"] == device["uuid"] == fl.uuid
+    assert device["api_heartbeat_state"] == "online"
+    kinds = [r["kind"] for r in fl.api.requests()]
+    assert kinds.count("register") == 1 and "key_exchange" not in kinds  # 201 with our own key: no exchange
+    assert fl.key not in sup.output() and fl.app["provisioning_key"] not in sup.output()
+
+    second = fl.release(("main", "other"), env_value="2")
+    wait_for(
+        lambda: fl.runs(second["commit"], ("main", "other")),
+        "the second release running and reported",
+        sup,
+        timeout=120,
+        context=lambda: (fl.containers(), fl.reported().get("apps")),
+    )
+
+    fl.api.set_target(fl.app["id"], None)  # the fleet has no release for the device any more
+    wait_for(
+        lambda: not fl.containers() and fl.reported().get("apps") == {},
+        "the app removed and reported",
+        sup,
+        timeout=120,
+        context=lambda: (fl.containers(), fl.reported().get("apps")),
+    )
+    assert len(fl.api.devices()) == 1
+
+
+def _applies(sup: SupervisorProcess) -> int:
+    return sup.output().count("Applying target state")
+
+
+def test_unchanged_target_costs_small_polls_and_no_applies(cloud_fleet: Fleet, start_supervisor) -> None:
+    """100 polls of an unchanged target: 100 requests answered 304 with no body, no apply, no report."""
+    fl = cloud_fleet
+    fl.api.set_var("app_config", fl.app["id"], "RESIN_SUPERVISOR_HARDWARE_METRICS", "false")
+    release = fl.release(("main",))
+    sup = fl.start(start_supervisor, appUpdatePollInterval=20_000)  # 0.2 s + jitter < 0.6 s
+    wait_for(
+        lambda: fl.runs(release["commit"], ("main",)), "the release running and reported", sup, timeout=120
+    )
+    wait_for(lambda: _settled_reports(fl), "reports to settle (metrics now null)", sup, timeout=30)
+    applies, start = _applies(sup), fl.api.requests()[-1]["id"]
+    window = wait_for(lambda: _polls_after(fl, start, 100), "100 more polls", sup, timeout=180)
+    assert all(r["kind"] == "state_get" and r["status"] == 304 and r["bytes_out"] == 0 for r in window), {
+        (r["kind"], r["status"]) for r in window
+    }
+    assert _applies(sup) == applies
+
+
+def _polls_after(fl: Fleet, after: int, count: int) -> list[dict[str, Any]] | None:
+    requests = fl.api.requests(after=after)
+    polls = [r for r in requests if r["kind"] == "state_get"]
+    if len(polls) < count:
+        return None
+    last = polls[count - 1]["id"]
+    return [r for r in requests if r["id"] <= last]
+
+
+def _settled_reports(fl: Fleet) -> bool:
+    reports = fl.api.reports(fl.uuid)
+    return (
+        bool(reports)
+        and reports[-1]["body"].get("cpu_usage", 0) is None
+        or bool(reports and time.time() - reports[-1]["at"] > 2)
+    )
+
+
+def test_cloud_outage(cloud_fleet: Fleet, start_supervisor) -> None:
+    """Ten minutes without the API (x0.01 = 6 s, poll interval 2 min = 1.2 s): apps keep running,
+    /v1/healthy fails after 2x the interval, then the device catches up within an interval and its
+    reports resume as diffs."""
+    fl = cloud_fleet
+    # The connectivity check would fail the health at once (test_connectivity_check_fails_health_at_once);
+    # off, the poll-age rule alone decides.
+    fl.api.set_var("app_config", fl.app["id"], "RESIN_SUPERVISOR_CONNECTIVITY_CHECK", "false")
+    release = fl.release(("main",))
+    sup = fl.start(start_supervisor, appUpdatePollInterval=120_000)
+    wait_for(
+        lambda: fl.runs(release["commit"], ("main",)), "the release running and reported", sup, timeout=120
+    )
+    assert sup.get("/v1/healthy").status_code == 200
+    before = fl.containers()
+    fl.api.stop()
+    down_at = time.monotonic()
+    wait_for(
+        lambda: sup.get("/v1/healthy").status_code == 500, "unhealthy during the outage", sup, timeout=30
+    )
+    # Unhealthy once the last good poll is 2 x 1.2 s old; that poll was at most 1.2 + 0.6 s before.
+    assert time.monotonic() - down_at >= 2 * 1.2 - (1.2 + 0.6)
+    assert "no successful target fetch" in sup.output()
+    while time.monotonic() - down_at < 6.0:
+        time.sleep(0.2)
+    assert fl.containers() == before  # the apps ran through it untouched
+    fl.api.start()
+    last_report = fl.api.reports(fl.uuid)[-1]["id"]
+    second = fl.release(("main",), env_value="after-outage")
+    back = time.monotonic()
+    wait_for(
+        lambda: (
+            fl.api.requests()[-1:]
+            and any(r["kind"] == "state_get" and r["status"] == 200 for r in fl.api.requests())
+        ),
+        "a poll after the outage",
+        sup,
+        timeout=30,
+    )
+    polled = time.monotonic() - back
+    assert polled < 1.2 + 0.6 + 2.0, polled  # within one interval (+ jitter, + margin for a busy CI)
+    wait_for(
+        lambda: fl.runs(second["commit"], ("main",)),
+        "the new release applied after the outage",
+        sup,
+        timeout=120,
+    )
+    wait_for(lambda: sup.get("/v1/healthy").status_code == 200, "healthy again", sup, timeout=30)
+    resumed = fl.api.reports(fl.uuid, after=last_report)
+    assert resumed and all(
+        "api_secret" not in r["body"] and "supervisor_version" not in r["body"] for r in resumed
+    ), [list(r["body"]) for r in resumed]
+
+
+def test_refused_cloud_target_changes_nothing(cloud_fleet: Fleet, start_supervisor) -> None:
+    fl = cloud_fleet
+    good = fl.release(("main",))
+    sup = fl.start(start_supervisor)
+    wait_for(lambda: fl.runs(good["commit"], ("main",)), "the release running and reported", sup, timeout=120)
+    before = fl.containers()
+    bad = fl.api.create_release(
+        fl.app["id"],
+        {"main": {"image": fl.images["main"], "environment": {"N": 1}, "labels": {TEST_LABEL: "1"}}},
+    )
+    wait_for(lambda: "Could not move to new release: " in sup.output(), "the refusal logged", sup, timeout=30)
+    assert "services.main.environment.N" in sup.output()
+    time.sleep(2)
+    assert fl.containers() == before and bad["commit"] not in str(fl.reported())
+    fixed = fl.release(("main",), env_value="fixed")
+    wait_for(lambda: fl.runs(fixed["commit"], ("main",)), "the next valid release applied", sup, timeout=120)
+
+
+def test_local_mode_stops_cloud_targets_and_back(cloud_fleet: Fleet, start_supervisor) -> None:
+    fl = cloud_fleet
+    first = fl.release(("main",))
+    sup = fl.start(start_supervisor)
+    wait_for(
+        lambda: fl.runs(first["commit"], ("main",)), "the release running and reported", sup, timeout=120
+    )
+    set_db_config(fl.root, "localMode", "true")  # what SUPERVISOR_LOCAL_MODE=1 stores (#13 applies it)
+    wait_for(lambda: "Local mode enabled" in sup.output(), "local mode noticed", sup, timeout=30)
+    reports = len(fl.api.reports(fl.uuid))
+    second = fl.release(("main",), env_value="while-local")
+    wait_for(
+        lambda: "cloud target is stored, not applied" in sup.output(),
+        "the target stored only",
+        sup,
+        timeout=30,
+    )
+    time.sleep(2)
+    assert {c["commit"] for c in fl.containers().values()} == {first["commit"]}
+    assert all("apps" not in r["body"] for r in fl.api.reports(fl.uuid)[reports:])
+    set_db_config(fl.root, "localMode", "false")
+    wait_for(lambda: fl.runs(second["commit"], ("main",)), "the cloud target applied again", sup, timeout=120)
+
+
+@pytest.mark.parametrize("slow_path", ["^/device/register", "^/v7/device$", None])
+def test_kill_during_provisioning_registers_once(
+    fake_api: FakeCloud, device_root: Path, start_supervisor, slow_path: str | None
+) -> None:
+    """kill -9 at points of provisioning (a slowed call widens the window): restarted, the device
+    is provisioned exactly once, with a consistent config.json."""
+    app = fleet(fake_api)
+    fresh_device(device_root, fake_api, app)
+    if slow_path == "^/v7/device$":  # a first run that registered but never wrote config.json
+        config = config_json(device_root)
+        sup = start_supervisor(device_root, env=env())
+        wait_for(lambda: fake_api.devices(), "registered", sup, timeout=30)
+        wait_for(lambda: "deviceId" in config_json(device_root), "provisioned", sup, timeout=30)
+        sup.stop(signal.SIGKILL)
+        from tests.fixtures.device import write_config_json
+
+        write_config_json(
+            device_root,
+            {
+                **config,
+                "uuid": fake_api.devices()[0]["uuid"],
+                "deviceApiKey": fake_api.devices()[0]["keys"][0],
+            },
+        )
+    for delay in (0.0, 0.4, 1.0, 1.6):
+        if slow_path:
+            fake_api.fault("slow", path=slow_path, delay=1.0, count=1)
+        sup = start_supervisor(device_root, env=env())
+        wait_for(lambda s=sup: "Supervisor started" in s.output(), "the supervisor up", sup, timeout=30)
+        time.sleep(delay)
+        sup.stop(signal.SIGKILL)
+        fake_api.clear_faults()
+    sup = start_supervisor(device_root, env=env())
+    wait_for(lambda: "deviceId" in config_json(device_root), "provisioned after the kills", sup, timeout=60)
+    (device,) = fake_api.devices()
+    config = config_json(device_root)
+    assert (config["uuid"], config["deviceId"]) == (device["uuid"], device["id"])
+    assert "apiKey" not in config and config["deviceApiKey"] in device["keys"]
+    wait_for(lambda: fake_api.device(config["uuid"])["api_heartbeat_state"] == "online", "polling", sup)
+
+
+def test_connectivity_check_fails_health_at_once(
+    fake_api: FakeCloud, device_root: Path, start_supervisor
+) -> None:
+    """§10.7: a TCP check of the API host every 10 s (x0.01); the API gone fails /v1/healthy long
+    before the poll-age rule would (poll interval 15 min x 0.01 = 9 s here)."""
+    app = fleet(fake_api)
+    fresh_device(device_root, fake_api, app, appUpdatePollInterval=900_000)
+    sup = start_supervisor(device_root, env=env())
+    wait_for(lambda: fake_api.devices() and "deviceId" in config_json(device_root), "provisioned", sup)
+    wait_for(lambda: sup.get("/v1/healthy").status_code == 200, "healthy", sup, timeout=30)
+    fake_api.stop()
+    down_at = time.monotonic()
+    wait_for(lambda: sup.get("/v1/healthy").status_code == 500, "unhealthy", sup, timeout=30)
+    assert time.monotonic() - down_at < 9.0
+    wait_for(lambda: "Waiting for connectivity..." in sup.output(), "the change logged", sup, timeout=10)
+    fake_api.start()
+    wait_for(lambda: sup.get("/v1/healthy").status_code == 200, "healthy again", sup, timeout=30)
+    assert "Internet Connectivity: OK" in sup.output()
+
+
+def test_unmanaged_device_has_no_binder(tmp_path: Path) -> None:
+    from supervisor.runtime import Settings, Supervisor
+
+    root = tmp_path / "root"
+    (root / "mnt/boot").mkdir(parents=True)
+    sup = Supervisor(Settings(root=str(root), port=0, host="127.0.0.1", led="none"))
+    try:
+        assert sup.binder is None and all(s.name != "cloud" for s in sup.subsystems)
+    finally:
+        sup.config.db.close()
