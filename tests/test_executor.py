@@ -182,8 +182,13 @@ class Device:
         raise AssertionError(f"no convergence in {max_rounds} rounds: {batches[-4:]}")
 
 
+#: Container names (``<service>_<imageId>_<releaseId>_<commit>``) are engine-wide: a base of this
+#: session's own keeps two suites sharing the engine (CI, other sessions) from taking each other's.
+_ID_BASE = 1000 + random.randrange(1, 10**6) * 1000
+
+
 def _stable_id(name: str) -> int:
-    return 1000 + sum(map(ord, name))
+    return _ID_BASE + sum(map(ord, name))
 
 
 def _fast_clock() -> tuple[Callable[[], float], Callable[[float], None]]:
