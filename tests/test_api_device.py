@@ -409,6 +409,7 @@ def engine_device(docker_client, make_image, tmp_path_factory) -> Iterator[Devic
                 pytest.fail(f"apps not running after 90 s:\n{sup.output()[-6000:]}")
             time.sleep(0.2)
         dev.global_key = global_api_key(root)  # type: ignore[attr-defined]
+        sup.wait_applied(dev.global_key)  # the commits are stored once the apply settles, after the starts
         yield dev
     finally:
         sup.stop(signal.SIGKILL)

@@ -168,6 +168,7 @@ def two_apps(docker_client, make_image, tmp_path_factory) -> Iterator[TwoApps]:
         wait_for(lambda: all(docker_client.api.containers(filters={
             "label": f"io.balena.app-id={app_id}", "status": "running"}) for app_id in (first, second)),
             "both apps to run", sup)
+        sup.wait_applied(global_api_key(root))  # settled: commits stored, install locks released
         yield TwoApps(sup=sup, client=docker_client, first=first, second=second, keys=keys,
                       global_key=global_api_key(root))
     finally:

@@ -186,6 +186,7 @@ def installed(docker_client, make_image, tmp_path_factory) -> Iterator[Installed
         sup.wait_ready()
         wait_for(lambda: docker_client.api.containers(
             filters={"label": f"io.balena.app-id={app_id}", "status": "running"}), "the app to run", sup)
+        sup.wait_applied(global_api_key(root))  # settled: commit stored, install locks released
         yield Installed(sup=sup, app_id=app_id, client=SupervisorClient(sup.url, global_api_key(root)),
                         scoped=SupervisorClient(sup.url, keys[app_id]))
     finally:
