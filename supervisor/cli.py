@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-host-setup", dest="host_setup", action="store_false",
         default=os.environ.get("SUPERVISOR_HOST_SETUP", "true").lower() not in ("0", "false", "no"),
-        help="do not create the supervisor0 network and extra-firmware volume a balenaOS device "
-        "needs (env SUPERVISOR_HOST_SETUP=false)",
+        help="leave the host alone: no supervisor0 network or extra-firmware volume, no firewall rules, "
+        "no starting or stopping of avahi and openvpn (env SUPERVISOR_HOST_SETUP=false)",
     )
     parser.add_argument("--log-level", default=os.environ.get("SUPERVISOR_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,6 @@ from .config import Config, ConfigJson
 from .db import Database
 from .host import HostFacts
 from .paths import Paths
-from .power import PowerBackend, StubPowerBackend
 from .state.contexts import TargetBuilder
 from .state.device_config import with_defaults
 from .state.locks import LockRegistry
@@ -55,7 +55,8 @@ class Settings:
     #: Only these app ids are managed (None: every supervised app on the engine). For development
     #: machines and tests that share an engine with containers that are not this supervisor's.
     apps: tuple[int, ...] | None = None
-    #: Create the supervisor0 network and extra-firmware volume a balenaOS device needs.
+    #: Set the host up as a balenaOS device needs: the supervisor0 network and extra-firmware volume,
+    #: the firewall, avahi and openvpn from the config variables (supervisor/host/).
     host_setup: bool = True
 
 
@@ -77,6 +78,9 @@ class Supervisor:
         from .api import create_app
         from .api.server import ApiServer
         from .blink import Blinker
+        from .host.netlink import NetworkFacts
+        from .host.power import LogindBackend, Power
+        from .host.services import HostServices
 
         self.settings = settings
         self.paths = Paths.create(settings.root, settings.data_dir)
@@ -103,7 +107,13 @@ class Supervisor:
         self.lock_root = str(self.paths.root).rstrip("/")
         # ONE lock registry per supervisor: the state engine and the API actions share it (§4).
         self.locks = LockRegistry(self.lock_root)
-        self.power: PowerBackend = StubPowerBackend()
+        # The host over D-Bus, iptables and netlink (supervisor/host/): each piece works alone.
+        self.host_services = HostServices(listen_port=lambda: self.server.port,
+                                          host_network_services=self._host_network_services)
+        self.network = NetworkFacts()
+        self._host_config_lock = threading.Lock()
+        self.power = Power(LogindBackend(self.host_services.login), hold=self._hold_work,
+                           release=self._release_work)
         self.target_builder = TargetBuilder(
             self.config, self.targets, self.api_keys, self.host,
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
@@ -119,9 +129,9 @@ class Supervisor:
             managed=lambda: not self.config.unmanaged,
             apps=self.managed_apps,
             locks=self.locks,
-            hold=self.hold_reason,
+            hold_reason=self.hold_reason,
         )
-        self.subsystems: list[Subsystem] = [self.blinker, self.reconciler]
+        self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler]
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
         self.binder: CloudBinder | None = None
         if not self.config.unmanaged:
@@ -142,6 +152,9 @@ class Supervisor:
         for subsystem in self.subsystems:
             subsystem.start()
         self.server.start()
+        if not self.settings.host_setup:
+            log.info("Host setup is off: the firewall, discoverability and the VPN are left alone")
+        self.apply_host_config()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
 
@@ -179,6 +192,7 @@ class Supervisor:
         engine = self.reconciler.engine
         if engine is not None:
             engine.client.close()
+        self.host_services.close()
         self.config.db.close()
         return True
 
@@ -228,9 +242,9 @@ class Supervisor:
         status = self.reconciler.status()
         return {
             "api_port": self.server.port,
-            "ip_address": "",  # not gathered yet
+            "ip_address": self.network.ip_address,
             "os_version": self.host.os_version,
-            "mac_address": self.host.mac_address,
+            "mac_address": self.network.mac_address,
             "supervisor_version": __version__,
             "update_pending": status.update_pending,
             "update_failed": status.update_failed,
@@ -276,6 +290,55 @@ class Supervisor:
         from .state import actions
 
         actions.shutdown(self, reboot=True)
+
+    # the host side (supervisor/host/) ------------------------------------------------------------
+    def _hold_work(self) -> None:
+        """The device goes down: no new state-engine batch, no new API connection (§1.4)."""
+        self.reconciler.hold()
+        self.server.pause()
+
+    def _release_work(self) -> None:
+        """logind refused: serve and apply again."""
+        self.server.resume()
+        self.reconciler.release()
+
+    def vpn_connected(self) -> bool:
+        """The VPN is up: openvpn's status file ``active`` exists (§13.4). The connectivity check is
+        bypassed meanwhile (§10.7)."""
+        return (self.paths.vpn_status / "active").exists()
+
+    def _host_network_services(self) -> bool:
+        """Whether a target service uses ``network_mode: host`` (firewall mode ``auto``, §13.1)."""
+        target = self.targets.get_target(self.target_source)
+        return any(
+            (svc.composition.get("network_mode") or svc.composition.get("networkMode")) == "host"
+            for app in target.apps.values() for svc in app.services.values()
+        )
+
+    def host_config_values(self) -> dict[str, str]:
+        """The target config, defaults filled in: what the host side applies."""
+        return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
+
+    def apply_host_config(self) -> threading.Thread | None:
+        """Firewall, discoverability and VPN from the current target config, in the background (a
+        slow bus or iptables never delays the API); at start and after every new target. Nothing
+        with host setup off."""
+        if not self.settings.host_setup:
+            return None
+
+        def apply() -> None:
+            # The config is read under the lock: whichever thread runs last applies the newest.
+            with self._host_config_lock:
+                try:
+                    self.host_services.apply_config(self.host_config_values(),
+                                                    local_mode=self.config.local_mode,
+                                                    managed=not self.config.unmanaged)
+                except Exception:  # never fatal: the rest of the supervisor runs without it
+                    log.exception("Could not apply the host configuration")
+
+        thread = threading.Thread(target=apply, name="host-config", daemon=True)
+        thread.start()
+        return thread
 
     def _extra_firmware_volume(self) -> str | None:
         """config.json ``os.kernel.extraFirmwareVol`` (spec §3.2 stage 2)."""
@@ -344,11 +407,11 @@ class Supervisor:
 
     # device endpoints (issue #5) -----------------------------------------------------------------
     def _init_device_endpoints(self) -> None:
-        """The parts behind host-config, tags, logs and streams (supervisor/hostconfig.py, cloud/tags.py,
+        """The parts behind host-config, tags, logs and streams (supervisor/host/hostconfig.py, cloud/tags.py,
         logs/hub.py, api/streams.py); each edge is a replaceable object for the later host/cloud work."""
         from .api.streams import StreamSlots
         from .cloud import TagStore
-        from .hostconfig import HostConfig
+        from .host.hostconfig import HostConfig
         from .logs.hub import LogHub
 
         self.logs = LogHub()
@@ -356,18 +419,26 @@ class Supervisor:
         self.tag_store = TagStore(self.config)
         self.host_config = HostConfig(
             self.paths, read_hostname=self._read_hostname, write_hostname=self._write_hostname,
+            on_proxy_change=lambda: self.host_services.restart_proxy_units(),
         )
 
     def _read_hostname(self) -> str:
-        """The host's ``/etc/hostname`` (spec §6.1); the D-Bus hostnamed backend replaces this."""
-        try:
-            return self.paths.host("/etc/hostname").read_text(encoding="utf-8").strip()
-        except OSError:
-            return ""
+        """hostnamed's static hostname, else the host's ``/etc/hostname`` (spec §6.1)."""
+
+        def from_file() -> str:
+            try:
+                return self.paths.host("/etc/hostname").read_text(encoding="utf-8").strip()
+            except OSError:
+                return ""
+
+        return self.host_services.hostname(from_file) or ""
 
     def _write_hostname(self, hostname: str) -> None:
-        """config.json ``hostname``, which balenaOS applies (spec §6.1); "" is the uuid's first 7."""
-        self.config.json.set(hostname=hostname or self.config.uuid[:7])
+        """hostnamed's ``SetStaticHostname`` (a refusal raises before anything changed), then
+        config.json ``hostname``, which balenaOS applies too (spec §6.1); "" is the uuid's first 7."""
+        name = hostname or self.config.uuid[:7]
+        self.host_services.set_hostname(name)
+        self.config.json.set(hostname=name)
 
     def current_app_ids(self) -> list[int]:
         """The managed apps on the device now (the engine's view; the target's without an engine)."""
@@ -405,6 +476,7 @@ class Supervisor:
         self.targets.set_target(device, LOCAL_SOURCE)
         log.info("Local target state set (%d apps)", len(device.apps))
         self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
+        self.apply_host_config()
 
     def update(self, *, force: bool, cancel: bool) -> None:
         """POST /v1/update: a managed device polls the cloud now, ``force`` carried into the apply
@@ -507,7 +579,8 @@ class CloudDeviceSide:
 
         host = self.sup.host
         return {"device_type": host.device_type, "supervisor_version": __version__,
-                "os_version": host.os_version, "os_variant": host.os_variant, "mac_address": host.mac_address}
+                "os_version": host.os_version, "os_variant": host.os_variant,
+                "mac_address": self.sup.network.mac_address}
 
     def metrics(self) -> dict[str, Any]:
         """§13.6 metrics, or all None with ``SUPERVISOR_HARDWARE_METRICS=false``; the under-voltage

@@ -151,7 +151,8 @@ class _Stuck(Subsystem):
 
 @pytest.fixture
 def in_process(device_root: Path):
-    sup = Supervisor(Settings(root=str(device_root), port=free_port(), host="127.0.0.1", led="none"))
+    sup = Supervisor(Settings(root=str(device_root), port=free_port(), host="127.0.0.1", led="none",
+                              host_setup=False))  # never the machine's firewall
     sup.start()
     sup.url = f"http://127.0.0.1:{sup.server.port}"
     yield sup

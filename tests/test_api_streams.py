@@ -40,7 +40,8 @@ def _no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _start(root: Path, **settings: Any) -> Supervisor:
-    sup = Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none", **settings))
+    sup = Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none",
+                              host_setup=False, **settings))  # never the machine's firewall
     sup.start()
     sup.url = f"http://127.0.0.1:{sup.server.port}"  # type: ignore[attr-defined]
     return sup

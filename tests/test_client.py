@@ -29,6 +29,7 @@ from supervisor.client import (
 )
 from supervisor.compose.naming import lock_dir_for
 from tests.fixtures.apps import local_target, main_service_app, remove_app, store_managed_target
+from tests.fixtures.dbus import HOST_STAYS_UP, wait_back_after_power
 from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for
 from tests.fixtures.locks import take_user_lock
 
@@ -170,7 +171,7 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(docker_client, make_image, tmp_path_factory) -> Iterator[Installed]:
+def installed(docker_client, make_image, tmp_path_factory, host_bus) -> Iterator[Installed]:
     """A managed device (keys required) whose stored cloud target runs app ``main``, scoped with
     ``--apps``, and the app's scoped key."""
     app_id = random.randint(10**6, 10**9)
@@ -181,7 +182,10 @@ def installed(docker_client, make_image, tmp_path_factory) -> Iterator[Installed
     app = main_service_app("client-app", image, image_id=801, service_id=81, release_id=3)
     keys = store_managed_target(root, local_target({app_id: app}, "client-device"), endpoint)
 
-    sup = SupervisorProcess(root, free_port(), ["--apps", str(app_id), "--no-host-setup"], {})
+    bus, fake = host_bus
+    fake.configure(login=HOST_STAYS_UP)  # logind is asked, then fails: the supervisor serves on
+    sup = SupervisorProcess(root, free_port(), ["--apps", str(app_id), "--no-host-setup"], bus.env)
+    sup.fake = fake  # type: ignore[attr-defined]
     try:
         sup.wait_ready()
         wait_for(lambda: docker_client.api.containers(
@@ -278,7 +282,8 @@ def test_update_lock_is_locked_until_forced(installed: Installed, docker_client)
         assert after != before
     finally:
         lock.unlink(missing_ok=True)
-    assert client.reboot() == {"Data": "OK", "Error": None}  # the stub power backend: nothing happens
+    assert client.reboot() == {"Data": "OK", "Error": None}
+    wait_back_after_power(installed.sup, installed.sup.fake, "Reboot")  # type: ignore[attr-defined]
 
 
 def _running_id(docker_client, app_id: int) -> str | None:  # type: ignore[no-untyped-def]

@@ -28,6 +28,7 @@ import docker.errors
 import pytest
 import requests
 
+from tests.fixtures.dbus import HOST_STAYS_UP, wait_back_after_power
 from tests.fixtures.device import SupervisorProcess, free_port, wait_for
 from tests.fixtures.docker import TEST_LABEL
 from tests.fixtures.loopback import serve_loopback
@@ -247,22 +248,12 @@ def start_local(start_supervisor, root: Path, app_ids: list[int], **kw: Any) -> 
 
 
 OS_VERSION = "balenaOS 6.0.13+rev1"
-MAC = "02:42:AC:11:00:02"
 
 
 def fake_host(root: Path) -> None:
-    """The host files the supervisor reports from: os-release and /sys/class/net."""
+    """The host file the supervisor reports from: os-release (addresses come from netlink)."""
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "etc/os-release").write_text(f'ID="balena-os"\nPRETTY_NAME="{OS_VERSION}"\nVARIANT_ID=dev\n')
-    interfaces = (("eth0", "1", MAC.lower(), False), ("lo", "772", "00:00:00:00:00:00", False),
-                  ("eth1", "1", "02:00:00:00:00:09", True))
-    for name, kind, mac, master in interfaces:
-        iface = root / "sys/class/net" / name
-        iface.mkdir(parents=True)
-        (iface / "type").write_text(kind + "\n")
-        (iface / "address").write_text(mac + "\n")
-        if master:
-            (iface / "master").write_text("")  # a bridge member: not reported
 
 
 @pytest.fixture
@@ -287,16 +278,18 @@ def installed(device: LocalDevice) -> LocalDevice:
 
 @contextlib.contextmanager
 def applied_app(docker_client, make_image, registry, root: Path,  # type: ignore[no-untyped-def]
-                device: Callable[..., Any] = LocalDevice, **fields: Any) -> Iterator[Any]:
+                device: Callable[..., Any] = LocalDevice, env: dict[str, str] | None = None,
+                **fields: Any) -> Iterator[Any]:
     """A supervisor in local mode on a fresh ``root`` with a two-service app (main, worker) applied,
-    as ``device(sup=, client=, app_id=, images=, **fields)``; everything of the app removed after."""
+    as ``device(sup=, client=, app_id=, images=, **fields)``; everything of the app removed after.
+    ``env``: the supervisor's extra environment (a system bus: tests/fixtures/dbus.py)."""
     app_id, owner = random.randint(10**6, 10**9), uuid.uuid4().hex
     (root / "mnt/boot").mkdir(parents=True)
     fake_host(root)
     sup = None
     try:
         images = {n: publish(docker_client, make_image, registry, owner, n) for n in ("main", "worker")}
-        sup = SupervisorProcess(root, free_port(), ["--apps", str(app_id), "--no-host-setup"], {})
+        sup = SupervisorProcess(root, free_port(), ["--apps", str(app_id), "--no-host-setup"], env or {})
         sup.wait_ready()
         dev = device(sup=sup, client=docker_client, app_id=app_id, images=images, **fields)
         dev.apply()
@@ -492,12 +485,16 @@ def test_v1_device(converged: LocalDevice) -> None:
     dev = converged
     body = dev.sup.get("/v1/device").json()
     from supervisor import __version__
+    from supervisor.host.netlink import read_addresses
 
+    # The addresses of the network namespace the supervisor runs in, over netlink (exact values from
+    # addresses made in a namespace: tests/test_host_netlink.py).
+    ips, macs = read_addresses()
     assert body == {
         "api_port": dev.sup.port,
-        "ip_address": "",
+        "ip_address": " ".join(ips),
         "os_version": OS_VERSION,
-        "mac_address": MAC,
+        "mac_address": " ".join(macs),
         "supervisor_version": __version__,
         "update_pending": False,
         "update_failed": False,
@@ -729,11 +726,17 @@ def test_an_invalid_target_is_refused_and_nothing_changes(converged: LocalDevice
     assert dev.sup.get("/v2/local/target-state").json() == stored
 
 
-def test_a_service_that_requires_a_reboot_gets_one_reboot_once_the_rest_settled(device: LocalDevice) -> None:
+def test_a_service_that_requires_a_reboot_gets_one_reboot_once_the_rest_settled(
+        device: LocalDevice, host_bus, start_supervisor) -> None:
     """§5.6 / §3.1 step 5: the service is created but not started, the breadcrumb written, and once
-    nothing else is left the engine asks for the reboot (the stub power backend logs it) exactly
+    nothing else is left the engine asks logind for the reboot (the fake on a private bus) exactly
     once: the apply ends there instead of asking again every round."""
+    bus, fake = host_bus
+    fake.configure(login=HOST_STAYS_UP)
+    fake.forget()
     dev = device
+    dev.sup.stop()
+    dev.sup = start_local(start_supervisor, dev.sup.root, [dev.app_id], env=bus.env)
     target = dev.target()
     (worker,) = [s for s in target["local"]["apps"][str(dev.app_id)]["services"].values()
                  if s["serviceName"] == "worker"]
@@ -745,7 +748,8 @@ def test_a_service_that_requires_a_reboot_gets_one_reboot_once_the_rest_settled(
     assert services["main"]["State"] == "running"
     assert services["worker"]["State"] == "created"  # waits for the reboot
     assert (dev.sup.root / "tmp/balena-supervisor/reboot-after-apply").is_file()
-    time.sleep(1.5)
+    wait_back_after_power(dev.sup, fake, "Reboot")
+    time.sleep(1.5)  # a loop that asked again would have done so by now
     log = dev.sup.output()[offset:]
-    assert log.count("Power backend stub: reboot requested") == 1
+    assert [(c["member"], c["args"]) for c in fake.calls()] == [("CanReboot", []), ("Reboot", [False])]
     assert "Reboot has been scheduled to apply changes" in log

@@ -354,7 +354,8 @@ def _supervisor(root: Any) -> Any:
     from supervisor.runtime import Settings, Supervisor
     from tests.fixtures.device import free_port
 
-    return Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none"))
+    return Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none",
+                               host_setup=False))  # never the machine's firewall
 
 
 def test_extra_firmware_is_recorded_in_config_json_only_when_there_is_one(device_root) -> None:
@@ -465,18 +466,18 @@ def test_a_held_apply_changes_nothing_and_says_so_once(make_loop, caplog) -> Non
     caplog.set_level("INFO")
     reason = {"now": "no target received from the cloud yet"}
     device = FakeDevice(plans=[[fetch()]])
-    loop, _ = make_loop(device, hold=lambda: reason["now"])
+    loop, _ = make_loop(device, hold_reason=lambda: reason["now"])
     loop.start()
     for _ in range(3):
         loop.trigger()
         wait_until(lambda: not loop.status().applying)
     assert device.forces == [] and device.batches == []  # not even planned
-    assert loop.status().held == reason["now"]
+    assert loop.status().held_back == reason["now"]
     assert caplog.text.count("Not applying anything: no target received") == 1
     reason["now"] = None
     loop.trigger()
     wait_until(lambda: device.batches and not loop.status().applying)
-    assert loop.status().held is None
+    assert loop.status().held_back is None
 
 
 @dataclass(frozen=True)
@@ -541,3 +542,18 @@ def test_an_app_that_progresses_keeps_its_lock_while_another_apps_step_fails(mak
     loop.trigger()
     wait_until(lambda: loop.status().failed_updates == 1)
     assert registry.held() == frozenset({2})  # app 1 (the fetch's) holds nothing, app 2 keeps its lock
+
+
+def test_a_held_loop_starts_no_batch_until_released(make_loop) -> None:
+    """The device is about to reboot (supervisor/host/power.py): triggers wait; a failed reboot
+    releases the loop and the waiting apply runs."""
+    device = FakeDevice(plans=[[fetch()]])
+    loop, _ = make_loop(device)
+    loop.start()
+    wait_until(lambda: device.connects == 1)
+    loop.hold()
+    loop.trigger()
+    time.sleep(0.5)  # long enough for a batch to have started, were the loop free
+    assert device.batches == [] and device.forces == []
+    loop.release()
+    wait_until(lambda: len(device.batches) == 1 and not loop.status().applying)

@@ -5,8 +5,8 @@ Checks per response: its status is documented, its media type is the documented 
 matches the documented schema, and no 5xx at all: a client's mistake is a 4xx (docs/API.md), and the
 device talks to a fake balena API (tests/fixtures/cloud.py) that answers, so nothing upstream fails.
 Both valid (positive) and invalid (negative) requests are generated, with a fixed seed and a bounded
-number of examples so the run stays short. Reboot and shutdown go to the stub power backend
-(supervisor/power.py): the host is never touched.
+number of examples so the run stays short. Reboot and shutdown go to a recording double of the power
+sequence (tests/fixtures/power.py): the host is never touched.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from supervisor.state.target import from_v2_local
 from tests.fakecloud.client import FakeCloud
 from tests.fixtures.apps import local_target, main_service_app, remove_app
 from tests.fixtures.device import free_port, write_config_json
+from tests.fixtures.power import RecordingPower
 
 pytestmark = pytest.mark.docker
 
@@ -94,6 +95,7 @@ def fuzz(docker_client, make_image, tmp_path_factory) -> Iterator[FuzzDevice]:
     (root / "mnt/boot/device-type.json").write_text('{"slug": "generic-amd64", "arch": "amd64"}')
     sup = Supervisor(Settings(root=str(root), port=free_port(), host="127.0.0.1", led="none",
                               blink_seconds=0.2, apps=(app_id,), host_setup=False))
+    sup.power = RecordingPower()  # type: ignore[assignment]
     sup.config.set_db(initialConfigReported=cloud.url)  # no initial target GET (it would fail)
     try:
         sup.start()

@@ -18,6 +18,7 @@ from supervisor.state.actions import (
     SERVICE_NOT_FOUND,
     V2_SERVICE_ENDPOINT_ERROR,
 )
+from tests.fixtures.dbus import HOST_STAYS_UP, wait_back_after_power
 from tests.test_reconcile import applied_app, wait_for
 from tests.test_update_strategies import (  # noqa: F401 - fixtures used here
     Lab,
@@ -29,10 +30,15 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def shared(docker_client, make_image, registry, tmp_path_factory) -> Iterator[Lab]:
+def shared(docker_client, make_image, registry, tmp_path_factory, host_bus) -> Iterator[Lab]:
+    """On a private system bus whose logind (tests/fixtures/fakehostd.py) records a reboot and then
+    fails it, so the supervisor comes back and serves the next test."""
+    bus, fake = host_bus
+    fake.configure(login=HOST_STAYS_UP)
     root = tmp_path_factory.mktemp("actions") / "root"
     with applied_app(docker_client, make_image, registry, root, Lab, services=("main", "worker"),
-                     volumes={"main": ["data:/data"]}) as app:
+                     volumes={"main": ["data:/data"]}, env=bus.env) as app:
+        app.fake = fake  # type: ignore[attr-defined]
         yield app
 
 
@@ -84,7 +90,7 @@ def test_every_action_that_stops_a_service_answers_423_while_a_service_is_locked
     assert ids(app) == before and set(states(app).values()) == {"running"}  # nothing was touched
     assert (app.lock_dir("main") / "updates.lock").exists()
     assert not (app.lock_dir("worker") / "updates.lock").exists()  # no supervisor lock left behind
-    assert "Power backend stub" not in app.sup.output()
+    assert not [c for c in app.fake.calls() if c["member"] in ("Reboot", "PowerOff")]  # type: ignore[attr-defined]
 
     # start never locks (§1.4): it answers 200 even now.
     response = app.sup.post(f"/v2/applications/{app.app_id}/start-service", json={"serviceName": "worker"})
@@ -105,9 +111,10 @@ def test_force_restarts_a_locked_service_at_once_and_removes_the_lock(app: Lab) 
 
 def test_force_reboot_while_locked_answers_202(app: Lab) -> None:
     app.take_lock("worker", "/tmp/resin/resin-updates.lock")
+    app.fake.forget()  # type: ignore[attr-defined]
     response = app.sup.post("/v1/reboot", json={"force": True})
     assert (response.status_code, response.json()) == (202, {"Data": "OK", "Error": None})
-    wait_for(lambda: "Power backend stub: reboot requested" in app.sup.output(), "the reboot", app.sup)
+    wait_back_after_power(app.sup, app.fake, "Reboot")  # type: ignore[attr-defined]
     assert "Rebooting" in app.sup.output()
     assert app.lock_files() == []
 
@@ -161,11 +168,13 @@ def test_purge_empties_the_apps_volumes(app: Lab) -> None:
     assert (response.status_code, response.text) == (200, "OK")
 
 
-def test_shutdown_asks_the_power_backend(app: Lab) -> None:
+def test_shutdown_asks_logind(app: Lab) -> None:
+    app.fake.forget()  # type: ignore[attr-defined]
     response = app.sup.post("/v1/shutdown")
     assert (response.status_code, response.json()) == (202, {"Data": "OK", "Error": None})
-    wait_for(lambda: "Power backend stub: shutdown requested" in app.sup.output(), "the shutdown", app.sup)
-    assert app.sup.get("/ping").text == "OK"  # the stub takes nothing down
+    wait_back_after_power(app.sup, app.fake, "PowerOff")  # type: ignore[attr-defined]
+    assert [(c["member"], c["args"]) for c in app.fake.calls()] == [  # type: ignore[attr-defined]
+        ("CanPowerOff", []), ("PowerOff", [False])]
 
 
 def test_a_host_os_update_blocks_reboot_unless_forced(app: Lab) -> None:
@@ -177,8 +186,10 @@ def test_a_host_os_update_blocks_reboot_unless_forced(app: Lab) -> None:
             response = app.sup.post(path, json={})
             assert response.status_code == 423
             assert response.json() == {"Data": "", "Error": "Waiting for Host OS update to finish"}
+        app.fake.forget()  # type: ignore[attr-defined]
         response = app.sup.post("/v1/reboot", json={"force": True})
         assert (response.status_code, response.json()) == (202, {"Data": "OK", "Error": None})
+        wait_back_after_power(app.sup, app.fake, "Reboot")  # type: ignore[attr-defined]
     finally:
         breadcrumb.unlink()
 

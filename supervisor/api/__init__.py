@@ -60,8 +60,14 @@ def create_app(supervisor: Supervisor) -> Flask:
     app.extensions["supervisor"] = supervisor
 
     @app.before_request
-    def _start_timer() -> None:
+    def _start_timer():  # type: ignore[no-untyped-def]
         g.started = time.monotonic()
+        power = getattr(supervisor, "power", None)  # test doubles of the supervisor may have none
+        going_down = power.going_down if power is not None else None
+        if going_down is not None:  # a connection opened before the listener closed (host/power.py)
+            what = "reboot" if going_down == "reboot" else "shut down"
+            return errors.failed(f"The device is about to {what}", 503)
+        return None
 
     @app.after_request
     def _log_request(response):  # type: ignore[no-untyped-def]

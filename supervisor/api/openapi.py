@@ -298,7 +298,8 @@ def _paths() -> dict[str, dict[str, Any]]:
             what, {202: _json("Accepted: the device goes down in a moment", _ref("PowerResult")),
                    423: _json("An update lock is held, or a host OS update is in progress",
                               _ref("PowerResult")),
-                   500: _json("The request failed", _ref("PowerResult"))},
+                   500: _json("The device cannot do it (no system bus, or logind refuses): `Error` says why",
+                              _ref("PowerResult"))},
             body=_body(_obj(force=FORCE)), tag="v1",
         )}
 

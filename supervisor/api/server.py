@@ -58,6 +58,31 @@ class ApiServer:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def pause(self) -> None:
+        """Stop accepting connections (the listening socket closes; open connections are served)."""
+        server = self._server
+
+        def close_listener() -> None:
+            if server.accepting:
+                server.accepting = False
+                server.del_channel()
+                server.socket.close()
+
+        server.trigger.pull_trigger(close_listener)  # type: ignore[attr-defined]
+
+    def resume(self) -> None:
+        """Listen again on the same address after :meth:`pause`."""
+        server = self._server
+
+        def reopen_listener() -> None:
+            if not server.accepting:
+                server.create_socket(server.family, server.socktype)
+                server.set_reuse_addr()
+                server.bind_server_socket()
+                server.accept_connections()
+
+        server.trigger.pull_trigger(reopen_listener)  # type: ignore[attr-defined]
+
     def stop(self, timeout: float = 1.0) -> None:
         from waitress import wasyncore
 

@@ -123,7 +123,7 @@ def get_host_config() -> Response:
 def patch_host_config() -> Response:
     """Hostname and proxy (spec §6.1), under the update locks of every app: the OS restarts the
     engine when the proxy changes. Errors are plain text, as the reference answers them."""
-    from ..hostconfig import HostConfigError, parse_patch
+    from ..host.hostconfig import HostConfigError, parse_patch
     from ..state.locks import UpdatesLockedError
 
     sup = supervisor()

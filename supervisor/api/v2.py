@@ -48,7 +48,7 @@ def state_status() -> Response:
     status = sup.reconciler.status()
     body = report.state_status(
         sup.observe(), applying=status.applying, allows=current_key().allows_app,
-        awaiting_target=status.held is not None,
+        awaiting_target=status.held_back is not None,
     )
     return jsonify(body)
 
@@ -183,15 +183,14 @@ def patch_device_tags() -> Response:
 
 @bp.get("/v2/device/vpn")
 def device_vpn() -> Response:
-    """``enabled``: the device config ``SUPERVISOR_VPN_CONTROL`` (the target's until the host side
-    reports openvpn.service itself); ``connected``: openvpn's status file ``active`` exists."""
-    from ..state.device_config import with_defaults
-
+    """``enabled``: openvpn.service is active (ActiveState over D-Bus; a device without the unit
+    reports false, where the reference fails, §15; without a system bus, the target's
+    ``SUPERVISOR_VPN_CONTROL``); ``connected``: openvpn's status file ``active`` exists (§13.4)."""
     sup = supervisor()
-    config = with_defaults(sup.targets.target_config(), unmanaged=sup.config.unmanaged)
-    enabled = config.get("SUPERVISOR_VPN_CONTROL") == "true"
-    connected = (sup.paths.vpn_status / "active").exists()
-    return jsonify(status="success", vpn={"enabled": enabled, "connected": connected})
+    enabled = sup.host_services.vpn_enabled()
+    if enabled is None:
+        enabled = sup.host_config_values().get("SUPERVISOR_VPN_CONTROL") == "true"
+    return jsonify(status="success", vpn={"enabled": enabled, "connected": sup.vpn_connected()})
 
 
 @bp.get("/v2/cleanup-volumes")

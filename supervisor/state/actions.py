@@ -15,8 +15,8 @@ Differences from the reference, all deliberate:
   settled app those are the same), then ask for a normal apply, which converges anything left.
 * Purge leaves the ``extra-firmware`` volume alone (the reference removes and recreates it): it
   belongs to the host OS, not to the app whose data is purged.
-* Reboot/shutdown with the stub power backend only record the request: the API and the state
-  engine keep running, as nothing goes down.
+* Reboot/shutdown first asks logind whether it can (an error answer instead of a 202 for nothing),
+  and when logind fails later the API and the state engine come back (supervisor/host/power.py).
 """
 
 from __future__ import annotations
@@ -166,15 +166,13 @@ def service_action(
 # ------------------------------------------------------------------------------ the device
 def shutdown(sup: Supervisor, *, reboot: bool, force: bool = False) -> None:
     """``deviceState.shutdown``: the HUP guard (only the request's ``force`` passes it), then the
-    locks of every current app (``force`` or ``SUPERVISOR_OVERRIDE_LOCK``), then the power call."""
+    locks of every current app (``force`` or ``SUPERVISOR_OVERRIDE_LOCK``), then the power request
+    (``PowerUnavailableError`` when the host cannot do it; the host call itself comes 1 s later)."""
     if not force and any((sup.paths.state_partition / name).exists() for name in HUP_BREADCRUMBS):
         raise UpdatesLockedError("Waiting for Host OS update to finish")
     with sup.locks.with_lock(_current_app_ids(sup), force=force or sup.lock_override()):
+        sup.power.request(reboot)
         log.info("Rebooting" if reboot else "Shutting down")
-        if reboot:
-            sup.power.reboot()
-        else:
-            sup.power.shutdown()
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -44,9 +44,9 @@ service this run killed and has not started again (a kill and its start are sepa
 started before the thread ends: the loop plans again and runs only the steps that bring such
 services back (fetch, create, start), never a new kill, for at most ``stop_grace`` seconds.
 
-**Holding** (§5): while ``hold()`` names a reason (a managed device that has not received a target
+**Holding back** (§5): while ``hold_reason()`` names a reason (a managed device that has not received a target
 from its cloud yet), an apply changes nothing at all; the reason is logged once and reported
-(:attr:`ApplyStatus.held`).
+(:attr:`ApplyStatus.held_back`).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class ApplyStatus:
     last_error: str | None = None
     engine_error: str | None = None
     #: Why applying is held back (nothing is changed meanwhile), e.g. no target from the cloud yet.
-    held: str | None = None
+    held_back: str | None = None
 
 
 def pretty_ms(seconds: float) -> str:
@@ -143,7 +143,7 @@ class Reconciler(Subsystem):
     ``context(force)`` the round's :class:`PlanContext`; ``apps`` limits which apps (uuids or app
     ids as strings) are read from the engine and applied, None for all; ``poll_interval`` (seconds)
     caps the backoff; ``managed`` selects the health rule; ``planner`` is :func:`plan` but for tests.
-    ``locks`` is the registry whose holds are let go before each backoff wait; ``hold()`` a reason
+    ``locks`` is the registry whose holds are let go before each backoff wait; ``hold_reason()`` a reason
     to change nothing (None: apply); ``stop_grace`` bounds what a stop spends on killed services.
     """
 
@@ -163,7 +163,7 @@ class Reconciler(Subsystem):
         connect_retry_max: float = CONNECT_RETRY_MAX_S,
         planner: Callable[[Any, TargetApps, PlanContext], list[Step]] = plan,
         locks: LockRegistry | None = None,
-        hold: Callable[[], str | None] = lambda: None,
+        hold_reason: Callable[[], str | None] = lambda: None,
         stop_grace: float = STOP_GRACE_S,
     ) -> None:
         super().__init__()
@@ -178,7 +178,7 @@ class Reconciler(Subsystem):
         self.connect_retry_max = connect_retry_max
         self._planner = planner
         self.locks = locks
-        self._hold = hold
+        self._hold_reason = hold_reason
         self.stop_grace = stop_grace
         #: The last failed step of each service, for the API (state/errors.py, issue #11).
         self.errors = ServiceErrors()
@@ -202,6 +202,7 @@ class Reconciler(Subsystem):
         # Apps whose update locks the backoff after this round lets go of (empty: no backoff).
         self._stuck_apps: set[int | None] = set()
         self._target_apps: frozenset[int] = frozenset()  # app ids of the last planned target
+        self._held = False  # guarded by _cond: no new batch while the device goes down
 
     # ------------------------------------------------------------------ requests (any thread)
     def trigger(self, *, force: bool = False, cancel: bool = False) -> None:
@@ -216,6 +217,18 @@ class Reconciler(Subsystem):
                 self._applying_since = time.monotonic()
                 self._fetch_seconds = 0.0
             self._status = _replace(self._status, applying=True)
+            self._cond.notify_all()
+
+    def hold(self) -> None:
+        """Start no new batch until :meth:`release` (the device is about to reboot, §1.4); a batch
+        that is running finishes, and triggers that come meanwhile wait."""
+        with self._cond:
+            self._held = True
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
             self._cond.notify_all()
 
     @property
@@ -273,7 +286,7 @@ class Reconciler(Subsystem):
                         return
                     connect_delay = min(connect_delay * 2, self.connect_retry_max)
                     continue
-            if self.wait_on(self._cond, lambda: self._pending):
+            if self.wait_on(self._cond, lambda: self._pending and not self._held):
                 return
             engine = self._engine
             assert engine is not None
@@ -301,12 +314,15 @@ class Reconciler(Subsystem):
         with self._cond:
             self._pending, self._cancel = False, False
             force, self._force = self._force, False
-        if self._held():
+        if self._held_back():
             return
         log.info("Applying target state")
         self._last_batch, self._reboot_requested = [], False
         while not self.stopping:
             with self._cond:
+                if self._held:  # the apply resumes (from a fresh read) once released
+                    self._pending = True
+                    return
                 if self._cancel:  # a new target or a force: a fresh read, no backoff left
                     self._pending, self._cancel = False, False
                     self._status = _replace(self._status, failed_updates=0)
@@ -338,12 +354,12 @@ class Reconciler(Subsystem):
                 break
         self._finish(engine, force)
 
-    def _held(self) -> bool:
+    def _held_back(self) -> bool:
         """Whether applying is held back now (logged once per reason, reported in the status)."""
-        reason = self._hold()
+        reason = self._hold_reason()
         with self._cond:
-            before = self._status.held
-            self._status = _replace(self._status, held=reason)
+            before = self._status.held_back
+            self._status = _replace(self._status, held_back=reason)
         if reason is None:
             if before is not None:
                 log.info("No longer holding back: applying the target state")

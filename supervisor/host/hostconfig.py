@@ -3,7 +3,8 @@
 The pure part validates a PATCH body, parses and renders ``redsocks.conf`` and merges a patch over
 the current proxy. :class:`HostConfig` is the edge: it reads and writes the boot-partition files under
 the root prefix (``/mnt/boot/system-proxy/{redsocks.conf,no_proxy}``, atomically) and the hostname
-through two callables, so the D-Bus backend of the host integration can replace them later.
+through two callables (hostnamed and config.json: ``runtime.py``); a changed proxy calls
+``on_proxy_change`` (the §6.3 unit restarts, ``services.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .atomic import write_atomic
-from .paths import Paths
+from ..atomic import write_atomic
+from ..paths import Paths
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,15 @@ BASE_BLOCK = (
     "base {\n\tlog_debug = off;\n\tlog_info = on;\n\tlog = stderr;\n\tdaemon = off;\n"
     "\tredirector = iptables;\n}\n"
 )
+
+
+#: systemd's ``hostname_is_valid`` (what hostnamed accepts): HOST_NAME_MAX, LDH labels between single dots.
+HOSTNAME_MAX = 64
+_HOSTNAME = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+
+
+def valid_hostname(name: str) -> bool:
+    return len(name) <= HOSTNAME_MAX and _HOSTNAME.fullmatch(name) is not None
 
 
 class HostConfigError(ValueError):
@@ -120,6 +130,11 @@ def parse_patch(body: Any) -> HostConfigPatch:
     hostname = network.get("hostname")
     if "hostname" in network and not isinstance(hostname, str):
         raise _fail("network.hostname must be a string")
+    if hostname and not valid_hostname(hostname):
+        # Checked here, before anything changes: hostnamed refuses these (the reference writes them to
+        # config.json, where balenaOS's hostname service then fails on them).
+        raise _fail(f"network.hostname must be a host name (letters, digits and '-', dot-separated "
+                    f"labels, at most {HOSTNAME_MAX} characters), got {hostname!r}")
     proxy = network.get("proxy")
     if "proxy" in network and not isinstance(proxy, Mapping):
         raise _fail("network.proxy must be an object")
@@ -228,9 +243,9 @@ def merge_proxy(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[st
 class HostConfig:
     """Reads and writes the host config of one device root.
 
-    ``read_hostname``/``write_hostname`` default to the files the reference uses (``/etc/hostname``
-    of the host to read, config.json ``hostname`` to write: the OS applies it); ``on_proxy_change``
-    is where the D-Bus backend restarts the proxy units (spec §6.3); until then it only logs.
+    ``read_hostname``/``write_hostname`` read and set the device's hostname (hostnamed, with the
+    reference's files as fallback and record); ``on_proxy_change`` restarts the proxy units (§6.3)
+    after the files changed.
     """
 
     def __init__(

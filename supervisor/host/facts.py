@@ -1,4 +1,4 @@
-"""Facts about the host OS the supervisor reports and gives to services (spec §5.2, §13.7).
+"""Facts about the host OS the supervisor reports and gives to services (spec §5.2).
 
 Read from the balenaOS files under the root prefix, so a test or a dev machine gets its own answers.
 Everything here is best effort: a missing file means "unknown", never a failed start.
@@ -7,20 +7,14 @@ Everything here is best effort: a missing file means "unknown", never a failed s
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import Paths
+from ..paths import Paths
 
 log = logging.getLogger(__name__)
 
-#: Interfaces never reported (the reference's IP/MAC filter, §10.7).
-EXCLUDED_INTERFACES = re.compile(
-    r"^(?:(?:balena|docker|rce|tun)[0-9]+|tun[0-9]+|resin-vpn|lo|resin-dns|supervisor0|"
-    r"balena-redsocks|resin-redsocks|br-[0-9a-f]{12})$"
-)
 UNKNOWN = "unknown"
 
 
@@ -55,27 +49,6 @@ def _read_json_fields(path: Path, *keys: str) -> dict[str, str]:
     return {k: data[k] for k in keys if isinstance(data.get(k), str) and data[k]}
 
 
-def mac_addresses(sys_class_net: Path) -> str | None:
-    """Ethernet MACs, uppercased, de-duplicated, space separated (§13.7); None when unreadable."""
-    try:
-        interfaces = sorted(p for p in sys_class_net.iterdir())
-    except OSError:
-        return None
-    found: list[str] = []
-    for iface in interfaces:
-        if EXCLUDED_INTERFACES.match(iface.name) or (iface / "master").exists():
-            continue
-        try:
-            if (iface / "type").read_text().strip() != "1":
-                continue
-            address = (iface / "address").read_text().strip().upper()
-        except OSError:
-            continue
-        if address and address not in found:
-            found.append(address)
-    return " ".join(found)
-
-
 @dataclass(frozen=True)
 class HostFacts:
     """What the host is; read once at start (these only change with a reboot or a HUP)."""
@@ -87,7 +60,6 @@ class HostFacts:
     device_arch: str = UNKNOWN
     hostname: str = ""
     host_paths: frozenset[str] = frozenset()
-    mac_address: str | None = None
     boot_time: float | None = None
 
     @classmethod
@@ -95,7 +67,7 @@ class HostFacts:
         release = read_os_release(paths.os_release)
         device_type = _read_json_fields(paths.device_type_json, "slug", "arch")
         if len(device_type) < 2:  # no device-type.json (a dev board): what the board says
-            from .devicetype import detect
+            from ..devicetype import detect
 
             found = detect(paths)
             log.info("No device type in %s: detected %s (from %s), arch %s",
@@ -113,7 +85,6 @@ class HostFacts:
             device_arch=device_type.get("arch", UNKNOWN),
             hostname=hostname,
             host_paths=frozenset(p for p in ("/lib/modules", "/lib/firmware") if paths.host(p).exists()),
-            mac_address=mac_addresses(paths.host("/sys/class/net")),
             boot_time=_boot_time(),
         )
 
