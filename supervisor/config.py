@@ -185,6 +185,10 @@ def _parse_bool(text: str) -> bool:
     return bool(to_bool(text))
 
 
+def _parse_int(text: str) -> int | None:
+    return check_int(text)
+
+
 # db-sourced keys (spec §5.2) that the supervisor reads so far.
 DB_KEYS: dict[str, _DbKey] = {
     "name": _DbKey("local", str),
@@ -200,6 +204,22 @@ DB_KEYS: dict[str, _DbKey] = {
     "cloudTargetReceived": _DbKey(False, _parse_bool),
     # SUPERVISOR_CONNECTIVITY_CHECK (§5.2, §10.7); also set by POST/DELETE /v1/tcp-ping.
     "connectivityCheckEnabled": _DbKey(True, _parse_bool),
+    "initialConfigSaved": _DbKey(False, _parse_bool),
+    # Device config variables (state/device_config.py VARIABLES); the config.json ones are kept
+    # here only on a device without config.json.
+    "loggingEnabled": _DbKey(True, _parse_bool),
+    "apiRequestTimeout": _DbKey(59000, _parse_int),
+    "delta": _DbKey(False, _parse_bool),
+    "deltaRequestTimeout": _DbKey(59000, _parse_int),
+    "deltaApplyTimeout": _DbKey(0, _parse_int),
+    "deltaRetryCount": _DbKey(30, _parse_int),
+    "deltaRetryInterval": _DbKey(10000, _parse_int),
+    "deltaVersion": _DbKey(2, _parse_int),
+    "firewallMode": _DbKey(None, str),
+    "hostDiscoverability": _DbKey(True, _parse_bool),
+    "hardwareMetrics": _DbKey(True, _parse_bool),
+    "appUpdatePollInterval": _DbKey(None, _parse_int),
+    "persistentLogging": _DbKey(False, _parse_bool),
 }
 
 
@@ -256,7 +276,9 @@ class Config:
     @property
     def poll_interval_ms(self) -> int:
         """``appUpdatePollInterval``: the target poll period, and the cap of every backoff."""
-        return self.json.get("appUpdatePollInterval") or DEFAULT_POLL_INTERVAL_MS
+        if self.json.exists:
+            return self.json.get("appUpdatePollInterval") or DEFAULT_POLL_INTERVAL_MS
+        return self.get_db("appUpdatePollInterval") or DEFAULT_POLL_INTERVAL_MS
 
     @property
     def uuid(self) -> str:

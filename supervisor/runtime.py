@@ -6,9 +6,11 @@ Layers (docs/ARCHITECTURE.md): storage (paths, config, SQLite) -> subsystems (ea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,13 +22,13 @@ from .db import Database
 from .host import HostFacts
 from .paths import Paths
 from .state.contexts import TargetBuilder
-from .state.device_config import with_defaults
+from .state.device_config import CONFIG_STEPS, DeviceConfig, validate_target_config, with_defaults
 from .state.locks import LockRegistry
 from .state.planner import PlanContext
 from .state.reconcile import Engine, Reconciler
 from .state.report import Observation
 from .state.store import LOCAL_SOURCE, TargetStore
-from .state.target import from_v2_local, thaw
+from .state.target import TargetStateError, from_v2_local, thaw
 from .subsystem import Subsystem
 
 if TYPE_CHECKING:
@@ -97,6 +99,7 @@ class Supervisor:
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
+            self.config.set_db(localMode=True)  # as the reference: the stored value says so too
 
         led = make_led(settings.led or default_led_spec(self.paths))
         self.blinker = Blinker(led, duration=settings.blink_seconds)
@@ -121,13 +124,16 @@ class Supervisor:
         )
         self.managed_apps = None if settings.apps is None else frozenset(str(a) for a in settings.apps)
         self._extra_firmware_unsaved: str | None = None
+        self.device_config = self._init_device_config()
+        self._reboot_asked = False
         self.reconciler = Reconciler(
             self._connect_engine,
             lambda engine: self.target_builder.build(engine.images),
             self._plan_context,
-            poll_interval=lambda: self.config.poll_interval_ms / 1000,
+            poll_interval=lambda: self.device_config.poll_interval_ms / 1000,
             managed=lambda: not self.config.unmanaged,
             apps=self.managed_apps,
+            planner=self._plan,
             locks=self.locks,
             hold_reason=self.hold_reason,
         )
@@ -138,8 +144,40 @@ class Supervisor:
             self.binder = self._make_binder()
             self.subsystems.append(self.binder)
 
+    def _init_device_config(self) -> DeviceConfig:
+        """Config variables and the boot-config backends of this device type (spec §5.3-5.5)."""
+        from .bootconfig import BootConfig
+        from .host import read_os_release
+
+        meta_version = read_os_release(self.paths.os_release).get("META_BALENA_VERSION")
+        boot = BootConfig(self.paths.boot, self.paths.root, self.config.json, self.host.device_type,
+                          meta_version)
+        return DeviceConfig(
+            self.config, boot, runtime_dir=self.paths.runtime_dir,
+            target_config=self.targets.target_config, boot_time=self.host.boot_time,
+            system_log=self.system_message,
+        )
+
+    def system_message(self, message: str) -> None:
+        """A system log line (spec §8.5): logged, and published to the log pipeline unless
+        ``SUPERVISOR_LOG_CONTROL`` turned logging off."""
+        log.info("%s", message)
+        if self.device_config.logging_enabled:
+            self.logs.publish({"message": message, "isSystem": True, "timestamp": int(time.time() * 1000)})
+
+    def _save_initial_config(self) -> None:
+        """Spec §5.4.5: the first start stores the current config, boot config included, as the
+        target, so an empty target config never wipes config.txt before it is reported."""
+        if self.config.get_db("initialConfigSaved"):
+            return
+        self.device_config.boot.initialise()
+        current = self.device_config.initial_target()
+        self.targets.set_target_config(current, initial_saved=True)
+        log.info("Saved the current device config as the target (%d values)", len(current))
+
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
+        self._save_initial_config()
         target_set = bool(self.config.get_db("targetStateSet"))
         preloaded = False
         if not self.config.provisioned or not target_set:
@@ -282,6 +320,8 @@ class Supervisor:
         )
         executor.on_change = reader.invalidate
         executor.reboot = self._reboot_to_apply
+        for kind in CONFIG_STEPS:
+            executor.add_handler(kind, self.device_config.execute)
         return Engine(client=client, images=images, executor=executor, reader=reader)
 
     def _reboot_to_apply(self) -> None:
@@ -289,7 +329,23 @@ class Supervisor:
         user's update lock or a host OS update in progress holds it back (and the loop retries)."""
         from .state import actions
 
+        if self._reboot_asked:  # the device is going down: asking again would only repeat it
+            log.info("Reboot already requested")
+            return
         actions.shutdown(self, reboot=True)
+        self._reboot_asked = True
+
+    def _plan(self, current: Any, target: Any, ctx: PlanContext) -> list[Any]:
+        """Config steps first (spec §3.1 step 4): app steps only once the config has settled."""
+        from .state.planner import plan
+
+        config_steps = self.device_config.steps()
+        if config_steps:
+            return config_steps
+        steps = plan(current, target, ctx)
+        if not steps:
+            self.device_config.reset_rate_limits()  # a successful apply (§5.4 step 2)
+        return steps
 
     # the host side (supervisor/host/) ------------------------------------------------------------
     def _hold_work(self) -> None:
@@ -360,11 +416,8 @@ class Supervisor:
         self.config.json.set(os=os_section)
 
     def _delta_settings(self) -> DeltaSettings:
-        """``SUPERVISOR_DELTA*`` of the target config and config.json's ``deltaEndpoint`` (§5.2-5.3)."""
-        from .delta.fetch import DeltaSettings
-
-        values = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
-        return DeltaSettings.from_config(values, self.config.json.get("deltaEndpoint"))
+        """``SUPERVISOR_DELTA*`` as the device applied them, read at each fetch (§5.2-5.3)."""
+        return self.device_config.delta_settings()
 
     def _delta_fetcher(self, client: Any) -> DeltaFetcher | None:
         """A delta fetcher for the current settings, or None when deltas are off (docs/DELTAS.md)."""
@@ -381,29 +434,17 @@ class Supervisor:
         return DeltaFetcher(client.api, settings, self.paths.data_dir / "deltas", token=token)
 
     def _plan_context(self, force: bool) -> PlanContext:
-        breadcrumb = self.paths.runtime_dir / "reboot-after-apply"
-        try:
-            scheduled = self.host.boot_time is None or breadcrumb.stat().st_mtime > self.host.boot_time
-        except OSError:
-            scheduled = False
         return PlanContext(
             force=force or self.lock_override(),
             local_mode=self.config.local_mode,
             delta=self._delta_settings().enabled,
-            reboot_breadcrumb=scheduled,
+            reboot_breadcrumb=self.device_config.reboot_scheduled(),
             boot_time=self.host.boot_time,
         )
 
     def lock_override(self) -> bool:
-        """``SUPERVISOR_OVERRIDE_LOCK`` (§4.3): the stored config, or the target's device config
-        until device-config apply stores it (the target's value is what the user asked for)."""
-        if self.config.get_db("lockOverride"):
-            return True
-        try:
-            target = self.targets.target_config()
-        except Exception:  # no target yet
-            return False
-        return check_truthy(target.get("SUPERVISOR_OVERRIDE_LOCK"))
+        """``SUPERVISOR_OVERRIDE_LOCK`` (§4.3): the device's current config, read at each lock take."""
+        return self.device_config.lock_override
 
     # device endpoints (issue #5) -----------------------------------------------------------------
     def _init_device_endpoints(self) -> None:
@@ -473,6 +514,17 @@ class Supervisor:
         """POST /v2/local/target-state: validate the whole v2 body, store it in one transaction,
         then have it applied (the stored target is what a restart resumes from)."""
         device = from_v2_local(body, current_name=self.config.get_db("name"))
+        local = body.get("local") if isinstance(body, dict) else None
+        if isinstance(local, dict) and local.get("config") is None:
+            # No config section: keep the device's target config (the reference wipes it, and
+            # with it config.txt). A config section is checked before anything is stored.
+            device = dataclasses.replace(device, config=self.targets.target_config())
+        else:
+            problems = validate_target_config(device.config, boot=self.device_config.boot)
+            if problems:
+                name, message = problems[0]
+                raise TargetStateError(f"Invalid target state: config.{name}: {message}",
+                                       path=f"local.config.{name}", rule="config")
         self.targets.set_target(device, LOCAL_SOURCE)
         log.info("Local target state set (%d apps)", len(device.apps))
         self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
@@ -506,15 +558,8 @@ class Supervisor:
         )
 
     def _api_request_timeout_s(self) -> float:
-        """``SUPERVISOR_API_REQUEST_TIMEOUT`` (ms, default 59000), read at every request."""
-        from .config import check_int
-
-        values = with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
-        return (check_int(values.get("SUPERVISOR_API_REQUEST_TIMEOUT"), positive=True) or 59000) / 1000
-
-    def config_value(self, name: str) -> str:
-        """A config variable (name without prefix) as the target sets it, else its default."""
-        return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged).get(name, "")
+        """``SUPERVISOR_API_REQUEST_TIMEOUT`` (ms, default 59000) as applied, read at every request."""
+        return (self.device_config.api_request_timeout_ms or 59000) / 1000
 
     def local_target_view(self) -> dict:
         """GET /v2/local/target-state: the target as the engine sees it (spec §1.4)."""
@@ -563,16 +608,14 @@ class CloudDeviceSide:
         return self.sup.config.local_mode
 
     def connectivity_check_enabled(self) -> bool:
-        """``connectivityCheckEnabled`` when stored (``/v1/tcp-ping``, config apply), else the target's
-        ``SUPERVISOR_CONNECTIVITY_CHECK`` (default true)."""
-        if self.sup.config.db.get_config("connectivityCheckEnabled") is not None:
-            return bool(self.sup.config.get_db("connectivityCheckEnabled"))
-        return check_truthy(self.sup.config_value("SUPERVISOR_CONNECTIVITY_CHECK"))
+        """``connectivityCheckEnabled`` as stored (config apply of ``SUPERVISOR_CONNECTIVITY_CHECK``,
+        ``/v1/tcp-ping``), default true."""
+        return self.sup.device_config.connectivity_check
 
     def current_config(self) -> dict[str, str]:
-        """What the device runs with now; until the config-variable module lands (#13), the
-        stored target's values over the defaults."""
-        return with_defaults(self.sup.targets.target_config(), unmanaged=False)
+        """What the device runs with now (§5.3 ``getCurrent``), boot config included: the initial
+        config report sends it (§10.2)."""
+        return self.sup.device_config.current()
 
     def facts(self) -> dict[str, Any]:
         from . import __version__
@@ -590,7 +633,7 @@ class CloudDeviceSide:
         from .cloud.metrics import disabled_metrics, is_undervolted, system_metrics
 
         sup = self.sup
-        if not check_truthy(sup.config_value("SUPERVISOR_HARDWARE_METRICS")):
+        if not sup.device_config.hardware_metrics:
             values = disabled_metrics()
         else:
             values = system_metrics(sup.paths.root, sup.paths.data_dir)

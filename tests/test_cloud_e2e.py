@@ -62,10 +62,12 @@ class Fleet:
         }
         return self.api.create_release(self.app["id"], services, **kw)
 
-    def start(self, start_supervisor: Any, **config: Any) -> SupervisorProcess:
+    def start(self, start_supervisor: Any, *, time_scale: str | None = None,
+              **config: Any) -> SupervisorProcess:
         fresh_device(self.root, self.api, self.app, uuid=self.uuid, deviceApiKey=self.key, **config)
+        extra = {} if time_scale is None else {"PYSUPERVISOR_CLOUD_TIME_SCALE": time_scale}
         return start_supervisor(
-            self.root, "--apps", str(self.app_id), "--no-host-setup", engine=True, env=env()
+            self.root, "--apps", str(self.app_id), "--no-host-setup", engine=True, env=env(**extra)
         )
 
     def containers(self) -> dict[str, dict[str, Any]]:
@@ -160,7 +162,9 @@ def test_unchanged_target_costs_small_polls_and_no_applies(cloud_fleet: Fleet, s
     fl = cloud_fleet
     fl.api.set_var("app_config", fl.app["id"], "RESIN_SUPERVISOR_HARDWARE_METRICS", "false")
     release = fl.release(("main",))
-    sup = fl.start(start_supervisor, appUpdatePollInterval=20_000)  # 0.2 s + jitter < 0.6 s
+    # The cloud's config always carries RESIN_SUPERVISOR_POLL_INTERVAL >= 600000, which the device
+    # applies (§5.3): x 0.0005 = a 0.3 s poll (+ jitter < 0.03 s).
+    sup = fl.start(start_supervisor, time_scale="0.0005")
     wait_for(
         lambda: fl.runs(release["commit"], ("main",)), "the release running and reported", sup, timeout=120
     )

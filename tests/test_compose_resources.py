@@ -174,9 +174,11 @@ def test_network_legacy_names():
     assert (legacy.name, legacy.app_id, legacy.app_uuid) == ("default", 1234, None)
     assert legacy.config["labels"] == {"io.balena.features.y": "1"}
     assert legacy.docker_name == "1234_default"
-    # a numeric app uuid with the app-id label
-    numeric = Network.from_docker(inspect_network(Name="1234_default"))
-    assert (numeric.app_id, numeric.app_uuid) == (12345, "1234")
+    # a decimal prefix is the app id: named for app 1234 but labelled 12345 is not ours to read
+    with pytest.raises(InvalidNameError):
+        Network.from_docker(inspect_network(Name="1234_default"))
+    same = Network.from_docker(inspect_network(Name="12345_default"))
+    assert (same.app_id, same.app_uuid) == (12345, "12345")
     # a network keyed by uuid with no app-id label cannot be attributed
     with pytest.raises(ComposeError):
         Network.from_docker(inspect_network(Labels={}))

@@ -118,8 +118,8 @@ class Device:
         """A target service; ``config.image`` is the engine id once the image is present."""
         wire = {
             "serviceName": name,
-            "id": service_id if service_id is not None else _stable_id(name),
-            "image_id": image_id if image_id is not None else _stable_id(name) + release_id,
+            "id": service_id if service_id is not None else _stable_id(name, self.app_id),
+            "image_id": image_id if image_id is not None else _stable_id(name, self.app_id) + release_id,
             "image": image,
             "environment": dict(environment or {}),
             "labels": {**LABELS, **(labels or {})},
@@ -182,13 +182,10 @@ class Device:
         raise AssertionError(f"no convergence in {max_rounds} rounds: {batches[-4:]}")
 
 
-#: Container names (``<service>_<imageId>_<releaseId>_<commit>``) are engine-wide: a base of this
-#: session's own keeps two suites sharing the engine (CI, other sessions) from taking each other's.
-_ID_BASE = 1000 + random.randrange(1, 10**6) * 1000
-
-
-def _stable_id(name: str) -> int:
-    return _ID_BASE + sum(map(ord, name))
+def _stable_id(name: str, app_id: int) -> int:
+    """An id stable for a service of one test's app, distinct across apps: container names
+    (`main_<imageId>_<releaseId>_<commit>`) are engine-wide, shared with concurrent runs."""
+    return (app_id % 100_000) * 10_000 + sum(map(ord, name))
 
 
 def _fast_clock() -> tuple[Callable[[], float], Callable[[float], None]]:
@@ -677,7 +674,7 @@ class Release:
                 self.images[name],
                 commit=self.commit,
                 release_id=self.release_id,
-                image_id=_stable_id(name),
+                image_id=_stable_id(name, self.device.app_id),
                 environment=self.env.get(name),
                 composition=composition[name],
             )
@@ -711,7 +708,7 @@ def test_install_pulls_starts_in_dependency_order_and_settles(release, device):
     assert set(containers) == {"main", "worker"}
     for name, entry in containers.items():
         assert entry["State"] == "running"
-        assert entry["Names"] == [f"/{name}_{_stable_id(name)}_1_c1"]
+        assert entry["Names"] == [f"/{name}_{_stable_id(name, device.app_id)}_1_c1"]
         assert entry["Labels"][TEST_LABEL] == "1"
         assert entry["Labels"]["io.balena.app-uuid"] == device.app_uuid
     started = {name: _started_at(device.inspect(c["Id"])) for name, c in containers.items()}
@@ -742,7 +739,7 @@ def test_commit_only_change_renames_without_recreating(release, device):
     containers = _by_name(device)
     assert {name: c["Id"] for name, c in containers.items()} == before
     for name, entry in containers.items():
-        assert entry["Names"] == [f"/{name}_{_stable_id(name)}_2_c2"]
+        assert entry["Names"] == [f"/{name}_{_stable_id(name, device.app_id)}_2_c2"]
     assert ["updateMetadata(main)", "updateMetadata(worker)"] in batches
     assert device.read().apps[device.app_uuid].commit == "c2"
     # The old release's records went; the images stayed, the new records name them.

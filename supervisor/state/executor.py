@@ -273,6 +273,10 @@ class Executor:
         }
 
     # ------------------------------------------------------------------ entry points
+    def add_handler(self, kind: type, handler: Callable[[Any], None]) -> None:
+        """Perform steps of ``kind`` with ``handler`` (the device config's steps, §5.4)."""
+        self._handlers[kind] = handler
+
     def execute(self, step: Step) -> None:
         """Perform one step; raises :class:`StepError` when it fails."""
         handler = self._handlers.get(type(step))

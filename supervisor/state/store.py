@@ -126,6 +126,18 @@ class TargetStore:
             return True
         return bool(self.db.query("SELECT 1 FROM app WHERE source = ? LIMIT 1", (source,)))
 
+    def set_target_config(self, values: dict[str, str], *, initial_saved: bool = False) -> None:
+        """Store only the target config (formatted, §5.3); with ``initial_saved`` also mark the
+        first-run save done (§5.4.5), in the same transaction."""
+        config = format_config_keys(values)
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE deviceConfig SET targetValues = ?", (json.dumps(config, sort_keys=True),))
+            if initial_saved:
+                conn.execute(
+                    "INSERT INTO config (key, value) VALUES ('initialConfigSaved', 'true') "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+                )
+
     def get_target(self, source: str) -> TargetDevice:
         """The stored target of ``source`` (plus every non-fleet app, as the reference reads it)."""
         rows = self.db.query(
