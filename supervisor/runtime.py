@@ -21,6 +21,7 @@ from .config import Config, ConfigJson
 from .db import Database
 from .host import HostFacts
 from .paths import Paths
+from .sdnotify import ServiceNotifier, hang_hooks
 from .state.contexts import TargetBuilder
 from .state.device_config import CONFIG_STEPS, DeviceConfig, validate_target_config, with_defaults
 from .state.locks import LockRegistry
@@ -137,17 +138,20 @@ class Supervisor:
             locks=self.locks,
             hold_reason=self.hold_reason,
         )
-        self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler]
+        self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler, *hang_hooks()]
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
         self.binder: CloudBinder | None = None
         if not self.config.unmanaged:
             self.binder = self._make_binder()
             self.subsystems.append(self.binder)
+        # systemd Type=notify + WatchdogSec (supervisor/sdnotify.py): a no-op outside systemd.
+        self.systemd = ServiceNotifier(self.health)
 
     def _init_device_config(self) -> DeviceConfig:
         """Config variables and the boot-config backends of this device type (spec §5.3-5.5)."""
         from .bootconfig import BootConfig
         from .host import read_os_release
+        from .host.services import HostVpn
 
         meta_version = read_os_release(self.paths.os_release).get("META_BALENA_VERSION")
         boot = BootConfig(self.paths.boot, self.paths.root, self.config.json, self.host.device_type,
@@ -155,6 +159,7 @@ class Supervisor:
         return DeviceConfig(
             self.config, boot, runtime_dir=self.paths.runtime_dir,
             target_config=self.targets.target_config, boot_time=self.host.boot_time,
+            vpn=HostVpn(self.host_services) if self.settings.host_setup else None,
             system_log=self.system_message,
         )
 
@@ -195,6 +200,7 @@ class Supervisor:
         self.apply_host_config()
         log.info("Supervisor started (uuid %s, %s)", self.config.uuid,
                  "unmanaged" if self.config.unmanaged else "managed")
+        self.systemd.ready(f"API listening on port {self.server.port}")
 
     def _load_preloaded_apps(self) -> bool:
         """Spec §0.2 ``loadInitialState``: a first start takes its target from ``apps.json``."""
@@ -214,6 +220,7 @@ class Supervisor:
         """Stop accepting requests first, then the subsystems (each thread joined: the state
         engine first finishes what it is in, see state/reconcile.py), then close storage.
         False when a thread did not end in time (storage is then left open for it)."""
+        self.systemd.stopping()
         self.server.stop()
         # An action that killed services (a restart, a purge) starts them again before we go on.
         if not self.locks.wait_for_actions(timeout=self.reconciler.stop_grace):

@@ -11,6 +11,7 @@ from tests.fixtures.cloud import *  # noqa: F403
 from tests.fixtures.dbus import *  # noqa: F403
 from tests.fixtures.device import *  # noqa: F403
 from tests.fixtures.docker import *  # noqa: F403
+from tests.fixtures.native import *  # noqa: F403
 from tests.fixtures.netns import *  # noqa: F403
 from tests.fixtures.registry import *  # noqa: F403
 

@@ -158,7 +158,8 @@ def pi_device(tmp_path: Path, *, managed: bool = False, config_txt: str = "confi
     shutil.copy(DATA / config_txt, boot / "config.txt")
     if managed:
         (boot / "config.json").write_text(json.dumps(MANAGED))
-    sup = Supervisor(Settings(root=str(root), port=0))
+    # no host setup: the VPN is the recording stand-in, never a bus (tests/test_host_dbus.py has that)
+    sup = Supervisor(Settings(root=str(root), port=0, host_setup=False))
     sup.power = RecordingPower()  # records the reboot the config asks for; never reaches logind
     sup._save_initial_config()
     return sup

@@ -188,3 +188,21 @@ class HostServices:
                 current = self.vpn_enabled()
                 if current is not None and current != wanted:
                     self.set_vpn(wanted)
+
+
+class HostVpn:
+    """The config steps' VPN control (``state.device_config.VpnControl``) over openvpn.service. It
+    shares :meth:`HostServices.set_vpn`'s one-hour limit (§5.4) with :meth:`HostServices.apply_config`,
+    which applies the same target at start and on each new one, so the unit is started or stopped
+    once whichever of the two gets there first."""
+
+    def __init__(self, services: HostServices) -> None:
+        self._services = services
+
+    def enabled(self) -> bool:
+        """The unit's state; without a bus to ask, on (as a balenaOS device boots)."""
+        state = self._services.vpn_enabled()
+        return True if state is None else state
+
+    def set_enabled(self, enabled: bool) -> None:
+        self._services.set_vpn(enabled)

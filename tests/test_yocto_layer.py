@@ -1,0 +1,279 @@
+"""yocto/meta-pysupervisor without bitbake (it cannot be installed here): oelint-adv for both
+releases balenaOS boards build with, and the variables that matter read with oelint_parser.
+
+The stdlib table below is oe-core's ``python3-manifest.json`` (which module files each ``python3-*``
+package ships), for the modules the supervisor imports; modules compiled into the interpreter are
+in ``python3-core``. A new import fails the RDEPENDS test until the table and the recipe name it.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from functools import cache
+from pathlib import Path
+
+import pytest
+from oelint_parser.cls_item import FlagAssignment, Inherit, Variable
+from oelint_parser.cls_stash import Stash
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+import supervisor
+
+REPO = Path(__file__).resolve().parents[1]
+LAYER = REPO / "yocto/meta-pysupervisor"
+RECIPE = LAYER / f"recipes-supervisor/pysupervisor/pysupervisor_{supervisor.__version__}.bb"
+FILES = RECIPE.parent / "files"
+#: oelint's constant db extended with meta-balena's variables and the opt-in override.
+CONSTANTS = REPO / "yocto/lint/oelint-constants.json"
+RELEASES = ("kirkstone", "scarthgap")
+
+#: Standard-library modules not in python3-core, and the oe-core package that ships each.
+STDLIB_PACKAGES = {
+    "concurrent": "python3-asyncio",
+    "tarfile": "python3-compression",
+    "hashlib": "python3-crypt",
+    "datetime": "python3-datetime",
+    "tempfile": "python3-io", "socket": "python3-io", "ssl": "python3-io",
+    "email": "python3-email",
+    "json": "python3-json",
+    "logging": "python3-logging",
+    "http": "python3-netclient", "urllib": "python3-netclient", "uuid": "python3-netclient",
+    "secrets": "python3-netclient", "hmac": "python3-netclient", "base64": "python3-netclient",
+    "fractions": "python3-numbers", "decimal": "python3-numbers",
+    "shlex": "python3-shell",
+    "string": "python3-stringold",
+    "sqlite3": "python3-sqlite3",
+    "queue": "python3-threading",
+    "fcntl": "python3-fcntl", "ctypes": "python3-ctypes", "mmap": "python3-mmap",
+    "random": "python3-math",
+}
+#: In python3-core: the interpreter's built-in modules and the core package's files.
+STDLIB_CORE = set(sys.builtin_module_names) | {
+    "__future__", "abc", "argparse", "collections", "contextlib", "copy", "dataclasses", "enum",
+    "functools", "io", "math", "os", "pathlib", "platform", "re", "select", "shutil", "signal",
+    "stat", "struct", "subprocess", "threading", "time", "typing", "warnings", "weakref", "zlib",
+    "codecs", "inspect", "ipaddress", "operator", "textwrap", "traceback", "types", "glob", "fnmatch",
+    "importlib", "heapq", "bisect", "errno", "binascii",
+}
+#: Third-party packages other layers balenaOS builds with provide (balenaos-integration.md §4.4);
+#: every other third-party package the recipe needs must have a recipe in this layer.
+FROM_OTHER_LAYERS = {"python3-flask", "python3-waitress", "python3-requests", "python3-urllib3",
+                     "python3-werkzeug", "python3-pyroute2", "python3-colorzero", "python3-psutil"}
+
+
+def _oelint(release: str, files: list[Path]) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("oelint-adv")
+    assert exe, "oelint-adv is missing: pip install -e '.[test]' (it is in the test extra)"
+    return subprocess.run(
+        [exe, "--quiet", "--release", release, "--suppress", "oelint.vars.homepageping",
+         f"--constantmods=+{CONSTANTS}", *map(str, files)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def _layer_files() -> list[Path]:
+    return sorted([*LAYER.glob("recipes-*/*/*.bb"), *LAYER.glob("recipes-*/*/*.bbappend")])
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_oelint_clean(release):
+    files = _layer_files()
+    assert any(f.suffix == ".bbappend" for f in files) and RECIPE in files
+    proc = _oelint(release, files)
+    # Every finding, info included, is a failure: the layer is kept at zero.
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+def test_oelint_catches_a_broken_recipe(tmp_path):
+    """The lint run above can fail: the same command on a recipe missing its license fails."""
+    broken = tmp_path / "python3-broken_1.0.bb"
+    broken.write_text('SUMMARY = "x"\nSRC_URI = "https://example.invalid/x.tar.gz"\n')
+    proc = _oelint("scarthgap", [broken])
+    assert proc.returncode != 0 and "LICENSE" in proc.stdout + proc.stderr
+
+
+@cache
+def _stash() -> Stash:
+    stash = Stash(quiet=True)
+    for path in _layer_files():
+        if path.suffix == ".bb":
+            stash.AddFile(str(path))
+    stash.Finalize()
+    return stash
+
+
+def _var(path: Path, name: str, sub: str = "") -> list[str]:
+    """The words of ``name`` (``name:sub``) in a recipe, as oelint_parser reads them."""
+    words: list[str] = []
+    for item in _stash().GetItemsFor(filename=str(path), classifier=Variable.CLASSIFIER,
+                                     attribute=Variable.ATTR_VAR, attributeValue=name):
+        if item.SubItem == sub:
+            words += [w for w in item.get_items() if w]
+    return words
+
+
+def _flags(path: Path, name: str) -> dict[str, str]:
+    items = _stash().GetItemsFor(filename=str(path), classifier=FlagAssignment.CLASSIFIER)
+    return {i.Flag: i.ValueStripped for i in items if i.VarName == name}
+
+
+def _inherits(path: Path) -> set[str]:
+    items = _stash().GetItemsFor(filename=str(path), classifier=Inherit.CLASSIFIER)
+    return {cls for i in items for cls in i.get_items()}
+
+
+def _recipes() -> list[Path]:
+    return [p for p in _layer_files() if p.suffix == ".bb"]
+
+
+@pytest.mark.parametrize("path", _recipes(), ids=lambda p: p.name)
+def test_sources_have_checksums(path):
+    sources = _var(path, "SRC_URI")
+    if "pypi" in _inherits(path):  # pypi.bbclass fetches the sdist: its sha256 must be pinned
+        assert re.fullmatch(r"[0-9a-f]{64}", _flags(path, "SRC_URI").get("sha256sum", "")), path.name
+    for uri in sources:
+        scheme = uri.split("://", 1)[0]
+        if scheme in ("http", "https", "ftp"):
+            assert re.fullmatch(r"[0-9a-f]{64}", _flags(path, "SRC_URI").get("sha256sum", "")), uri
+        elif scheme == "git":
+            assert _var(path, "SRCREV"), uri
+        else:
+            assert scheme == "file", uri
+    for entry in _var(path, "LIC_FILES_CHKSUM"):
+        assert re.search(r";md5=[0-9a-f]{32}\b", entry), entry
+
+
+def test_recipe_builds_this_tree_with_cython_for_the_target():
+    classes = _inherits(RECIPE)
+    assert {"python_setuptools_build_meta", "systemd", "balena-configurable"} <= classes
+    assert "python3-cython-native" in _var(RECIPE, "DEPENDS")
+    # file:// sources exist (in files/ or, for the project, the repository root).
+    for uri in _var(RECIPE, "SRC_URI"):
+        name = uri.removeprefix("file://").split(";", 1)[0]
+        assert (FILES / name).exists() or (REPO / name).exists(), name
+    # What setup.py and pyproject.toml need is all fetched.
+    fetched = {u.removeprefix("file://").split(";", 1)[0] for u in _var(RECIPE, "SRC_URI")}
+    assert {"pyproject.toml", "setup.py", "README.md", "ext", "supervisor", "hw"} <= fetched
+    # The license checksum is of the lines it names, as bitbake computes it.
+    (entry,) = _var(RECIPE, "LIC_FILES_CHKSUM")
+    params = dict(p.split("=", 1) for p in entry.split(";")[1:])
+    lines = (REPO / "pyproject.toml").read_text().splitlines(keepends=True)
+    chunk = "".join(lines[int(params["beginline"]) - 1:int(params["endline"])])
+    assert "Apache-2.0" in chunk and hashlib.md5(chunk.encode()).hexdigest() == params["md5"]
+    assert _var(RECIPE, "LICENSE") == ["Apache-2.0"]
+
+
+def test_systemd_service_is_the_shipped_unit():
+    assert _var(RECIPE, "SYSTEMD_SERVICE", "${PN}") == ["balena-supervisor.service"]
+    assert _var(RECIPE, "SYSTEMD_UNIT_NAMES") == ["balena-supervisor"]
+    unit = (FILES / "balena-supervisor.service").read_text()
+    entries = re.findall(r"^(\w+)=(.*)$", unit, re.M)
+    service = dict(entries)
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert int(service["WatchdogSec"]) > 0 and service["Restart"] == "always"
+    assert int(service["TimeoutStopSec"]) < 90  # os-config waits 90 s for the stop
+    assert service["ExecStart"] == "/usr/bin/python3 -m supervisor"
+    env = dict(v.split("=", 1) for k, v in entries if k == "Environment")
+    assert env["DOCKER_HOST"] == "unix:///var/run/balena-engine.sock"
+    assert env["SUPERVISOR_DATA_DIR"] == "/mnt/data/resin-data/balena-supervisor"
+    assert env["SUPERVISOR_ROOT"] == "/"
+    needs = " ".join(v for k, v in entries if k == "Requires")
+    for dep in ("resin\\x2ddata.mount", "balena-device-uuid.service", "os-config-devicekey.service",
+                "bind-etc-balena-supervisor.service", "extract-balena-ca.service"):
+        assert dep in needs
+
+
+def _runtime_imports() -> set[str]:
+    """Top-level modules imported by the package at run time (not under ``if TYPE_CHECKING``)."""
+    found: set[str] = set()
+    for path in [*(REPO / "supervisor").rglob("*.py"), *(REPO / "hw").rglob("*.py")]:
+        tree = ast.parse(path.read_text(), str(path))
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found - {"supervisor", "hw"}
+
+
+def _oe_name(distribution: str) -> str:
+    return "python3-" + re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def test_rdepends_cover_every_runtime_import_and_dependency():
+    rdepends = set(_var(RECIPE, "RDEPENDS", "${PN}"))
+    distributions = importlib.metadata.packages_distributions()
+    missing = []
+    for module in sorted(_runtime_imports()):
+        if module in STDLIB_CORE:
+            needed = "python3-core"
+        elif module in STDLIB_PACKAGES:
+            needed = STDLIB_PACKAGES[module]
+        elif module in sys.stdlib_module_names:
+            pytest.fail(f"stdlib module {module!r}: add its python3-manifest.json package to "
+                        f"STDLIB_PACKAGES (or STDLIB_CORE) in {__file__}")
+        else:
+            (dist, *_) = distributions[module]
+            needed = _oe_name(dist)
+        if needed not in rdepends:
+            missing.append(f"{module} -> {needed}")
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for spec in pyproject["project"]["dependencies"]:
+        needed = _oe_name(Requirement(spec).name)
+        if needed not in rdepends:
+            missing.append(f"pyproject {spec} -> {needed}")
+    assert not missing, f"RDEPENDS:${{PN}} of {RECIPE.name} lacks: {missing}"
+
+
+def test_third_party_packages_have_a_recipe_here_or_a_known_layer():
+    ours = {p.name.split("_", 1)[0]: Version(p.stem.split("_", 1)[1]) for p in _recipes()}
+    third_party = {d for d in _var(RECIPE, "RDEPENDS", "${PN}")
+                   if d.startswith("python3-") and d not in STDLIB_PACKAGES.values() and d != "python3-core"}
+    for dep in sorted(third_party):
+        assert dep in ours or dep in FROM_OTHER_LAYERS, f"{dep}: no recipe in this layer or a known layer"
+    # The versions shipped here meet pyproject's minimums.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for spec in map(Requirement, pyproject["project"]["dependencies"]):
+        name = _oe_name(spec.name)
+        if name in ours:
+            assert ours[name] in spec.specifier, f"{name} {ours[name]} does not satisfy {spec}"
+
+
+def test_layer_conf_and_stock_supervisor_replacement():
+    conf = (LAYER / "conf/layer.conf").read_text()
+    values = dict(re.findall(r'^(\w[\w-]*) = "(.*)"$', conf, re.M))
+    assert set(values["LAYERSERIES_COMPAT_pysupervisor"].split()) == set(RELEASES)
+    assert {"core", "meta-python", "balena-common"} <= set(values["LAYERDEPENDS_pysupervisor"].split())
+    assert int(values["BBFILE_PRIORITY_pysupervisor"]) > 5  # above meta-python, for python3-sdbus
+    group = (LAYER / "recipes-core/packagegroups/packagegroup-resin.bbappend").read_text()
+    assert re.findall(r'^(BALENA_\w+):pysupervisor = "(\w+)"$', group, re.M) == [
+        ("BALENA_SUPERVISOR", "pysupervisor"), ("BALENA_REGISTER", "pysupervisor")]
+    disk = (LAYER / "recipes-containers/docker-disk/docker-disk.bbappend").read_text()
+    assert "do_compile:prepend:pysupervisor()" in disk and "remove_me_to_reset" in disk
+
+
+#: bbclasses each release's oe-core has that recipes here may use (balenaos-integration.md §4.3), plus
+#: meta-balena-common's balena-configurable. A class missing on one release breaks parsing of the
+#: whole build there, with or without the pysupervisor override.
+CLASSES_COMMON = {"pypi", "setuptools3", "python_pep517", "python_setuptools_build_meta", "systemd",
+                  "pkgconfig", "features_check", "balena-configurable"}
+CLASSES = {"kirkstone": CLASSES_COMMON,
+           "scarthgap": CLASSES_COMMON | {"python_hatchling", "python_maturin", "python_mesonpy"}}
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_inherited_classes_exist_on_the_release(release):
+    for path in _recipes():
+        assert _inherits(path) <= CLASSES[release], (path.name, _inherits(path) - CLASSES[release])
