@@ -90,8 +90,9 @@ __all__ = ["ApplyStatus", "Engine", "EngineUnavailableError", "Reconciler", "pre
 NOOP_DELAY_S: Final = 1.0
 BACKOFF_BASE_S: Final = 0.5
 CONNECT_RETRY_MAX_S: Final = 30.0
-#: How long a stop may spend bringing back services the apply killed (under systemd's 90 s).
-STOP_GRACE_S: Final = 60.0
+#: How long a stop may spend bringing back services the apply killed: with the batch it finishes,
+#: within the unit's TimeoutStopSec=60 (yocto/.../balena-supervisor.service).
+STOP_GRACE_S: Final = 40.0
 #: How long an API request that needs the engine waits for the first connection attempt (issue #11:
 #: the API answers /ping before the state engine's thread has connected).
 FIRST_CONNECT_WAIT_S: Final = 5.0
