@@ -244,8 +244,10 @@ class Supervisor:
     def hold_reason(self) -> str | None:
         """Why the state engine must change nothing now (issue #10 §5): a managed device applies
         only a target its cloud sent (``TargetStore.received``); until then what runs (a local-mode
-        app, say) stays as it is: containers, images, networks and volumes with their data."""
-        if self.config.local_mode:
+        app, say) stays as it is: containers, images, networks and volumes with their data. A
+        ``localMode`` stored by an unmanaged start does not count: the local target's defaults
+        would turn local mode off and the empty cloud target then remove everything."""
+        if self.config.unmanaged:
             return None
         source = self.config.api_endpoint
         if self.targets.received(source):

@@ -330,6 +330,8 @@ class Reconciler(Subsystem):
                     self._last_batch = []
                 force, self._force = force or self._force, False
             self._stuck_apps = set()
+            if self._held_back():  # e.g. a config step just switched the target's source
+                return
             try:
                 steps = self._plan(engine, force)
                 if not steps:
