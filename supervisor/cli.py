@@ -175,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     supervisor.start()
     while not stop.wait(1.0):
         pass
-    supervisor.stop()
-    log.info("Supervisor stopped")
+    if supervisor.stop():
+        log.info("Supervisor stopped")  # after the last thread ended
+    else:
+        log.warning("Supervisor stopped with threads still running")
     return 0

@@ -143,6 +143,8 @@ class Supervisor:
             apps=self.managed_apps,
             planner=self._plan,
             metrics=self.metrics,
+            locks=self.locks,
+            hold_reason=self.hold_reason,
         )
         self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler, *hang_hooks()]
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
@@ -196,8 +198,9 @@ class Supervisor:
             preloaded = self._load_preloaded_apps()
         # No orphaned locks: a previous run's supervisor lock files go before the first apply.
         self.locks.clean_leftovers(self.managed_apps)
-        if target_set or preloaded:
-            self.reconciler.trigger()  # resume the last run, or apply what was preloaded
+        if target_set or preloaded or self.hold_reason():
+            # Resume the last run, apply what was preloaded, or say (once) why nothing is applied.
+            self.reconciler.trigger()
         for subsystem in self.subsystems:
             subsystem.start()
         self.server.start()
@@ -242,19 +245,44 @@ class Supervisor:
             log.exception("Could not preload apps from %s", self.paths.apps_json)
             return False
 
-    def stop(self) -> None:
-        """Stop accepting requests first, then the subsystems, then close storage."""
+    def stop(self) -> bool:
+        """Stop accepting requests first, then the subsystems (each thread joined: the state
+        engine first finishes what it is in, see state/reconcile.py), then close storage.
+        False when a thread did not end in time (storage is then left open for it)."""
         self.systemd.stopping()
         self.server.stop()
+        # An action that killed services (a restart, a purge) starts them again before we go on.
+        if not self.locks.wait_for_actions(timeout=self.reconciler.stop_grace):
+            log.warning("An API action still holds its update locks")
         self.logs.close()
+        stopped = True
         for subsystem in reversed(self.subsystems):
-            if not subsystem.stop(timeout=1.0):
+            timeout = self.reconciler.stop_grace + 30 if subsystem is self.reconciler else 10.0
+            if not subsystem.stop(timeout=timeout):
                 log.warning("%s did not stop in time", subsystem.name)
+                stopped = False
+        if not stopped:
+            return False
         engine = self.reconciler.engine
         if engine is not None:
             engine.client.close()
         self.host_services.close()
         self.config.db.close()
+        return True
+
+    def hold_reason(self) -> str | None:
+        """Why the state engine must change nothing now (issue #10 §5): a managed device applies
+        only a target its cloud sent (``TargetStore.received``); until then what runs (a local-mode
+        app, say) stays as it is: containers, images, networks and volumes with their data. A
+        ``localMode`` stored by an unmanaged start does not count: the local target's defaults
+        would turn local mode off and the empty cloud target then remove everything."""
+        if self.config.unmanaged:
+            return None
+        source = self.config.api_endpoint
+        if self.targets.received(source):
+            return None
+        return (f"no target received from the cloud ({source}) yet: every app, image, network and "
+                "volume on the device is kept as it is until the first target arrives")
 
     # what the API reports -----------------------------------------------------------------------
     def observe(self) -> Observation:

@@ -14,7 +14,7 @@ import requests
 from supervisor.client import SupervisorClient, SupervisorError
 from supervisor.runtime import Settings, Supervisor
 from supervisor.subsystem import Subsystem
-from tests.fixtures.device import MANAGED, free_port, global_api_key, write_config_json
+from tests.fixtures.device import MANAGED, free_port, global_api_key, wait_for, write_config_json
 
 
 def test_ping_and_healthy_need_no_key(managed) -> None:
@@ -111,17 +111,18 @@ def test_regenerate_without_a_key_in_local_mode_is_a_clear_400(unmanaged) -> Non
 def test_blink_returns_at_once_and_blinks(device_root: Path, start_supervisor, tmp_path: Path) -> None:
     led = tmp_path / "brightness"
     led.write_text("0")
-    sup = start_supervisor(device_root, "--led", f"file:{led}", "--blink-seconds", "0.8")
+    sup = start_supervisor(device_root, "--led", f"file:{led}", "--blink-seconds", "4")
     started = time.monotonic()
     assert sup.post("/v1/blink").text == "OK"
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2  # answered at once, long before the 4 s blink ends
     seen: set[str] = set()
-    while time.monotonic() - started < 0.6:
+
+    def both_seen() -> bool:
         seen.add(led.read_text())
-        time.sleep(0.01)
-    assert seen == {"0", "1"}
-    time.sleep(0.8)
-    assert led.read_text() == "0"
+        return seen == {"0", "1"}
+
+    wait_for(both_seen, "the LED to blink", sup, timeout=30, interval=0.01)
+    wait_for(lambda: led.read_text() == "0" and time.monotonic() - started > 4, "the LED to end off", sup)
 
 
 def test_blink_without_led_is_still_200(unmanaged) -> None:
@@ -169,9 +170,10 @@ def test_healthy_500_when_a_subsystem_is_stuck(in_process) -> None:
     stuck = _Stuck()
     in_process.subsystems.append(stuck)
     stuck.start()
-    assert requests.get(in_process.url + "/v1/healthy", timeout=5).status_code == 200
-    time.sleep(0.5)
-    response = requests.get(in_process.url + "/v1/healthy", timeout=5)
+    assert requests.get(in_process.url + "/v1/healthy", timeout=30).status_code == 200
+    wait_for(lambda: requests.get(in_process.url + "/v1/healthy", timeout=30).status_code == 500,
+             "the stuck subsystem (0.3 s without a beat) to fail the health check")
+    response = requests.get(in_process.url + "/v1/healthy", timeout=30)
     assert (response.status_code, response.text) == (500, "Unhealthy")
 
 

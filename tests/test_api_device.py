@@ -25,6 +25,7 @@ from supervisor.cleanup import orphaned_volumes
 from tests.fakecloud.client import FakeCloud
 from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for, write_config_json
 from tests.fixtures.docker import TEST_LABEL
+from tests.fixtures.locks import take_user_lock
 
 HOST_CONFIG = "/v1/device/host-config"
 
@@ -152,9 +153,7 @@ def test_patch_respects_update_locks_unless_forced(device: SupervisorProcess) ->
         "services": {"1": {"serviceName": "main", "imageId": 1, "image": "img",
                            "environment": {}, "labels": {}}}}}}}
     assert device.post("/v2/local/target-state", json=target).status_code == 200
-    lock = device.root / "tmp/balena-supervisor/services/1201/main/updates.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text("")
+    lock = take_user_lock(device.root / "tmp/balena-supervisor/services/1201/main/updates.lock")
     response = _patch(device, {"network": {"proxy": FULL_PROXY}})
     assert response.status_code == 423
     assert response.headers["Content-Type"].startswith("text/plain")
@@ -233,7 +232,7 @@ def test_get_tags_asks_the_balena_api(cloud_device: SupervisorProcess, fake_api:
     assert sent and sent[0]["query"] == "%24select=id%2Ctag_key%2Cvalue&%24filter=device+eq+77"
 
 
-def wait_for_status(sup: SupervisorProcess, path: str, key: str, timeout: float = 20) -> requests.Response:
+def wait_for_status(sup: SupervisorProcess, path: str, key: str, timeout: float = 60) -> requests.Response:
     """The answer once the device is provisioned and ready (409 before)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -279,9 +278,13 @@ def test_patch_tags_stores_and_reports_them(cloud_device: SupervisorProcess, fak
     assert fake_api.device("b2" * 16)["tags"] == {"other": "x"}
     setup_a, setup_b, sent = _tag_requests(fake_api, "PATCH")  # the fixture's two, then the device's one
     assert sent["path"] == "/device/v3/tags" and sent["status"] == 200 and sent["uuid"] == UUID
-    time.sleep(0.2)
-    tags = cloud_device.get("/v2/device/tags", params={"apikey": cloud_device.key}).json()["tags"]
-    assert {t["name"]: t["value"] for t in tags} == {"room": "attic", "floor": "2", "new": "1"}
+
+    def device_tags() -> dict[str, str]:  # the binder's list, updated once the cloud has answered
+        tags = cloud_device.get("/v2/device/tags", params={"apikey": cloud_device.key}).json()["tags"]
+        return {t["name"]: t["value"] for t in tags}
+
+    wait_for(lambda: device_tags() == {"room": "attic", "floor": "2", "new": "1"}, "the device's tags",
+             cloud_device, context=device_tags)
     with _db(cloud_device.root) as conn:
         (target,) = conn.execute("SELECT value FROM config WHERE key = 'targetTags'").fetchone()
     assert json.loads(target) == {"room": "attic", "new": "1"}
@@ -406,6 +409,7 @@ def engine_device(docker_client, make_image, tmp_path_factory) -> Iterator[Devic
                 pytest.fail(f"apps not running after 90 s:\n{sup.output()[-6000:]}")
             time.sleep(0.2)
         dev.global_key = global_api_key(root)  # type: ignore[attr-defined]
+        sup.wait_applied(dev.global_key)  # the commits are stored once the apply settles, after the starts
         yield dev
     finally:
         sup.stop(signal.SIGKILL)

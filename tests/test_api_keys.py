@@ -25,6 +25,7 @@ from supervisor.compose.naming import lock_dir_for
 from tests.fixtures.apps import local_target, main_service_app, remove_app, store_managed_target
 from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for, write_config_json
 from tests.fixtures.docker import TEST_LABEL
+from tests.fixtures.locks import take_user_lock
 
 #: (method, path, json body) of every endpoint this issue adds.
 ENDPOINTS = [
@@ -167,6 +168,7 @@ def two_apps(docker_client, make_image, tmp_path_factory) -> Iterator[TwoApps]:
         wait_for(lambda: all(docker_client.api.containers(filters={
             "label": f"io.balena.app-id={app_id}", "status": "running"}) for app_id in (first, second)),
             "both apps to run", sup)
+        sup.wait_applied(global_api_key(root))  # settled: commits stored, install locks released
         yield TwoApps(sup=sup, client=docker_client, first=first, second=second, keys=keys,
                       global_key=global_api_key(root))
     finally:
@@ -211,9 +213,8 @@ def _fill(value: Any, app_id: int) -> Any:
 def first_locked(two_apps: TwoApps) -> Iterator[TwoApps]:
     """The first app's service holds its update lock: an action that passes the scope check stops
     at the lock (423) and leaves the app as it was."""
-    lock = Path(lock_dir_for(two_apps.first, "main", str(two_apps.sup.root))) / "updates.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text("")
+    two_apps.sup.wait_applied(two_apps.global_key)  # the install's own locks are gone
+    lock = take_user_lock(Path(lock_dir_for(two_apps.first, "main", str(two_apps.sup.root))) / "updates.lock")
     before = two_apps.container(two_apps.first)
     try:
         yield two_apps

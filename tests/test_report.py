@@ -102,7 +102,9 @@ def test_state_status_reports_the_first_app_only() -> None:
         "status": "Running", "serviceName": "main", "appId": 2, "imageId": 101, "serviceId": 11,
         "containerId": "m2", "createdAt": "2024-05-01T10:00:00.123Z",
     }
-    assert list(body) == ["status", "appState", "overallDownloadProgress", "containers", "images", "release"]
+    assert list(body) == ["status", "appState", "overallDownloadProgress", "containers", "images",
+                          "awaitingTarget", "release"]
+    assert body["awaitingTarget"] is False
 
 
 def test_state_status_filters_by_scope_and_omits_an_unknown_release() -> None:
@@ -113,7 +115,8 @@ def test_state_status_filters_by_scope_and_omits_an_unknown_release() -> None:
     assert "release" not in body
     empty = state_status(Observation(), applying=False)
     assert empty == {"status": "success", "appState": "applied", "overallDownloadProgress": None,
-                     "containers": [], "images": []}
+                     "containers": [], "images": [], "awaitingTarget": False}
+    assert state_status(Observation(), applying=False, awaiting_target=True)["awaitingTarget"] is True
 
 
 def test_container_ids_last_listed_wins_and_scope() -> None:

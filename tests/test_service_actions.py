@@ -77,7 +77,7 @@ LOCKED_JSON = [
 
 def test_every_action_that_stops_a_service_answers_423_while_a_service_is_locked(app: Lab) -> None:
     before = ids(app)
-    app.exec("main", "touch", "/tmp/balena/updates.lock")
+    app.take_lock("main")
     message = f"Lockfile exists for {{ appId: {app.app_id}, service: main }}"
     for path, v1 in LOCKED_JSON:
         body = {"appId": app.app_id} if v1 else {"serviceName": "worker"}  # the app is locked as a whole
@@ -99,7 +99,7 @@ def test_every_action_that_stops_a_service_answers_423_while_a_service_is_locked
 
 def test_force_restarts_a_locked_service_at_once_and_removes_the_lock(app: Lab) -> None:
     before = ids(app)
-    app.exec("main", "touch", "/tmp/balena/updates.lock")
+    app.take_lock("main")
     response = app.sup.post(f"/v2/applications/{app.app_id}/restart-service",
                             json={"serviceName": "main", "force": True})
     assert (response.status_code, response.text) == (200, "OK")
@@ -110,7 +110,7 @@ def test_force_restarts_a_locked_service_at_once_and_removes_the_lock(app: Lab) 
 
 
 def test_force_reboot_while_locked_answers_202(app: Lab) -> None:
-    app.exec("worker", "touch", "/tmp/resin/resin-updates.lock")
+    app.take_lock("worker", "/tmp/resin/resin-updates.lock")
     app.fake.forget()  # type: ignore[attr-defined]
     response = app.sup.post("/v1/reboot", json={"force": True})
     assert (response.status_code, response.json()) == (202, {"Data": "OK", "Error": None})
@@ -246,7 +246,7 @@ def test_v1_stop_and_start_answer_the_container_id(lab: Lab) -> None:  # noqa: F
     assert (response.status_code, response.json()) == (200, {"containerId": container})
     assert lab.one("main")["State"] == "running"
 
-    lab.exec("main", "touch", "/tmp/balena/updates.lock")
+    lab.take_lock("main")
     response = lab.sup.post(f"/v1/apps/{lab.app_id}/stop", json={})
     assert response.status_code == 423
     assert lab.one("main")["State"] == "running"

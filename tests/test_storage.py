@@ -122,3 +122,20 @@ def test_key_from_request() -> None:
     assert key_from_request({}, {"Authorization": "APIKEY abc_123"}) == "abc_123"
     assert key_from_request({}, {"Authorization": "Bearer a b"}) is None
     assert key_from_request({}, {"Authorization": "Bearer é"}) is None  # \w is ASCII-only
+
+
+def test_a_target_received_from_a_source_is_recorded_with_it(tmp_path: Path) -> None:
+    """The flag a managed device waits for (issue #10 §5): set in the target's own transaction."""
+    from supervisor.state.store import TargetStore
+    from supervisor.state.target import from_v2_local
+
+    store = TargetStore(Database(tmp_path / "db.sqlite"))
+    cloud = "https://api.example"
+    assert not store.received(cloud) and not store.received("local")
+    store.set_target(from_v2_local({"local": {"name": "d", "config": {}, "apps": {}}}, current_name="d"),
+                     "local")
+    assert store.received("local") and not store.received(cloud)  # a local target is no cloud's
+    store.set_target(from_v2_local({"local": {"name": "d", "config": {}, "apps": {}}}, current_name="d"),
+                     cloud)
+    assert store.received(cloud)  # an empty target counts: it is what the cloud asked for
+    assert json.loads(store.db.get_config("targetReceivedFrom") or "[]") == [cloud, "local"]

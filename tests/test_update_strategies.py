@@ -24,6 +24,7 @@ import pytest
 from supervisor.state.locks import LOCK_MARKER, SUPERVISOR_LOCK_UID
 from tests.fixtures.device import SupervisorProcess
 from tests.fixtures.docker import TEST_LABEL
+from tests.fixtures.locks import take_user_lock_in
 from tests.test_reconcile import (  # noqa: F401 - app_owner is a fixture used here
     SETTLED,
     app_owner,
@@ -117,6 +118,10 @@ class Lab:
         assert result.exit_code == 0, result.output
         return result.output.decode()
 
+    def take_lock(self, service: str, path: str = "/tmp/balena/updates.lock") -> None:
+        """The service takes its update lock as an app does: exclusively, waiting out the supervisor's."""
+        take_user_lock_in(self.client.containers.get(self.one(service)["Id"]), path)
+
     def lock_dir(self, service: str) -> Path:
         return self.sup.root / f"tmp/balena-supervisor/services/{self.app_id}/{service}"
 
@@ -157,7 +162,7 @@ def count(text: str, needle: str) -> int:
 def test_a_user_lock_lets_the_download_happen_but_not_the_kill(lab: Lab, publish_new) -> None:
     lab.apply()
     old = lab.one("main")["Id"]
-    lab.exec("main", "touch", "/tmp/balena/updates.lock")  # the app takes its lock
+    lab.take_lock("main")  # the app takes its lock
     user_lock = lab.lock_dir("main") / "updates.lock"
     assert user_lock.exists()
 
@@ -190,7 +195,7 @@ def test_a_user_lock_lets_the_download_happen_but_not_the_kill(lab: Lab, publish
 def test_an_override_proceeds_at_once_and_removes_the_users_lock(lab: Lab, how: str) -> None:
     lab.apply()
     old = lab.one("main")["Id"]
-    lab.exec("main", "touch", "/tmp/balena/updates.lock")
+    lab.take_lock("main")
     lab.env = {"main": {"VERSION": "2"}}
     lab.commit = new_commit()
     if how == "SUPERVISOR_OVERRIDE_LOCK":

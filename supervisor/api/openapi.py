@@ -209,8 +209,11 @@ SCHEMAS: dict[str, Schema] = {
         )},
     ),
     "StateStatus": _obj(
-        ["status", "appState", "overallDownloadProgress", "containers", "images"],
+        ["status", "appState", "overallDownloadProgress", "containers", "images", "awaitingTarget"],
         status=_const("success"), appState={"type": "string", "enum": ["applying", "applied"]},
+        awaitingTarget={"type": "boolean", "description": (
+            "A managed device that has not received a target from its cloud yet: it applies nothing "
+            "and keeps every container, image, network and volume until the first target arrives")},
         overallDownloadProgress={"type": ["integer", "number", "null"]},
         containers={"type": "array", "items": _obj(
             status={"type": "string"}, serviceName={"type": "string"}, appId={"type": "integer"},

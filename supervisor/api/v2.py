@@ -62,8 +62,10 @@ def _json_object_body() -> Any:
 @bp.get("/v2/state/status")
 def state_status() -> Response:
     sup = supervisor()
+    status = sup.reconciler.status()
     body = report.state_status(
-        sup.observe(), applying=sup.reconciler.status().applying, allows=current_key().allows_app
+        sup.observe(), applying=status.applying, allows=current_key().allows_app,
+        awaiting_target=status.held_back is not None,
     )
     return jsonify(body)
 

@@ -21,6 +21,7 @@ body), so fault handling is tested over real HTTP against the real server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
@@ -36,7 +37,7 @@ import threading
 import urllib.parse
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -198,16 +199,40 @@ class _Job:
 
 @dataclass
 class Stats:
-    """What the server sent, for tests and the benchmark."""
+    """What the server sent, for tests and the benchmark.
+
+    A request is recorded after its answer went out, so a client can hold the answer before the
+    record exists; :meth:`settled` waits until no request is being handled, which is when every
+    answer a client has seen is recorded."""
 
     artifact_bytes: int = 0
     requests: list[tuple[str, int]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    active: int = 0
 
     def record(self, what: str, status: int, sent: int = 0) -> None:
         with self.lock:
             self.requests.append((what, status))
             self.artifact_bytes += sent
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[None]:
+        """Around each request's handling, from before its first byte out to after its record."""
+        with self.lock:
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.lock.notify_all()
+
+    def settled(self, timeout: float = 60.0) -> list[tuple[str, int]]:
+        """The recorded requests once no request is in flight (raises TimeoutError after ``timeout`` s)."""
+        with self.lock:
+            if not self.lock.wait_for(lambda: self.active == 0, timeout):
+                raise TimeoutError(f"delta server still handling {self.active} request(s) after {timeout}s")
+            return list(self.requests)
 
 
 class DeltaServer:
@@ -343,6 +368,10 @@ class DeltaServer:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:  # noqa: N802
+                with server.stats.handling():
+                    self._get()
+
+            def _get(self) -> None:
                 parsed = urllib.parse.urlsplit(self.path)
                 match = re.fullmatch(r"/api/v(\d+)/delta", parsed.path)
                 if match:

@@ -240,13 +240,15 @@ class Executor:
         self.max_workers = max(1, max_workers)
         self._volatile: dict[str, str] = {}
         self._volatile_lock = threading.Lock()
+        #: Set by a stop: downloads end early (failed), so the batch they are in ends soon.
+        self.abort = threading.Event()
         #: Called after every step, done or failed: readers that cache engine state drop it.
         self.on_change: Callable[[], None] | None = None
         #: Performs the ``reboot`` step: the device's reboot, under update locks (set by the runtime).
         self.reboot: Callable[[], None] | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             Noop: lambda _step: None,
-            Fetch: lambda s: self.images.fetch(s.image, delta_source=s.delta_source),
+            Fetch: lambda s: self.images.fetch(s.image, delta_source=s.delta_source, abort=self.abort),
             Start: lambda s: self._start(s.target),
             Stop: lambda s: self._kill(s.current, remove=False),
             Kill: lambda s: self._kill(s.current),

@@ -128,6 +128,11 @@ class _ProcessLocks:
         with self._cond:
             return self._owners.get(app_id)
 
+    def wait_released(self, but: object, timeout: float) -> bool:
+        """Wait until no owner other than ``but`` holds an app; False after ``timeout`` seconds."""
+        with self._cond:
+            return self._cond.wait_for(lambda: all(o is but for o in self._owners.values()), timeout)
+
 
 class LockRegistry:
     """The supervisor's update locks: lock files under ``lock_root`` and the per-app process lock.
@@ -261,6 +266,11 @@ class LockRegistry:
                 self._process.release(app_id, owner)
             if acquired:
                 log.info("Releasing update locks for apps %s", ", ".join(map(str, acquired)))
+
+    def wait_for_actions(self, timeout: float) -> bool:
+        """Wait until no API action holds an app (a stop lets a running restart start its
+        services again); False when one still does after ``timeout`` seconds."""
+        return self._process.wait_released(self._ENGINE, timeout)
 
     def app_ids(self) -> list[int]:
         """Apps with a lock directory (what ``with_lock`` can lock without an engine to ask)."""

@@ -157,9 +157,12 @@ def _rank(img: Mapping[str, Any], target_commits: Mapping[int, str | None],
 
 
 # ---------------------------------------------------------------------- /v2/state/status
-def state_status(obs: Observation, *, applying: bool, allows: Allows = _everyone) -> dict[str, Any]:
+def state_status(obs: Observation, *, applying: bool, allows: Allows = _everyone,
+                 awaiting_target: bool = False) -> dict[str, Any]:
     """``GET /v2/state/status``: containers and images of the first app seen, the mean progress of
-    every image in scope, and that app's stored commit as ``release`` (absent when none)."""
+    every image in scope, and that app's stored commit as ``release`` (absent when none).
+    ``awaitingTarget`` (ours, docs/API.md): a managed device that has no target from its cloud yet
+    and so keeps everything as it is."""
     app_ids: list[int] = []
     containers = []
     for svc in obs.services:
@@ -205,6 +208,7 @@ def state_status(obs: Observation, *, applying: bool, allows: Allows = _everyone
         "overallDownloadProgress": sum(progress) / len(progress) if progress else None,
         "containers": [c for c in containers if c["appId"] == first],
         "images": [i for i in images if i["appId"] == first],
+        "awaitingTarget": awaiting_target,
     }
     commit = obs.commits.get(first) if first is not None else None
     if commit is not None:

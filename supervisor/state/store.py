@@ -15,6 +15,8 @@ from .device_config import format_config_keys
 from .target import TargetApp, TargetDevice, parse_target_device, thaw
 
 LOCAL_SOURCE = "local"
+#: Config key: the sources (``'local'``, apiEndpoints) a target has been stored for, a JSON list.
+RECEIVED_KEY = "targetReceivedFrom"
 
 
 def _service_row(app: TargetApp, name: str, service: Any) -> dict[str, Any]:
@@ -53,6 +55,14 @@ def _app_from_row(row: Any) -> tuple[str, dict[str, Any]]:
     return row["uuid"], app
 
 
+def _sources(raw: str | None) -> list[str]:
+    try:
+        value = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return [s for s in value if isinstance(s, str)] if isinstance(value, list) else []
+
+
 class TargetStore:
     """Read and write the target state in SQLite."""
 
@@ -60,7 +70,11 @@ class TargetStore:
         self.db = db
 
     def set_target(self, device: TargetDevice, source: str) -> None:
-        """Store ``device`` as the target of ``source`` (``'local'`` or the apiEndpoint)."""
+        """Store ``device`` as the target of ``source`` (``'local'`` or the apiEndpoint), and mark
+        ``source`` as one a target was received from (:meth:`received`), in one transaction.
+
+        This is how the cloud binder makes a managed device start applying: until a target of its
+        apiEndpoint is stored, the state engine changes nothing on the device (issue #10 §5)."""
         config = format_config_keys(device.config)
         with self.db.transaction() as conn:
             conn.execute(
@@ -96,6 +110,21 @@ class TargetStore:
                 "INSERT INTO config (key, value) VALUES ('targetStateSet', 'true') "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
             )
+            row = conn.execute("SELECT value FROM config WHERE key = ?", (RECEIVED_KEY,)).fetchone()
+            sources = _sources(row["value"] if row else None)
+            if source not in sources:
+                conn.execute(
+                    "INSERT INTO config (key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (RECEIVED_KEY, json.dumps(sorted([*sources, source]))),
+                )
+
+    def received(self, source: str) -> bool:
+        """Whether a target of ``source`` has ever been stored. A database written before the flag
+        existed counts a source with app rows as received."""
+        if source in _sources(self.db.get_config(RECEIVED_KEY)):
+            return True
+        return bool(self.db.query("SELECT 1 FROM app WHERE source = ? LIMIT 1", (source,)))
 
     def set_target_config(self, values: dict[str, str], *, initial_saved: bool = False) -> None:
         """Store only the target config (formatted, §5.3); with ``initial_saved`` also mark the
