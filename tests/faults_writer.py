@@ -38,6 +38,7 @@ def main(root: Path) -> None:
     db = Database(p["db"])
     config = ConfigJson(p["config"])
     locks = LockRegistry(str(root))
+    locks.clean_leftovers()  # as the supervisor does at start: a kill may have left its lock files
     rows = db.query("SELECT value FROM config WHERE key = 'n'")
     n = int(rows[0]["value"]) if rows else 0
     print("writing", flush=True)  # the test kills from here on

@@ -312,6 +312,8 @@ class LockRegistry:
             if is_supervisor_lock(path):
                 _unlink(path)
                 removed += 1
+        for tmp in app_dir.glob("*/.*updates.lock.*.tmp"):  # a create cut short (_create_lock_file)
+            _unlink(tmp)
         return removed
 
     def _app_dirs(self) -> list[tuple[int, Path]]:
@@ -345,17 +347,25 @@ def _lock_files_under(app_dir: Path) -> Iterator[Path]:
 
 
 def _create_lock_file(path: Path, app_id: int, service: str) -> None:
-    """``lockfile -r 0`` as uid 65534: exclusive create; an existing file is a held lock."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        raise UpdatesLockedError(f"Lockfile exists for {{ appId: {app_id}, service: {service} }}") from None
+    """``lockfile -r 0`` as uid 65534: exclusive create; an existing file is a held lock.
+
+    The file appears whole: marker and owner are set on a temp file that is then hard-linked to the
+    lock's name (``link`` fails if the name exists, like ``O_EXCL``). A kill in between leaves at most
+    the temp file, never an empty lock file that would read as a user's lock forever."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
     try:
         os.write(fd, LOCK_MARKER)
     finally:
         os.close(fd)
-    if os.geteuid() == 0:
-        os.chown(path, SUPERVISOR_LOCK_UID, SUPERVISOR_LOCK_UID)
+    try:
+        if os.geteuid() == 0:
+            os.chown(tmp, SUPERVISOR_LOCK_UID, SUPERVISOR_LOCK_UID)
+        os.link(tmp, path)
+    except FileExistsError:
+        raise UpdatesLockedError(f"Lockfile exists for {{ appId: {app_id}, service: {service} }}") from None
+    finally:
+        _unlink(tmp)
 
 
 def _exists(path: Path) -> bool:

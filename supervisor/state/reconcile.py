@@ -263,7 +263,7 @@ class Reconciler(Subsystem):
 
     def on_stop(self) -> None:
         engine = self._engine
-        abort = getattr(engine.executor, "abort", None) if engine is not None else None
+        abort = getattr(getattr(engine, "executor", None), "abort", None)
         if abort is not None and not self._open:
             abort.set()  # downloads end now; the batch they are in then ends with them
         with self._cond:
