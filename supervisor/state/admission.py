@@ -363,7 +363,7 @@ def buildable(device: TargetDevice, user_path: Paths = lambda p: p) -> None:
 
     try:
         apps = target_apps(device, context)
-    except (ComposeError, ValueError, TypeError, KeyError) as err:
+    except (ComposeError, ValueError, TypeError, KeyError, AttributeError) as err:
         raise _AtUserPath(user_path("apps"), f"cannot be built: {err}") from err
     for uuid, app in apps.items():
         ids = {svc.service_name: "0" * 64 for svc in app.services}
@@ -374,7 +374,7 @@ def buildable(device: TargetDevice, user_path: Paths = lambda p: p) -> None:
             )
             try:
                 svc.create_body(device_name=device.name, container_ids=ids)
-            except (ComposeError, ValueError, TypeError, KeyError) as err:
+            except (ComposeError, ValueError, TypeError, KeyError, AttributeError) as err:
                 raise _AtUserPath(
                     user_path(child(path, svc.service_name)), f"cannot be created: {err}"
                 ) from err
