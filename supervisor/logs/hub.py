@@ -9,16 +9,27 @@ slowing the pipeline or growing memory. A subscription is removed when its strea
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
 
+log = logging.getLogger(__name__)
+
 DEFAULT_QUEUE_SIZE = 1000
 
 Message = Mapping[str, Any]
+
+
+class LogBackend(Protocol):
+    """A consumer of every published message besides the local streams (the cloud log stream,
+    spec §8.3). ``log`` is called on the publisher's thread and must never block: a backend
+    buffers (bounded) and sends on a thread of its own."""
+
+    def log(self, message: Message) -> None: ...
 
 
 class Subscription:
@@ -74,6 +85,16 @@ class LogHub:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._subscribers: list[Subscription] = []
+        self._backends: tuple[LogBackend, ...] = ()
+
+    def add_backend(self, backend: LogBackend) -> None:
+        """Hand every later message to ``backend.log`` as well (see :class:`LogBackend`)."""
+        with self._lock:
+            self._backends = (*self._backends, backend)
+
+    def remove_backend(self, backend: LogBackend) -> None:
+        with self._lock:
+            self._backends = tuple(b for b in self._backends if b is not backend)
 
     def subscribe(self) -> Subscription:
         sub = Subscription(self, self._queue_size)
@@ -82,9 +103,16 @@ class LogHub:
         return sub
 
     def publish(self, message: Message) -> None:
-        """Deliver to every subscriber now; messages published while nobody listens are dropped."""
+        """Deliver to every backend and every subscriber now; local subscribers only see what is
+        published while they listen."""
         with self._lock:
             subscribers = list(self._subscribers)
+            backends = self._backends
+        for backend in backends:
+            try:
+                backend.log(message)
+            except Exception:  # a backend's bug must not cut the local stream or the publisher
+                log.exception("Log backend %r failed", backend)
         delivered = sum(1 for sub in subscribers if sub._offer(message))
         metrics = self._metrics
         if metrics is not None:
