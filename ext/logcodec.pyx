@@ -307,8 +307,37 @@ cdef class Demuxer:
         self._strip = False
         if not (spaced and _parse_ts(self._prefix, self._plen - 1, &ms)):
             self._consume(self._stream, <const char*>self._prefix, self._plen, out)
+        elif self._line_stamp_differs(self._stream, ms):
+            self._break_line(self._stream, out)  # the open line was a final partial line
+            self._consume(self._stream, <const char*>self._prefix, self._plen, out)
         self._plen = 0
         return i
+
+    cdef bint _line_stamp_differs(self, int s, int64_t ms) except -1:
+        """Whether the open line of stream s has a timestamp (ms) other than ``ms`` (see the twin)."""
+        cdef LineBuf* b = &self._buf[s]
+        cdef const char* sp
+        cdef Py_ssize_t limit
+        cdef int64_t line_ms
+        if self._cont[s]:
+            ts = self._cont_ts0 if s == 0 else self._cont_ts1
+            return ts is not None and ts != ms
+        limit = b.length if b.length < MAX_TS_LEN + 1 else MAX_TS_LEN + 1
+        if limit == 0:
+            return False
+        sp = <const char*>memchr(b.data, 32, limit)
+        if sp == NULL or not _parse_ts(<const uint8_t*>b.data, sp - b.data, &line_ms):
+            return False
+        return line_ms != ms
+
+    cdef int _break_line(self, int s, list out) except -1:
+        """End the open line of stream s where it is (a line the engine did not split)."""
+        cdef Py_ssize_t n = self._buf[s].length
+        if n:
+            self._buf[s].length = 0  # the data stays valid until the next append
+            self._emit(s, self._buf[s].data, n, True, out)
+        self._cont[s] = False
+        return 0
 
     cdef int _corrupt(self, const uint8_t* hdr, list out) except -1:
         cdef bytes raw = PyBytes_FromStringAndSize(<const char*>hdr, 8)

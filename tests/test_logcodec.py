@@ -136,10 +136,22 @@ def oracle(stream: bytes, *, multiplexed=True, timestamps=True, max_line=65536, 
     for s, payload in segments:
         if multiplexed and timestamps and (bufs[s] or cont[s] is not None):
             # A frame continuing an open line (the engine's split of a long line) starts with its
-            # own timestamp, which is dropped.
+            # own timestamp, the same as the line's first: it is dropped. Another millisecond
+            # means the open line ended without a newline (a process that exited mid-line).
             space = payload[:36].find(b" ")
-            if space >= 0 and oracle_ts(payload[:space]) is not None:
-                payload = payload[space + 1 :]
+            stamp = oracle_ts(payload[:space]) if space >= 0 else None
+            if stamp is not None:
+                line_stamp = cont[s]
+                if line_stamp is None:
+                    prefix = bytes(bufs[s][:36]).split(b" ", 1)[0]
+                    line_stamp = oracle_ts(prefix) if len(prefix) < len(bufs[s][:36]) else None
+                if line_stamp is None or line_stamp == stamp:
+                    payload = payload[space + 1 :]
+                else:
+                    if bufs[s]:
+                        emit(s, bytes(bufs[s]), True)
+                        bufs[s].clear()
+                    cont[s] = None
         for byte in payload:
             if byte == 0x0A:
                 emit(s, bytes(bufs[s]), True)
@@ -551,7 +563,7 @@ def test_a_line_the_engine_split_arrives_whole(impl):
     (``docker logs --timestamps`` shows the second stamp mid-line): the line arrives whole with
     the first piece's timestamp, however the chunks fall."""
     module = _compiled() if impl == "compiled" else twin
-    first, second = b"2024-05-01T10:00:00.123456789Z ", b"2024-05-01T10:00:00.200000000Z "
+    first, second = b"2024-05-01T10:00:00.123456789Z ", b"2024-05-01T10:00:00.123456789Z "
     stream = (frame(1, first + b"a" * 16384) + frame(1, second + b"b" * 100 + b"\n")
               + frame(2, first + b"err\r\n"))
     for cut in (0, 8 + 16384 + len(first) + 8 + 5, 8 + 16384 + len(first) + 8 + 40, len(stream) - 1):
@@ -563,3 +575,23 @@ def test_a_line_the_engine_split_arrives_whole(impl):
     demux = module.Demuxer(7)
     records = demux.feed(frame(1, first + b"abc") + frame(1, b"no stamp here\n"))
     assert records[0]["message"] == "abcno stamp here"
+
+
+@pytest.mark.parametrize("impl", ["compiled", "python"])
+def test_a_partial_final_line_stays_apart_from_the_next_runs_output(impl):
+    """A process that exits mid-line leaves a line without newline in the log; the restarted
+    container's first line follows it, stamped later: two lines, each with its own timestamp.
+    A piece of the engine's 16 KiB split carries the first piece's timestamp and is joined."""
+    module = _compiled() if impl == "compiled" else twin
+    old, new = b"2024-05-01T10:00:00.123456789Z ", b"2024-05-01T10:00:05.000000001Z "
+    stream = frame(1, old + b"partial") + frame(1, new + b"one\n") + frame(1, new + b"two\n")
+    for cut in range(len(stream) + 1):
+        demux = module.Demuxer(7)
+        records = demux.feed(stream[:cut]) + demux.feed(stream[cut:]) + demux.close()
+        assert [(r["message"], r["timestamp"]) for r in records] == [
+            ("partial", 1714557600123), ("one", 1714557605000), ("two", 1714557605000)], cut
+    # the same after a line max_line cut: the cut line ends, the frame starts a new one
+    demux = module.Demuxer(7, max_line=len(old) + 4)
+    records = demux.feed(frame(1, old + b"abcdef") + frame(1, new + b"x\n")) + demux.close()
+    assert [(r["message"], r["timestamp"]) for r in records] == [
+        ("abcd", 1714557600123), ("ef", 1714557600123), ("x", 1714557605000)]

@@ -13,9 +13,14 @@ Defined behaviour beyond the obvious (shared by both implementations):
   UTF-8 sequence gives U+FFFD on both sides.
 * With ``timestamps`` on a multiplexed stream, a frame that continues an unterminated line (the
   engine splits lines longer than 16 KiB into several messages, each framed and stamped on its
-  own) starts with its own timestamp: that prefix is dropped, so the line arrives whole with the
-  first piece's timestamp. Only a valid timestamp followed by a space within the frame's first
-  ``_MAX_TS_LEN + 1`` bytes is dropped; anything else is line data.
+  own, all with the first piece's timestamp) starts with its own timestamp: that prefix is
+  dropped, so the line arrives whole with the first piece's timestamp. Only a valid timestamp
+  followed by a space within the frame's first ``_MAX_TS_LEN + 1`` bytes is dropped; anything
+  else is line data. A valid timestamp of another millisecond than the open line's means the open
+  line was a final line without newline (a process that exited mid-line; the next run's output
+  follows it in the log): the open line is emitted as a line of its own, and the frame starts a
+  new line, its timestamp parsed as usual. An open line whose start had no timestamp is
+  continued, unless ``max_line`` already cut it: then the clock time its pieces got is compared.
 * ``encode`` never raises for a lone surrogate. It outputs ``?`` in its place, like
   ``str.encode("utf-8", "replace")`` would.
 """
@@ -163,7 +168,7 @@ class Demuxer:
                 self._remaining -= take
                 pos += take
                 if self._strip:
-                    data = self._strip_prefix(data)
+                    data = self._strip_prefix(data, out)
                 if data:
                     self._consume(self._stream, data, out)
                 continue
@@ -181,7 +186,7 @@ class Demuxer:
                 self._partial[stream] or self._cont_ts[stream] is not _LINE_START)
         return out
 
-    def _strip_prefix(self, data: bytes) -> bytes:
+    def _strip_prefix(self, data: bytes, out: list[dict]) -> bytes:
         """Collect a continuation frame's start; once decided, what of it is line data."""
         prefix = self._prefix
         room = _MAX_TS_LEN + 1 - len(prefix)
@@ -197,9 +202,30 @@ class Demuxer:
         self._strip = False
         head = bytes(prefix)
         prefix.clear()
-        if head.endswith(b" ") and parse_timestamp(head[:-1]) is not None:
-            return rest
+        stamp = parse_timestamp(head[:-1]) if head.endswith(b" ") else None
+        if stamp is not None:
+            line_stamp = self._line_stamp(self._stream)
+            if line_stamp is None or line_stamp == stamp:
+                return rest
+            self._break_line(self._stream, out)  # the open line was a final partial line
         return head + rest
+
+    def _line_stamp(self, stream: int) -> int | None:
+        """The timestamp (ms) of the open line of ``stream``, None if it has none."""
+        cont = self._cont_ts[stream]
+        if cont is not _LINE_START:
+            return cont
+        buf = self._partial[stream]
+        space = buf.find(b" ", 0, _MAX_TS_LEN + 1)
+        return parse_timestamp(bytes(buf[:space])) if space >= 0 else None
+
+    def _break_line(self, stream: int, out: list[dict]) -> None:
+        """End the open line of ``stream`` where it is (a line the engine did not split)."""
+        buf = self._partial[stream]
+        if buf:
+            self._emit(stream, bytes(buf), True, out)
+            buf.clear()
+        self._cont_ts[stream] = _LINE_START
 
     def close(self) -> list[dict]:
         """Flush unterminated final lines (stdout first); drop an incomplete frame; reset."""

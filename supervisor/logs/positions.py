@@ -1,0 +1,152 @@
+"""Resume positions of the engine log streams: where a restarted supervisor picks each stream up.
+
+A position is ``(since_ms, skip)``: follow the container's log with ``since=<since_ms>`` (the engine
+returns every line stamped at or after that millisecond, in the order of its log file) and drop the
+first ``skip`` lines, which were delivered before. The engine compares nanoseconds, the codec gives
+milliseconds rounded down; a line is returned exactly when its millisecond is ``>= since_ms``, so the
+count is exact.
+
+Why not simply "the last delivered timestamp": the engine stamps a line when it reads it, per stream,
+and the parts of a line longer than 16 KiB all carry the first part's stamp; so the log file is not
+in timestamp order (stdout and stderr cross by microseconds, a long line's tail comes after lines
+stamped later). ``since_ms`` is therefore kept ``margin_ms`` behind the newest delivered stamp, and
+``skip`` counts the delivered lines stamped at or after it: a line stamped up to ``margin_ms`` before
+a line delivered earlier is still not skipped, nor delivered twice. (A line the engine holds back
+longer than that, e.g. a 16 KiB piece whose end comes many seconds later, can be lost on a restart.)
+
+:class:`Tracker` keeps the stamps of the lines within the margin (8 bytes a line, batches as
+``array('q')``), and :class:`PositionStore` writes the positions of every container, atomically
+(supervisor/atomic.py), at most once per ``interval_s`` and only when one changed.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from array import array
+from pathlib import Path
+
+from ..atomic import write_atomic
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MARGIN_MS", "PositionStore", "Tracker"]
+
+DEFAULT_MARGIN_MS = 2000
+DEFAULT_INTERVAL_S = 1.0
+
+
+class Tracker:
+    """The position after the lines added so far (in the stream's order), for a stream that began at
+    ``since_ms`` having skipped ``carry`` lines not added yet (a resumed stream, until they are
+    replayed and added with ``replayed=True``)."""
+
+    __slots__ = ("_since", "_carry", "_top", "_batches", "_lock", "_margin")
+
+    def __init__(self, since_ms: int = 0, carry: int = 0, margin_ms: int = DEFAULT_MARGIN_MS) -> None:
+        self._since = since_ms
+        self._carry = carry
+        self._top = since_ms
+        self._margin = margin_ms
+        self._batches: collections.deque[tuple[int, array]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def add(self, stamps: array, *, replayed: bool = False) -> None:
+        """Lines delivered (or, with ``replayed``, lines of the carry seen again)."""
+        if not stamps:
+            return
+        top = max(stamps)
+        with self._lock:
+            self._batches.append((top, stamps))
+            if top > self._top:
+                self._top = top
+            if replayed:
+                self._carry = max(0, self._carry - len(stamps))
+
+    def position(self) -> tuple[int, int]:
+        """``(since_ms, skip)`` as of now; forgets stamps no longer needed."""
+        with self._lock:
+            since = self._since if self._carry else max(self._since, self._top - self._margin)
+            batches = self._batches
+            while batches and batches[0][0] < since:
+                batches.popleft()
+            skip = self._carry
+            for top, stamps in batches:
+                if top >= since:
+                    skip += len(stamps) if min(stamps) >= since else sum(1 for t in stamps if t >= since)
+            self._since = since
+            return since, skip
+
+
+class PositionStore:
+    """The acknowledged position of each followed container, in one JSON file."""
+
+    def __init__(self, path: Path, interval_s: float = DEFAULT_INTERVAL_S,
+                 margin_ms: int = DEFAULT_MARGIN_MS) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self.margin_ms = margin_ms
+        self.existed = path.exists()
+        self._trackers: dict[str, Tracker] = {}
+        self._loaded: dict[str, tuple[int, int]] = {}
+        self._written = ""
+        self._last_write = 0.0
+        self._lock = threading.Lock()
+        if self.existed:
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                self._loaded = {str(cid): (int(pos[0]), int(pos[1])) for cid, pos in raw.items()}
+            except (OSError, ValueError, TypeError, IndexError, AttributeError) as err:
+                log.warning("Log positions in %s are unreadable (%s): streams without one start over",
+                            path, err)
+
+    def saved(self, container_id: str) -> tuple[int, int] | None:
+        """The position a previous run stored for the container."""
+        with self._lock:
+            return self._loaded.get(container_id)
+
+    def track(self, container_id: str, since_ms: int, carry: int) -> Tracker:
+        """The tracker of acknowledged lines of a stream that starts now (replaces an older one)."""
+        tracker = Tracker(since_ms, carry, self.margin_ms)
+        with self._lock:
+            self._trackers[container_id] = tracker
+            self._loaded.pop(container_id, None)
+        return tracker
+
+    def forget(self, container_id: str) -> None:
+        with self._lock:
+            self._trackers.pop(container_id, None)
+            self._loaded.pop(container_id, None)
+
+    def retain(self, container_ids: set[str]) -> None:
+        """Drop the positions of containers that no longer exist."""
+        with self._lock:
+            for cid in [c for c in self._loaded if c not in container_ids]:
+                del self._loaded[cid]
+            for cid in [c for c in self._trackers if c not in container_ids]:
+                del self._trackers[cid]
+
+    def flush(self, force: bool = False) -> bool:
+        """Write the positions if one changed and ``interval_s`` has passed (or ``force``)."""
+        now = time.monotonic()
+        if not force and now - self._last_write < self.interval_s:
+            return False
+        with self._lock:
+            positions = dict(self._loaded)
+            trackers = list(self._trackers.items())
+        for cid, tracker in trackers:
+            positions[cid] = tracker.position()
+        text = json.dumps({cid: list(pos) for cid, pos in sorted(positions.items())}, separators=(",", ":"))
+        if text == self._written and self.existed:
+            return False
+        self._last_write = now
+        try:
+            write_atomic(self.path, text)
+        except OSError as err:
+            log.warning("Could not store log positions in %s: %s", self.path, err)
+            return False
+        self._written, self.existed = text, True
+        return True
