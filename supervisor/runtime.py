@@ -88,6 +88,7 @@ class Supervisor:
         from .host.services import HostServices
 
         self.settings = settings
+        self._logging_cache: tuple[float, bool] | None = None
         # Counted by every layer, rendered only when scraped (GET /metrics, supervisor/metrics.py).
         self.metrics = Metrics({"open_streams": ("Open log/journal streams", lambda: self.streams.open)})
         self.paths = Paths.create(settings.root, settings.data_dir)
@@ -145,8 +146,13 @@ class Supervisor:
             metrics=self.metrics,
             locks=self.locks,
             hold_reason=self.hold_reason,
+            system_log=self.system_message,
         )
+        self.locks.system_log = self.system_message
+        self._init_log_pipeline()
         self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler, *hang_hooks()]
+        if self.log_monitor is not None:
+            self.subsystems.append(self.log_monitor)
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
         self.binder: CloudBinder | None = None
         if not self.config.unmanaged:
@@ -171,12 +177,53 @@ class Supervisor:
             system_log=self.system_message,
         )
 
-    def system_message(self, message: str) -> None:
+    def system_message(self, message: str, fields: Mapping[str, Any] | None = None) -> None:
         """A system log line (spec §8.5): logged, and published to the log pipeline unless
-        ``SUPERVISOR_LOG_CONTROL`` turned logging off."""
-        log.info("%s", message)
-        if self.device_config.logging_enabled:
-            self.logs.publish({"message": message, "isSystem": True, "timestamp": int(time.time() * 1000)})
+        ``SUPERVISOR_LOG_CONTROL`` turned logging off. With ``fields`` (a service, image, network,
+        volume, error), ``message`` is the event's human name and the text is composed as §8.2."""
+        from .logs.system import compose, system_message
+
+        text, is_error = compose(message, fields) if fields is not None else (message, False)
+        log.log(logging.WARNING if is_error else logging.INFO, "%s", text)
+        if self._logging_enabled(fresh=True):
+            self.logs.publish(system_message(text, is_error=is_error))
+
+    def _logging_enabled(self, fresh: bool = False) -> bool:
+        """``SUPERVISOR_LOG_CONTROL`` (§8.1), read from the database at most once a second (unless
+        ``fresh``): the engine log source asks for every batch."""
+        now = time.monotonic()
+        cached = self._logging_cache
+        if fresh or cached is None or now - cached[0] >= 1.0:
+            cached = self._logging_cache = (now, self.device_config.logging_enabled)
+        return cached[1]
+
+    def _publish_logs(self, messages: list[dict[str, Any]], delivered: Any = None) -> None:
+        """A batch of container lines (the engine log source): to the hub, or, with logging off,
+        nowhere (delivered all the same: turning logging on again does not replay the past)."""
+        if self._logging_enabled():
+            self.logs.publish_many(messages, delivered)
+        elif delivered is not None:
+            delivered()
+
+    def _init_log_pipeline(self) -> None:
+        """The log monitor and the engine log source (supervisor/logs/, spec §8.1); positions in the
+        runtime directory (tmpfs on a device: they live as long as the journal there does)."""
+        from .logs.docker_source import DockerLogSource
+        from .logs.engine_http import EngineAddress
+        from .logs.monitor import LogMonitor
+        from .logs.positions import PositionStore
+
+        self.engine_logs: DockerLogSource | None = None
+        self.log_monitor: LogMonitor | None = None
+        try:
+            address = EngineAddress.from_env()
+        except ValueError as err:
+            log.warning("Container logs are not collected: %s", err)
+            return
+        positions = PositionStore(self.paths.runtime_dir / "log-positions.json")
+        self.engine_logs = DockerLogSource(self._publish_logs, engine=address, positions=positions)
+        self.log_monitor = LogMonitor(address, {"engine": self.engine_logs}, managed_apps=self.managed_apps,
+                                      system_log=self.system_message, on_containers=positions.retain)
 
     def _save_initial_config(self) -> None:
         """Spec §5.4.5: the first start stores the current config, boot config included, as the
@@ -201,6 +248,9 @@ class Supervisor:
         if target_set or preloaded or self.hold_reason():
             # Resume the last run, apply what was preloaded, or say (once) why nothing is applied.
             self.reconciler.trigger()
+        self.system_message("Supervisor starting")
+        if self.engine_logs is not None:
+            self.engine_logs.start()
         for subsystem in self.subsystems:
             subsystem.start()
         self.server.start()
@@ -261,6 +311,8 @@ class Supervisor:
             if not subsystem.stop(timeout=timeout):
                 log.warning("%s did not stop in time", subsystem.name)
                 stopped = False
+        if self.engine_logs is not None:
+            self.engine_logs.stop()  # after the monitor: its last positions are written
         if not stopped:
             return False
         engine = self.reconciler.engine
@@ -359,6 +411,8 @@ class Supervisor:
         )
         executor.on_change = reader.invalidate
         executor.reboot = self._reboot_to_apply
+        executor.system_log = self.system_message
+        images.system_log = self.system_message
         for kind in CONFIG_STEPS:
             executor.add_handler(kind, self.device_config.execute)
         return Engine(client=client, images=images, executor=executor, reader=reader)

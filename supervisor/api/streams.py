@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, Protocol
 
 from ..logs.hub import Message, Subscription
@@ -124,18 +125,27 @@ class LogLines:
     Container messages get ``serviceName`` first, resolved from ``serviceId`` through the target
     (cached; re-read at most once a second on a miss); a message of an unknown service is dropped, as
     the reference does. Messages flow only while ``active()`` (local mode) says so, checked at most
-    once a second.
+    once a second. Keys starting with ``_`` (the cloud backend's ``_ack``) are never written.
+
+    A batch of one container's lines (what the engine log source publishes) is encoded in one go by
+    the log codec's ``encode_many`` and ``serviceName`` spliced in front of each line on the bytes
+    (JSON escapes every newline inside a string, so ``\n{`` only ever starts the next line): no
+    per-line dict copy.
     """
 
     def __init__(self, sub: Subscription, *, service_names: Callable[[], Mapping[int, str]],
                  active: Callable[[], bool]) -> None:
+        from ..logs.codec import load
+
         self._sub = sub
         self._service_names = service_names
         self._names: Mapping[int, str] = {}
+        self._prefixes: dict[int, bytes] = {}
         self._names_read = 0.0
         self._active = active
         self._active_value = False
         self._active_read = 0.0
+        self._encode_many = load().encode_many
 
     def _is_active(self) -> bool:
         now = time.monotonic()
@@ -148,28 +158,62 @@ class LogLines:
         now = time.monotonic()
         if name is None and now - self._names_read >= 1.0:
             self._names, self._names_read = dict(self._service_names()), now
+            self._prefixes = {}
             name = self._names.get(service_id)
         return name
 
+    def _prefix(self, service_id: Any) -> bytes | None:
+        """``{"serviceName":"<name>",`` of a service, None for an unknown one."""
+        prefix = self._prefixes.get(service_id)
+        if prefix is None and isinstance(service_id, int) and not isinstance(service_id, bool):
+            name = self._name(service_id)
+            if name is not None:
+                prefix = b'{"serviceName":' + ndjson(name)[:-1] + b","
+                self._prefixes[service_id] = prefix
+        return prefix
+
     def render(self, message: Message) -> bytes | None:
+        if any(key[:1] == "_" for key in message):
+            message = {k: v for k, v in message.items() if k[:1] != "_"}
         if message.get("isSystem"):
             return ndjson(message)
-        service_id = message.get("serviceId")
-        name = self._name(service_id) if isinstance(service_id, int) else None
-        if name is None:
+        prefix = self._prefix(message.get("serviceId"))
+        if prefix is None:
             return None
-        return ndjson({"serviceName": name, **message})
+        line = ndjson(message)
+        return prefix + line[1:] if line != b"{}\n" else prefix[:-1] + b"}\n"
+
+    def render_batch(self, batch: Sequence[Message]) -> bytes:
+        first = batch[0]
+        if len(batch) > 1 and not first.get("isSystem"):
+            try:
+                (service_id,) = set(map(_service_id, batch))
+            except (KeyError, ValueError):  # several services, or a system message among them
+                pass
+            else:
+                prefix = self._prefix(service_id)
+                if prefix is None:
+                    return b""
+                last = batch[-1]
+                if "_ack" in last:
+                    batch = [*batch[:-1], {k: v for k, v in last.items() if k[:1] != "_"}]
+                body = self._encode_many(batch)
+                return prefix + body[1:].replace(b"\n{", b"\n" + prefix)
+        return b"".join(line for line in map(self.render, batch) if line is not None)
 
     def read(self, timeout: float) -> bytes | None:
-        message = self._sub.get(timeout)
-        if message is None:
+        batch = self._sub.get_batch(timeout)
+        if batch is None:
             return b"" if self._sub.closed else None
         if not self._is_active():
             return None
-        return self.render(message)
+        return self.render_batch(batch) or None
 
     def close(self) -> None:
         self._sub.close()
+
+
+_service_id = itemgetter("serviceId")
 
 
 # ---------------------------------------------------------------------------- /v2/journal-logs

@@ -9,6 +9,8 @@ import fails for any other reason) still raises, so it cannot go unnoticed.
 from __future__ import annotations
 
 import logging
+import os
+from types import ModuleType
 
 try:
     from supervisor._logcodec import Demuxer, LogStreamError, encode, encode_many, parse_timestamp
@@ -30,8 +32,25 @@ except ModuleNotFoundError as exc:
         "compiled log codec supervisor._logcodec is not built; using the slower pure-Python twin"
     )
 
+
+
+def load(name: str | None = None) -> ModuleType:
+    """The codec module for the log pipeline: this one (the compiled codec when it is built), or
+    with ``name == "python"`` (default: ``SUPERVISOR_LOG_CODEC``) the pure-Python twin, which the
+    benchmark runs on the same path (tests/bench/bench_logs.py)."""
+    import sys
+
+    name = name or os.environ.get("SUPERVISOR_LOG_CODEC") or "compiled"
+    if name == "python":
+        from . import _codec_py
+
+        return _codec_py
+    return sys.modules[__name__]
+
+
 __all__ = [
     "IMPLEMENTATION",
+    "load",
     "Demuxer",
     "LogStreamError",
     "encode",

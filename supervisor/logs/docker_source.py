@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
 
+from .codec import load as load_codec
 from .engine_http import EngineAddress, query
 from .monitor import LogLevel
 from .positions import PositionStore, Tracker
@@ -51,18 +52,6 @@ class DeliveringPublish(Protocol):
 
     def __call__(self, messages: list[dict[str, Any]],
                  delivered: Callable[[], None] | None = None) -> None: ...
-
-
-def load_codec(name: str | None = None) -> Any:
-    """The codec module: the compiled one (default), or the pure-Python twin."""
-    name = name or os.environ.get("SUPERVISOR_LOG_CODEC") or "compiled"
-    if name == "python":
-        from . import _codec_py
-
-        return _codec_py
-    from . import codec
-
-    return codec
 
 
 @dataclass
@@ -102,7 +91,7 @@ class DockerLogSource:
         self._publish = publish
         self._engine = engine
         self._positions = positions
-        self._codec = load_codec(codec)
+        self._codec = load_codec(codec)  # the twin with codec="python" (tests/bench/bench_logs.py)
         twin = self._codec.__name__.endswith("_codec_py")
         self.codec_name = "python" if twin else self._codec.IMPLEMENTATION
         self._coalesce_s = coalesce_s

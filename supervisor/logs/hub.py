@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -27,42 +27,81 @@ Message = Mapping[str, Any]
 class LogBackend(Protocol):
     """A consumer of every published message besides the local streams (the cloud log stream,
     spec §8.3). ``log`` is called on the publisher's thread and must never block: a backend
-    buffers (bounded) and sends on a thread of its own."""
+    buffers (bounded) and sends on a thread of its own.
+
+    Optional, for speed: ``log_many(messages)`` takes a whole batch (a list, in order, all of one
+    container or one system message; the backend may keep the list), and is called instead of
+    ``log`` for each message when the backend has it.
+
+    Delivery acknowledgement (the engine log source's resume positions): a backend with the
+    attribute ``acknowledges = True`` calls the zero-argument callable under the key ``"_ack"`` of
+    a message once that message's bytes were written to its connection and sync-flushed, or once
+    it decided not to send it (dropped under load and counted, or not for the cloud at all: local
+    mode, logging off, device not provisioned); in the order the messages came. Only the last
+    message of a batch carries ``_ack``, and it stands for the whole batch. Keys starting with
+    ``_`` are never sent anywhere. With no such backend, publishing counts as delivery.
+    """
 
     def log(self, message: Message) -> None: ...
 
 
 class Subscription:
-    """One subscriber's queue. :meth:`get` waits for the next message; :meth:`close` unsubscribes."""
+    """One subscriber's queue of batches, bounded in messages. :meth:`get` / :meth:`get_batch` wait
+    for what comes next; :meth:`close` unsubscribes."""
 
     def __init__(self, hub: LogHub, size: int) -> None:
         self._hub = hub
-        self._queue: collections.deque[Message] = collections.deque()
+        self._queue: collections.deque[Sequence[Message]] = collections.deque()
+        self._queued = 0  # messages in _queue
         self._size = size
         self._cond = threading.Condition()
         self.dropped = 0
         self.closed = False
 
-    def _offer(self, message: Message) -> bool:
-        """Queue a message; False when the queue was full and it was dropped."""
+    def _offer(self, batch: Sequence[Message]) -> int:
+        """Queue a batch, as much of it as there is room for; the number of messages dropped."""
         with self._cond:
-            if len(self._queue) >= self._size:
-                self.dropped += 1
-                return False
-            self._queue.append(message)
+            room = self._size - self._queued
+            if room <= 0:
+                self.dropped += len(batch)
+                return len(batch)
+            dropped = 0
+            if len(batch) > room:
+                dropped = len(batch) - room
+                batch = batch[:room]
+                self.dropped += dropped
+            self._queue.append(batch)
+            self._queued += len(batch)
             self._cond.notify()
-            return True
+            return dropped
 
-    def get(self, timeout: float) -> Message | None:
-        """The next message, or None after ``timeout`` seconds or once closed."""
+    def get_batch(self, timeout: float) -> Sequence[Message] | None:
+        """The next batch (messages of one container, or one system message), or None after
+        ``timeout`` seconds or once closed. A warning about messages dropped comes alone."""
         with self._cond:
             if not self._queue and not self.closed:
                 self._cond.wait(timeout)
-            if self.dropped and len(self._queue) < self._size:
+            if self.dropped and self._queued < self._size:
                 count, self.dropped = self.dropped, 0
-                return {"message": f"Warning: Suppressed {count} message(s) due to high load",
-                        "isSystem": True, "isStdErr": True}
-            return self._queue.popleft() if self._queue else None
+                return ({"message": f"Warning: Suppressed {count} message(s) due to high load",
+                         "isSystem": True, "isStdErr": True},)
+            if not self._queue:
+                return None
+            batch = self._queue.popleft()
+            self._queued -= len(batch)
+            return batch
+
+    def get(self, timeout: float) -> Message | None:
+        """The next message, or None after ``timeout`` seconds or once closed."""
+        batch = self.get_batch(timeout)
+        if batch is None:
+            return None
+        if len(batch) > 1:
+            with self._cond:  # the rest goes back to the front
+                rest = batch[1:]
+                self._queue.appendleft(rest)
+                self._queued += len(rest)
+        return batch[0]
 
     def close(self) -> None:
         with self._cond:
@@ -78,54 +117,77 @@ class Subscription:
 
 
 class LogHub:
-    """Fan-out of log messages to the current subscribers."""
+    """Fan-out of log messages to the current subscribers and backends."""
 
     def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE, metrics: Metrics | None = None) -> None:
         self._queue_size = queue_size
         self._metrics = metrics
         self._lock = threading.Lock()
-        self._subscribers: list[Subscription] = []
+        self._subscribers: tuple[Subscription, ...] = ()
         self._backends: tuple[LogBackend, ...] = ()
+        self._acknowledging = 0
 
     def add_backend(self, backend: LogBackend) -> None:
-        """Hand every later message to ``backend.log`` as well (see :class:`LogBackend`)."""
+        """Hand every later message to the backend as well (see :class:`LogBackend`)."""
         with self._lock:
             self._backends = (*self._backends, backend)
+            self._acknowledging = sum(1 for b in self._backends if getattr(b, "acknowledges", False))
 
     def remove_backend(self, backend: LogBackend) -> None:
         with self._lock:
             self._backends = tuple(b for b in self._backends if b is not backend)
+            self._acknowledging = sum(1 for b in self._backends if getattr(b, "acknowledges", False))
 
     def subscribe(self) -> Subscription:
         sub = Subscription(self, self._queue_size)
         with self._lock:
-            self._subscribers.append(sub)
+            self._subscribers = (*self._subscribers, sub)
         return sub
 
     def publish(self, message: Message) -> None:
-        """Deliver to every backend and every subscriber now; local subscribers only see what is
-        published while they listen."""
-        with self._lock:
-            subscribers = list(self._subscribers)
-            backends = self._backends
+        """Deliver one message to every backend and every subscriber now; local subscribers only
+        see what is published while they listen."""
+        self.publish_many([dict(message)] if "_ack" in message else [message])
+
+    def publish_many(self, messages: list[dict[str, Any]] | list[Message],
+                     delivered: Callable[[], None] | None = None) -> None:
+        """Deliver a batch (in order; one container's lines, or system messages). ``delivered`` is
+        called once the batch counts as delivered: at once when no backend acknowledges, else when
+        every acknowledging backend acknowledged it (the batch's last message gets ``_ack``)."""
+        if not messages:
+            return
+        # Attributes are replaced, never changed in place: reading them needs no lock.
+        subscribers, backends, acknowledging = self._subscribers, self._backends, self._acknowledging
+        if delivered is not None and acknowledging:
+            last = messages[-1]
+            assert isinstance(last, dict)
+            last["_ack"] = delivered if acknowledging == 1 else _countdown(acknowledging, delivered)
         for backend in backends:
             try:
-                backend.log(message)
+                log_many = getattr(backend, "log_many", None)
+                if log_many is not None:
+                    log_many(messages)
+                else:
+                    for message in messages:
+                        backend.log(message)
             except Exception:  # a backend's bug must not cut the local stream or the publisher
                 log.exception("Log backend %r failed", backend)
-        delivered = sum(1 for sub in subscribers if sub._offer(message))
+        count = len(messages)
+        dropped = sum(sub._offer(messages) for sub in subscribers)
+        if delivered is not None and not acknowledging:
+            delivered()
         metrics = self._metrics
         if metrics is not None:
-            metrics.inc("log_lines_received")
-            if delivered:
-                metrics.inc("log_lines_sent", delivered, "local")
-            if delivered < len(subscribers):
-                metrics.inc("log_lines_dropped", len(subscribers) - delivered, "local")
+            metrics.inc("log_lines_received", count)
+            sent = count * len(subscribers) - dropped
+            if sent:
+                metrics.inc("log_lines_sent", sent, "local")
+            if dropped:
+                metrics.inc("log_lines_dropped", dropped, "local")
 
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
-            if sub in self._subscribers:
-                self._subscribers.remove(sub)
+            self._subscribers = tuple(s for s in self._subscribers if s is not sub)
 
     @property
     def subscriber_count(self) -> int:
@@ -138,3 +200,18 @@ class LogHub:
             subscribers = list(self._subscribers)
         for sub in subscribers:
             sub.close()
+
+
+def _countdown(count: int, done: Callable[[], None]) -> Callable[[], None]:
+    """A callable that calls ``done`` on its ``count``-th call (several acknowledging backends)."""
+    left = [count]
+    lock = threading.Lock()
+
+    def ack() -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            done()
+
+    return ack

@@ -12,12 +12,22 @@ attached, ``err``/``error`` forwards stderr only, anything else everything.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from ..subsystem import Subsystem
+from .engine_http import EngineAddress, EngineHTTPError, query
+
+log = logging.getLogger(__name__)
+
 __all__ = [
     "ContainerInfo",
+    "LogMonitor",
     "LogLevel",
     "LogSource",
     "Publish",
@@ -140,3 +150,176 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------------------------------- monitor
+EVENT_FILTERS = {"type": ["container"], "event": ["start", "die", "destroy"]}
+
+
+class LogMonitor(Subsystem):
+    """Attaches each service container to its source, from the engine's container events (§8.1):
+    every running service at (re)connection, a container on ``start`` (``Restarting service`` when
+    it died before), detached on ``destroy``; ``die`` logs ``Service exited``. The event stream is
+    opened before the running containers are listed, so no start falls between; a broken stream
+    is opened again after 1 s (doubling to 30 s while the engine is away).
+
+    ``sources`` maps ``"engine"``/``"journald"`` to a :class:`LogSource`; a container routed to a
+    source that is missing is skipped with one warning. ``system_log(text, fields)`` receives the
+    lifecycle messages.
+    """
+
+    name = "logs"
+
+    def __init__(self, engine: EngineAddress, sources: dict[str, Any], *,
+                 managed_apps: frozenset[str] | None = None,
+                 system_log: Callable[[str, Mapping[str, Any]], None] | None = None,
+                 on_containers: Callable[[set[str]], None] | None = None) -> None:
+        super().__init__()
+        self.engine = engine
+        self.sources = sources
+        self.managed_apps = managed_apps
+        self.system_log = system_log
+        self.on_containers = on_containers
+        self._attached: dict[str, str] = {}  # container id -> source key
+        self._died: set[str] = set()
+        self._warned: set[str] = set()
+        self._events: Any = None
+
+    def on_stop(self) -> None:
+        events = self._events
+        if events is not None:
+            with contextlib.suppress(OSError):
+                events.sock.shutdown(socket.SHUT_RDWR)
+
+    def run(self) -> None:
+        delay = 1.0
+        while not self.stopping:
+            try:
+                self._events = self.engine.open("/events" + query(filters=EVENT_FILTERS), timeout=None)
+            except (OSError, ValueError) as err:
+                log.debug("No engine events (%s); retrying in %.0f s", err, delay)
+                if self.wait(delay):
+                    return
+                delay = min(delay * 2, 30.0)
+                continue
+            try:
+                self._scan()
+                delay = 1.0
+                self._follow(self._events)
+            except (OSError, ValueError) as err:
+                if not self.stopping:
+                    log.warning("Engine events stream failed (%s); subscribing again", err)
+            finally:
+                self._events.close()
+                self._events = None
+            if self.wait(1.0):
+                return
+
+    def _follow(self, events: Any) -> None:
+        events.sock.settimeout(self.stuck_after / 4)
+        buffer = events.body_start
+        while not self.stopping:
+            while b"\n" in buffer:
+                line, _, buffer = buffer.partition(b"\n")
+                if line.strip():
+                    self._event(json.loads(line))
+            try:
+                chunk = events.sock.recv(65536)
+            except TimeoutError:
+                self.beat()
+                continue
+            if not chunk:
+                raise OSError("the engine closed the events stream")
+            buffer += chunk
+
+    def _scan(self) -> None:
+        """Attach every running service container; forget the positions of containers that are gone."""
+        entries = self.engine.get_json("/containers/json" + query(all=True, filters={
+            "label": ["io.balena.supervised"]}))
+        ids = {str(e.get("Id")) for e in entries}
+        if self.on_containers is not None:
+            self.on_containers(ids)
+        for entry in entries:
+            running = entry.get("State") == "running"
+            if running or str(entry.get("Id")) in self._attached:
+                self._attach(str(entry["Id"]), at_start=False)
+        for cid in [c for c in self._attached if c not in ids]:
+            self._detach(cid)
+
+    def _event(self, event: Mapping[str, Any]) -> None:
+        action = event.get("status") or event.get("Action")
+        cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        if not cid or "io.balena.supervised" not in attributes and "io.resin.supervised" not in attributes:
+            return
+        if self.managed_apps is not None and attributes.get("io.balena.app-id") not in self.managed_apps:
+            return
+        if action == "start":
+            restarted = cid in self._died
+            self._died.discard(cid)
+            self._attach(cid, at_start=True, restarted=restarted)
+        elif action == "die":
+            self._died.add(cid)
+            self._system("Service exited", attributes)
+        elif action == "destroy":
+            self._died.discard(cid)
+            self._detach(cid)
+
+    def _system(self, human: str, attributes: Mapping[str, Any]) -> None:
+        if self.system_log is not None:
+            self.system_log(human, {"service": attributes.get("io.balena.service-name"),
+                                    "image": attributes.get("image")})
+
+    def _attach(self, cid: str, *, at_start: bool, restarted: bool = False) -> None:
+        try:
+            inspect = self.engine.get_json(f"/containers/{cid}/json")
+        except EngineHTTPError as err:
+            if err.status == 404:
+                return
+            raise
+        info = ContainerInfo.from_inspect(inspect)
+        if restarted:
+            self._system("Restarting service", {"io.balena.service-name": info.service_name,
+                                                "image": (inspect.get("Config") or {}).get("Image")})
+        target = route(info, self.managed_apps)
+        if target.source is None:
+            if info.supervised and target.reason not in self._warned and "not managed" not in target.reason:
+                self._warned.add(target.reason)
+                log.info("Not reading the logs of %s: %s", info.service_name or cid[:12], target.reason)
+            self._detach(cid)
+            return
+        source = self.sources.get(target.source)
+        if source is None:
+            if target.source not in self._warned:
+                self._warned.add(target.source)
+                log.warning("Containers log with the %s driver, which this supervisor cannot read yet",
+                            info.log_driver)
+            return
+        previous = self._attached.get(cid)
+        if previous is not None and previous != target.source:
+            self._detach(cid)
+        assert info.service_id is not None
+        if target.source == "engine":
+            started = 0 if at_start else _epoch_ms((inspect.get("State") or {}).get("StartedAt"))
+            source.attach(cid, info.service_id, target.level,
+                          tty=bool((inspect.get("Config") or {}).get("Tty")), started_ms=started)
+        else:
+            source.attach(cid, info.service_id, target.level)
+        self._attached[cid] = target.source
+
+    def _detach(self, cid: str) -> None:
+        key = self._attached.pop(cid, None)
+        if key is not None and key in self.sources:
+            self.sources[key].detach(cid)
+        elif key is None and "engine" in self.sources:
+            self.sources["engine"].detach(cid)  # forgets a stored position too
+
+
+def _epoch_ms(stamp: str | None) -> int:
+    """An engine timestamp (RFC 3339, ns) as epoch ms, rounded down; 0 when there is none."""
+    from .codec import parse_timestamp
+
+    if not stamp or stamp.startswith("0001-"):
+        return 0
+    value = parse_timestamp(stamp.encode())
+    return value if value is not None else 0

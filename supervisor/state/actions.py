@@ -93,7 +93,7 @@ def restart_app(sup: Supervisor, app_id: int, *, force: bool = False) -> None:
 
 def purge(sup: Supervisor, app_id: int, *, force: bool = False) -> None:
     """``doPurge``: the app's containers and volumes go, then come back empty."""
-    log.info("Purging data for app %s", app_id)
+    sup.system_message(f"Purging data for app {app_id}")
     try:
         engine = sup.reconciler.require_engine()
         app = _current_app(sup, engine, app_id)
@@ -108,10 +108,10 @@ def purge(sup: Supervisor, app_id: int, *, force: bool = False) -> None:
                 _run(engine, [CreateVolume(vol) for vol in target.volumes])
             _start_all(engine, _target_services(sup, engine, app_id, names))
     except Exception as err:
-        log.error("Error purging data: %s", err)
+        sup.system_message(f"Error purging data: {err}")
         raise
     sup.reconciler.trigger()
-    log.info("Purged data for app %s", app_id)
+    sup.system_message("Purged data")
 
 
 def service_action(
@@ -172,7 +172,7 @@ def shutdown(sup: Supervisor, *, reboot: bool, force: bool = False) -> None:
         raise UpdatesLockedError("Waiting for Host OS update to finish")
     with sup.locks.with_lock(_current_app_ids(sup), force=force or sup.lock_override()):
         sup.power.request(reboot)
-        log.info("Rebooting" if reboot else "Shutting down")
+        sup.system_message("Rebooting" if reboot else "Shutting down")
 
 
 # ------------------------------------------------------------------------------ helpers

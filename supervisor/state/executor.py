@@ -510,14 +510,14 @@ class Executor:
             if same:
                 return
             raise ResourceRecreationAttemptError("network", target.docker_name)
-        self._event("Creating network", None, network=target.docker_name)
+        self._event("Creating network", None, network=target.name)
         self._post_json("/networks/create", target.create_body())
 
     def _remove_network(self, current: Network) -> None:
         """Remove every engine network of this name and app, duplicates included (§3.7)."""
         import docker.errors
 
-        self._event("Removing network", None, network=current.docker_name)
+        self._event("Removing network", None, network=current.name)
         for entry in self._networks_named(current.docker_name):
             app_label = (entry.get("Labels") or {}).get("io.balena.app-id")
             if app_label is not None and app_label != str(current.app_id):
@@ -536,7 +536,7 @@ class Executor:
             if Volume.from_docker(entry).is_equal_config(target):
                 return
             raise ResourceRecreationAttemptError("volume", target.docker_name)
-        self._event("Creating volume", None, volume=target.docker_name)
+        self._event("Creating volume", None, volume=target.name)
         body = target.create_body()
         self.api.create_volume(
             body["Name"], driver=body["Driver"], driver_opts=body["DriverOpts"], labels=body["Labels"]
@@ -545,7 +545,7 @@ class Executor:
     def _remove_volume(self, current: Volume) -> None:
         import docker.errors
 
-        self._event("Removing volume", None, volume=current.docker_name)
+        self._event("Removing volume", None, volume=current.name)
         with contextlib.suppress(docker.errors.NotFound):
             self.api.remove_volume(current.docker_name)
 

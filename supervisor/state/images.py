@@ -282,6 +282,8 @@ class ImageManager:
         self.delta = delta
         #: Told ("pulled_bytes" or "delta_bytes", bytes) after each download (supervisor/metrics.py).
         self.on_bytes = on_bytes
+        #: Receives the §8.5 system log events (``Downloading image``, ...): ``(humanName, fields)``.
+        self.system_log: Callable[[str, Mapping[str, Any]], None] | None = None
         self.on_progress = on_progress
         self.cleanup_filter = cleanup_filter
         self.supervisor_image = supervisor_image
@@ -417,6 +419,13 @@ class ImageManager:
                     continue
         return None
 
+    def _event(self, human: str, **fields: Any) -> None:
+        if self.system_log is not None:
+            try:
+                self.system_log(human, fields)
+            except Exception:
+                log.exception("System log listener failed")
+
     # ------------------------------------------------------------------ status for the API
     def downloading(self) -> frozenset[str]:
         """Names of images with a fetch under way."""
@@ -470,6 +479,7 @@ class ImageManager:
                 reason = str(err) if isinstance(err, ImageError) else _engine_error(err)
                 message = f"Failed to download image '{name}' due to '{reason}'"
                 log.warning("%s", message)
+                self._event("Failed to download image", image=name, error=reason)
                 raise ImageError(message) from err
             finally:
                 with self._lock:
@@ -487,6 +497,8 @@ class ImageManager:
         existing = self.inspect_by_name(name)
         if existing is None:
             log.info("Downloading image '%s'", name)
+            if not delta_source:
+                self._event("Downloading image", image=name)
             delta_id = self._fetch_delta(image, delta_source, on_progress, abort) if delta_source else None
             if delta_id is not None:
                 existing = self.api.inspect_image(delta_id)
@@ -496,6 +508,7 @@ class ImageManager:
             if existing is None:
                 raise ImageNotFoundError("the image is missing after its download")
             log.info("Downloaded image '%s'", name)
+            self._event("Downloaded image", image=name)
         self._tag(existing["Id"], name)
         fetched = replace(image, docker_image_id=existing["Id"])
         self.save(fetched)
@@ -515,11 +528,13 @@ class ImageManager:
         base = self.inspect_by_name(source)
         if base is None:
             log.info("Delta source '%s' is gone; pulling '%s'", source, name)
+            self._event("Downloading image", image=name)
             return None
         with self._pulls:
             if abort is not None and abort.is_set():
                 raise ImageError("the download was aborted")
             log.info("Downloading delta for image '%s'", name)
+            self._event("Downloading delta for image", image=name)
             self._report(name, 0, on_progress)
             try:
                 engine_id = fetcher.fetch(
@@ -528,6 +543,7 @@ class ImageManager:
                 )
             except DeltaFallbackError as err:
                 log.warning("Delta for image '%s' failed, falling back to a regular pull: %s", name, err)
+                self._event("Downloading image", image=name)
                 return None
             except DeltaAuthError as err:
                 raise ImageError(str(err)) from err
@@ -635,6 +651,7 @@ class ImageManager:
             entries = self._engine_entries(image)
             if entries:
                 log.info("Deleting image '%s'", image.name)
+                self._event("Deleting image", image=image.name)
             for entry in entries:
                 refs = [t for t in entry.get("RepoTags") or [] if t != "<none>:<none>"]
                 refs += [d for d in entry.get("RepoDigests") or [] if d != "<none>@<none>"]
@@ -649,10 +666,13 @@ class ImageManager:
             self.forget(image)
             if removed:
                 log.info("Deleted image '%s'", image.name)
+                self._event("Deleted image", image=image.name)
             else:
                 log.info("Image already deleted '%s'", image.name)
+                self._event("Image already deleted", image=image.name)
             return removed
         except docker.errors.APIError as err:
+            self._event("Failed to delete image", image=image.name, error=_engine_error(err))
             raise ImageError(f"Failed to delete image '{image.name}' due to '{_engine_error(err)}'") from err
         finally:
             with self._lock:
@@ -718,7 +738,9 @@ class ImageManager:
             except docker.errors.NotFound:
                 continue
             except docker.errors.APIError as err:
-                log.warning("Error cleaning up %s: %s - will ignore for 1 hour", image_id, _engine_error(err))
+                text = f"Error cleaning up {image_id}: {_engine_error(err)} - will ignore for 1 hour"
+                log.warning("%s", text)
+                self._event(text)
                 with self._lock:
                     self._cleanup_ignored[image_id] = self.clock()
         return removed

@@ -151,6 +151,15 @@ class LockRegistry:
         self._process.on_wait = on_wait
         self._held: dict[int, set[Path]] = {}  # the engine's files, by app
         self._lock = threading.Lock()
+        #: Receives ``Taking update locks`` / ``Releasing update locks`` (system log, §4, §8.5).
+        self.system_log: Callable[[str], None] | None = None
+
+    def _system(self, text: str) -> None:
+        if self.system_log is not None:
+            try:
+                self.system_log(text)
+            except Exception:
+                log.exception("System log listener failed")
 
     @property
     def base(self) -> Path:
@@ -165,6 +174,7 @@ class LockRegistry:
         the app's process lock) until :meth:`release`. Raises :class:`UpdatesLockedError`."""
         services = list(services)
         log.info("Taking update locks for app %s (services %s)", app_id, ", ".join(services))
+        self._system("Taking update locks")
         self._process.acquire(app_id, self._ENGINE, self.engine_max_wait_ms)
         with self._lock:
             had = app_id in self._held
@@ -183,6 +193,7 @@ class LockRegistry:
         leftovers (unless an API action holds the app right now), then free the app."""
         with self._lock:
             paths = self._held.pop(app_id, set())
+        self._system("Releasing update locks")
         for path in paths:
             _unlink(path)
         try:
@@ -254,6 +265,7 @@ class LockRegistry:
                 if not names:
                     continue
                 log.info("Taking update locks for app %s (services %s)", app_id, ", ".join(names))
+                self._system("Taking update locks")
                 self._process.acquire(app_id, owner, max_wait_ms)
                 acquired.append(app_id)
                 files, _kept = self._take_files(app_id, names, force=force, ours=set())
@@ -266,6 +278,7 @@ class LockRegistry:
                 self._process.release(app_id, owner)
             if acquired:
                 log.info("Releasing update locks for apps %s", ", ".join(map(str, acquired)))
+                self._system("Releasing update locks")
 
     def wait_for_actions(self, timeout: float) -> bool:
         """Wait until no API action holds an app (a stop lets a running restart start its

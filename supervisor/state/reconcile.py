@@ -168,6 +168,7 @@ class Reconciler(Subsystem):
         locks: LockRegistry | None = None,
         hold_reason: Callable[[], str | None] = lambda: None,
         stop_grace: float = STOP_GRACE_S,
+        system_log: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self._connect_engine = connect
@@ -184,6 +185,8 @@ class Reconciler(Subsystem):
         self.locks = locks
         self._hold_reason = hold_reason
         self.stop_grace = stop_grace
+        #: Receives the system log messages of the loop (``Updates are locked, retrying in ...``, §8.5).
+        self.system_log = system_log
         #: The last failed step of each service, for the API (state/errors.py, issue #11).
         self.errors = ServiceErrors()
 
@@ -528,7 +531,11 @@ class Reconciler(Subsystem):
             )
         delay = min(2**count * self.backoff_base, self.poll_interval())
         if locked:
-            log.info("Updates are locked, retrying in %s. Reason: %s", pretty_ms(delay), message)
+            text = f"Updates are locked, retrying in {pretty_ms(delay)}. Reason: {message}"
+            if self.system_log is not None:
+                self.system_log(text)
+            else:
+                log.info("%s", text)
         else:
             log.error(
                 "Scheduling another update attempt in %dms due to failure: %s", round(delay * 1000), message
