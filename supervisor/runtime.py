@@ -220,10 +220,22 @@ class Supervisor:
         except ValueError as err:
             log.warning("Container logs are not collected: %s", err)
             return
+        sink = os.environ.get("SUPERVISOR_TEST_LOG_SINK")
+        if sink:  # a test hook: every message, acknowledged, into a file (supervisor/logs/sink.py)
+            from .logs.sink import FileSink
+
+            self.logs.add_backend(FileSink(sink))
         positions = PositionStore(self.paths.runtime_dir / "log-positions.json")
         self.engine_logs = DockerLogSource(self._publish_logs, engine=address, positions=positions)
         self.log_monitor = LogMonitor(address, {"engine": self.engine_logs}, managed_apps=self.managed_apps,
-                                      system_log=self.system_message, on_containers=positions.retain)
+                                      system_log=self.system_message, on_containers=positions.retain,
+                                      image_name=self._image_name)
+
+    def _image_name(self, docker_image_id: str) -> str | None:
+        """The name a service's image was fetched as (the image table), for system messages."""
+        rows = self.config.db.query("SELECT name FROM image WHERE dockerImageId = ? LIMIT 1",
+                                    (docker_image_id,))
+        return rows[0][0] if rows else None
 
     def _save_initial_config(self) -> None:
         """Spec §5.4.5: the first start stores the current config, boot config included, as the

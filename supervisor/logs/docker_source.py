@@ -43,6 +43,9 @@ READ_SIZE = 256 * 1024
 #: Bytes read from one stream per round at most, so one chatty container cannot starve the others.
 MAX_ROUND_BYTES = 4 * 1024 * 1024
 COALESCE_S = 0.025
+#: After a follow ended, the engine is given this long to finish writing the log before the
+#: catch-up read (see ``_end``).
+CATCH_UP_DELAY_S = 0.2
 RETRY_MAX_S = 30.0
 _stamp = itemgetter("timestamp")
 
@@ -69,7 +72,8 @@ class _Stream:
     head: bytes = b""
     in_body: bool = False
     demuxer: Any = None
-    restart: bool = False  # attached again while the stream was open: follow again once it ends
+    follow: bool = True  # False: the one read to the end of the log after a follow ended
+    restart: bool = False  # attached again while a stream was open: follow again once it ends
     retry_at: float = 0.0
     failures: int = 0
     pending: list[bytes] = field(default_factory=list)
@@ -165,9 +169,10 @@ class DockerLogSource:
         except Exception:
             log.exception("The engine log source failed")
         finally:
+            # An unterminated line is not flushed: it may be a piece of a longer one. It was not
+            # delivered, so the next run reads it again, whole.
             for st in list(self._streams.values()):
                 self._close(st)
-                self._finish(st)
             self._positions.flush(force=True)
             self._selector.close()
             os.close(self._wake_r)
@@ -197,10 +202,15 @@ class DockerLogSource:
             st = self._streams.get(cid)
             if st is not None:
                 st.service_id, st.level, st.tty = args["service_id"], args["level"], args["tty"]
-                if st.sock is not None:
-                    st.restart = True  # a start after a die: follow again once this stream ends
-                else:
+                # A start (after a die): an open follow of the run before may never end (the engine
+                # keeps it on the old run's log): it is ended now, read to its end, then followed.
+                if st.sock is None and not st.retry_at:  # ended: nothing under way
                     self._follow_again(st)
+                elif st.follow and st.sock is not None:
+                    st.restart = True
+                    self._end(st)
+                else:  # the catch-up read (or a retry) is under way: follow once it ends
+                    st.restart = True
                 continue
             saved = self._positions.saved(cid)
             since, skip = saved if saved is not None else (args["started_ms"], 0)
@@ -212,16 +222,20 @@ class DockerLogSource:
             self._open(st)
 
     def _follow_again(self, st: _Stream) -> None:
-        """Re-open a stream that ended, from what was published (nothing twice, nothing left out)."""
+        """Follow a stream that ended again, from what was published (nothing twice, nothing left
+        out)."""
+        st.follow, st.restart = True, False
+        self._reopen(st)
+
+    def _reopen(self, st: _Stream) -> None:
         st.since_ms, st.skip = st.published.position()
         st.skip_known = True
-        st.restart = False
         self._open(st)
 
     def _open(self, st: _Stream) -> None:
         since = f"{st.since_ms // 1000}.{st.since_ms % 1000:03d}000000" if st.since_ms > 0 else "0"
         path = f"/containers/{st.container_id}/logs" + query(
-            follow=True, stdout=True, stderr=True, timestamps=True, since=since)
+            follow=st.follow, stdout=True, stderr=True, timestamps=True, since=since)
         try:
             sock = self._engine.connect(10.0)
             sock.sendall(f"GET /v1.41{path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode("ascii"))
@@ -233,6 +247,8 @@ class DockerLogSource:
         st.demuxer = self._codec.Demuxer(st.service_id, multiplexed=not st.tty, timestamps=True,
                                          max_line=self._max_line)
         self._selector.register(sock, selectors.EVENT_READ, st)
+        log.debug("Container %s: reading its log from %s (skip %d, follow %s)", st.container_id[:12], since,
+                  st.skip, st.follow)
 
     def _failed(self, st: _Stream, why: str) -> None:
         st.failures += 1
@@ -246,7 +262,7 @@ class DockerLogSource:
         for st in list(self._streams.values()):
             if st.sock is None and st.retry_at and st.retry_at <= now:
                 st.retry_at = 0.0
-                self._follow_again(st)
+                self._reopen(st)
 
     def _read(self, st: _Stream) -> bool:
         """Read what the stream has (bounded); False when nothing came."""
@@ -300,9 +316,18 @@ class DockerLogSource:
             st.pending.append(body)
 
     def _end(self, st: _Stream) -> None:
-        """The engine ended the stream (the container stopped): flush, then wait for a start."""
+        """The engine ended the stream. A follow ends when the container stops, but the engine may
+        end it before its last lines (a final line without newline is written last, and was seen
+        missing): the log is read once more to its end, without follow, from what was published.
+        That read's end is the end of the log: its unterminated line is a line. Then wait for a
+        start (or follow at once if one came meanwhile)."""
         self._publish_stream(st)
         self._close(st)
+        if st.follow:
+            st.demuxer = None  # its unterminated line is read again, whole, by the catch-up
+            st.follow = False
+            st.retry_at = time.monotonic() + CATCH_UP_DELAY_S
+            return
         self._finish(st)
         if st.restart:
             self._follow_again(st)
@@ -338,7 +363,7 @@ class DockerLogSource:
             self._deliver(st, err.records)
             self._close(st)
             st.demuxer = None
-            self._follow_again(st)
+            self._reopen(st)
             return
         self._deliver(st, records)
 

@@ -173,13 +173,16 @@ class LogMonitor(Subsystem):
     def __init__(self, engine: EngineAddress, sources: dict[str, Any], *,
                  managed_apps: frozenset[str] | None = None,
                  system_log: Callable[[str, Mapping[str, Any]], None] | None = None,
-                 on_containers: Callable[[set[str]], None] | None = None) -> None:
+                 on_containers: Callable[[set[str]], None] | None = None,
+                 image_name: Callable[[str], str | None] | None = None) -> None:
         super().__init__()
         self.engine = engine
         self.sources = sources
         self.managed_apps = managed_apps
         self.system_log = system_log
         self.on_containers = on_containers
+        #: The image name a service was installed from, by engine image id (the image table).
+        self.image_name = image_name
         self._attached: dict[str, str] = {}  # container id -> source key
         self._died: set[str] = set()
         self._warned: set[str] = set()
@@ -266,9 +269,15 @@ class LogMonitor(Subsystem):
             self._detach(cid)
 
     def _system(self, human: str, attributes: Mapping[str, Any]) -> None:
-        if self.system_log is not None:
-            self.system_log(human, {"service": attributes.get("io.balena.service-name"),
-                                    "image": attributes.get("image")})
+        if self.system_log is None:
+            return
+        image = attributes.get("image")
+        if self.image_name is not None and image:
+            try:
+                image = self.image_name(image) or image
+            except Exception:  # the database is busy or gone: the engine's name is still a name
+                log.debug("Could not look up the name of image %s", image, exc_info=True)
+        self.system_log(human, {"service": attributes.get("io.balena.service-name"), "image": image})
 
     def _attach(self, cid: str, *, at_start: bool, restarted: bool = False) -> None:
         try:
