@@ -1,0 +1,160 @@
+"""The log pipeline's plain-data parts: routing a container to a source (spec §8.1), resume positions,
+the hub's batches and acknowledgements, the local stream's rendering, system message texts (§8.2)."""
+
+from __future__ import annotations
+
+import json
+from array import array
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.api.streams import LogLines
+from supervisor.logs.hub import LogHub
+from supervisor.logs.monitor import ContainerInfo, Route, log_level, route
+from supervisor.logs.positions import PositionStore, Tracker
+from supervisor.logs.system import compose
+
+
+def inspect(driver: str = "json-file", env: list[str] | None = None, **labels: str) -> dict[str, Any]:
+    base = {"io.balena.supervised": "true", "io.balena.app-id": "7", "io.balena.service-id": "21",
+            "io.balena.service-name": "main"}
+    return {"Id": "c" * 64, "Config": {"Labels": {**base, **labels}, "Env": env or ["A=1"]},
+            "HostConfig": {"LogConfig": {"Type": driver, "Config": {}}}, "State": {"Running": True}}
+
+
+@pytest.mark.parametrize(("driver", "source"), [
+    ("json-file", "engine"), ("local", "engine"), ("journald", "journald"), ("none", None), ("syslog", None),
+])
+def test_the_log_driver_chooses_the_source(driver: str, source: str | None) -> None:
+    info = ContainerInfo.from_inspect(inspect(driver))
+    assert (info.service_id, info.app_id, info.service_name, info.log_driver) == (21, 7, "main", driver)
+    assert route(info).source == source
+
+
+@pytest.mark.parametrize(("value", "level"), [
+    (None, "all"), ("", "all"), ("info", "all"), ("none", None), ("NONE", None), ("err", "err"),
+    ("error", "err"), ("Error", "err"),
+])
+def test_balena_logs_level(value: str | None, level: str | None) -> None:
+    env = [] if value is None else [f"BALENA_LOGS_LEVEL={value}"]
+    assert log_level(ContainerInfo.from_inspect(inspect(env=env)).env) == level
+    routed = route(ContainerInfo.from_inspect(inspect(env=env)))
+    expected = Route(None, reason="BALENA_LOGS_LEVEL=none") if level is None else Route("engine", level)
+    assert routed == expected
+
+
+def test_only_supervised_service_containers_of_managed_apps() -> None:
+    plain = inspect()
+    del plain["Config"]["Labels"]["io.balena.supervised"]
+    assert route(ContainerInfo.from_inspect(plain)).source is None
+    no_service = inspect()
+    del no_service["Config"]["Labels"]["io.balena.service-id"]
+    assert route(ContainerInfo.from_inspect(no_service)).source is None
+    info = ContainerInfo.from_inspect(inspect())
+    assert route(info, frozenset({"8"})).source is None
+    assert route(info, frozenset({"7"})).source == "engine"
+    assert ContainerInfo.from_inspect({"Id": "x"}).log_driver == ""  # nothing at all: no crash
+
+
+# ------------------------------------------------------------------------------------ positions
+def test_a_position_counts_the_lines_within_the_margin() -> None:
+    tracker = Tracker(0, margin_ms=100)
+    assert tracker.position() == (0, 0)
+    tracker.add(array("q", [1000, 1000, 1001]))
+    assert tracker.position() == (901, 3)  # since 100 ms before the newest, all three after it
+    # stderr and stdout cross: a line stamped earlier than one delivered before is still counted
+    tracker.add(array("q", [1200, 1150, 1300]))
+    assert tracker.position() == (1200, 2)  # 1200 and 1300; 1150 < since is not returned again
+
+
+def test_a_resumed_stream_keeps_its_start_until_the_skipped_lines_came_back() -> None:
+    tracker = Tracker(500, carry=3, margin_ms=100)
+    tracker.add(array("q", [900]))  # new lines before the replay: impossible, but never lose the carry
+    assert tracker.position() == (500, 4)
+    tracker.add(array("q", [500, 520, 530]), replayed=True)
+    assert tracker.position() == (800, 1)
+
+
+def test_positions_are_written_atomically_and_only_when_changed(tmp_path: Path) -> None:
+    path = tmp_path / "log-positions.json"
+    store = PositionStore(path, interval_s=0, margin_ms=0)
+    tracker = store.track("a" * 64, 0, 0)
+    tracker.add(array("q", [10, 11, 11]))
+    assert store.flush()
+    assert json.loads(path.read_text()) == {"a" * 64: [11, 2]}
+    assert not store.flush()  # unchanged
+    again = PositionStore(path)
+    assert again.saved("a" * 64) == (11, 2)
+    again.retain(set())
+    again.flush(force=True)
+    assert json.loads(path.read_text()) == {}
+
+
+def test_unreadable_positions_start_over(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text("{not json")
+    assert PositionStore(path).saved("x") is None
+
+
+# ------------------------------------------------------------------------------------ hub
+class Acknowledging:
+    acknowledges = True
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+
+    def log_many(self, messages: list[dict[str, Any]]) -> None:
+        self.got += messages
+
+    def log(self, message: dict[str, Any]) -> None:  # pragma: no cover - log_many is preferred
+        raise AssertionError("log_many is called for a batch")
+
+
+def test_a_batch_is_delivered_when_acknowledged_else_when_published() -> None:
+    hub = LogHub()
+    delivered: list[int] = []
+    hub.publish_many([{"message": "a"}], lambda: delivered.append(1))
+    assert delivered == [1]  # nobody acknowledges: publishing is delivery
+    backend = Acknowledging()
+    hub.add_backend(backend)
+    batch = [{"message": "b"}, {"message": "c"}]
+    hub.publish_many(batch, lambda: delivered.append(2))
+    assert delivered == [1] and "_ack" not in backend.got[0] and "_ack" in backend.got[1]
+    backend.got[1]["_ack"]()
+    assert delivered == [1, 2]
+
+
+def test_the_local_stream_renders_a_batch_with_names_first_and_no_private_keys() -> None:
+    hub = LogHub()
+    sub = hub.subscribe()
+    hub.add_backend(Acknowledging())
+    lines = LogLines(sub, service_names=lambda: {21: 'ma"in'}, active=lambda: True)
+    batch = [{"message": f"line {i}\n{{x", "isStdErr": False, "timestamp": i, "serviceId": 21}
+             for i in range(3)]
+    hub.publish_many(batch, lambda: None)
+    hub.publish({"message": "sys", "isSystem": True, "timestamp": 9})
+    hub.publish({"message": "unknown", "isStdErr": True, "timestamp": 9, "serviceId": 99})
+    out = b"".join(lines.read(0) or b"" for _ in range(3))
+    rendered = [json.loads(line) for line in out.splitlines()]
+    assert rendered == [{"serviceName": 'ma"in', **m} for m in
+                        [{k: v for k, v in b.items() if k != "_ack"} for b in batch]] + [
+        {"message": "sys", "isSystem": True, "timestamp": 9}]
+    assert all(list(r)[0] == "serviceName" for r in rendered[:3])
+
+
+# ------------------------------------------------------------------------------------ system messages
+@pytest.mark.parametrize(("human", "fields", "text", "is_error"), [
+    ("Killing service", {"service": "main", "image": "reg/img:1"}, "Killing service 'main reg/img:1'", False),
+    ("Failed to start service", {"service": "main", "image": "img", "error": "boom"},
+     "Failed to start service 'main img' due to 'boom'", True),
+    ("Failed to download image", {"image": "img", "error": ""},
+     "Failed to download image 'img' due to 'Unknown cause'", True),
+    ("Creating network", {"network": "default"}, "Creating network 'default'", False),
+    ("Removing volume", {"volume": "data"}, "Removing volume 'data'", False),
+    ("Taking update locks", {}, "Taking update locks", False),
+    ("Something", {"fields": ["a", "b"]}, "Something 'a,b'", False),
+])
+def test_system_message_composition(human: str, fields: dict[str, Any], text: str, is_error: bool) -> None:
+    assert compose(human, fields) == (text, is_error)
