@@ -41,6 +41,10 @@ class ApiServer:
                 # Keep reading a connection during its request, so a stream sees its client leave
                 # (``waitress.client_disconnected``, supervisor/api/streams.py).
                 channel_request_lookahead=1,
+                # A stream whose client reads slowly waits at 512 KiB of unsent output (waitress's
+                # default lets 16 MiB pile up per connection, 1 MiB of it in RAM): the log hub's
+                # bounded queue then drops for that client alone (docs/API.md, "Streaming").
+                outbuf_high_watermark=512 * 1024,
             )
         except OSError as err:  # bind() failed: say where, in one line (the CLI exits 2)
             raise _listen_error(host, port, err) from None

@@ -60,11 +60,18 @@ class Tracker:
             return
         top = max(stamps)
         with self._lock:
-            self._batches.append((top, stamps))
+            batches = self._batches
+            batches.append((top, stamps))
             if top > self._top:
                 self._top = top
             if replayed:
                 self._carry = max(0, self._carry - len(stamps))
+            if not self._carry:  # what no position needs any more: memory stays bounded
+                floor = self._top - self._margin
+                if batches[0][0] < floor:
+                    self._since = max(self._since, floor)
+                    while batches and batches[0][0] < self._since:
+                        batches.popleft()
 
     def position(self) -> tuple[int, int]:
         """``(since_ms, skip)`` as of now; forgets stamps no longer needed."""

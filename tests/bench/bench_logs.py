@@ -110,15 +110,23 @@ class Counter:
                 head = False
             *lines, data = data.split(b"\n")
             for raw in lines:
-                message = json.loads(raw)
-                if message.get("isSystem"):
+                if b'"isSystem":true' in raw:
+                    message = json.loads(raw)
                     if message["message"].startswith("Warning: Suppressed"):
                         self.suppressed += int(message["message"].split()[2])
                     continue
-                name, number, _ = message["message"].split(" ", 2)
+                # {"serviceName":"s0","message":"s0 17 lorem...","isStdErr":false,"timestamp":...}
+                try:
+                    name_b, number = raw[raw.index(b'"message":"') + 11:].split(b" ", 2)[:2]
+                    name = name_b.decode()
+                    int(number)
+                except ValueError:
+                    self.errors.append(f"not a line of the test: {raw[:200]!r}")
+                    continue
                 expected = self.next.get(name, 1)
                 if int(number) != expected and len(self.errors) < 10:
-                    self.errors.append(f"{name}: {number} after {expected - 1}")
+                    kind = "repeat" if int(number) < expected else "gap"
+                    self.errors.append(f"{name}: {kind}, {int(number)} after {expected - 1}")
                 self.next[name] = int(number) + 1
                 self.lines += 1
                 now = time.monotonic()
@@ -159,19 +167,27 @@ def run(codec: str, args: argparse.Namespace, client: docker.DockerClient, image
             cpu0, rss0, lines0, t0 = proc_cpu(pid), proc_rss(pid), counter.lines, time.monotonic()
             expected = rate * args.seconds * SERVICES
             deadline = time.monotonic() + args.seconds + 60
+            samples: list[float] = []
             while counter.lines < expected and time.monotonic() < deadline:
                 time.sleep(0.1)
+                if len(samples) < (time.monotonic() - t0) // 5:
+                    samples.append(round(proc_rss(pid) / 2**20, 1))
                 if time.monotonic() - counter.last > 10 and counter.lines:
                     break  # nothing for 10 s: what is missing is lost
             cpu1, rss1, t1 = proc_cpu(sup.proc.pid), proc_rss(sup.proc.pid), counter.last
             counter.close()
             window = counter.lines - lines0
+            if counter.errors or counter.lines != expected:  # what the supervisor said about it
+                output = sup.output().splitlines()
+                notes = [line for line in output if "WARNING" in line or "ERROR" in line or "Error" in line]
+                print("\n".join(notes[-20:] + output[-15:]), file=sys.stderr)
             return {
                 "codec": codec, "expected": expected, "delivered": counter.lines,
                 "lost": expected - counter.lines, "suppressed": counter.suppressed, "errors": counter.errors,
                 "lines_per_s": counter.lines / max(1e-9, counter.last - (counter.first or 0)),
                 "cpu_per_100k": (cpu1 - cpu0) / max(1, window) * 100_000, "cpu_s": cpu1 - cpu0,
                 "window_s": t1 - t0, "rss_growth_mb": (rss1 - rss0) / 2**20, "rss_mb": rss1 / 2**20,
+                "rss_start_mb": rss0 / 2**20, "rss_samples": samples,
             }
         finally:
             sup.stop()
@@ -201,7 +217,9 @@ def main() -> int:
                   f"{result['lines_per_s']:,.0f} lines/s delivered, lost {result['lost']:,} "
                   f"(suppressed {result['suppressed']:,}), CPU {result['cpu_per_100k']:.2f} s per 100k lines "
                   f"({result['cpu_s']:.1f} s over {result['window_s']:.0f} s), RSS growth "
-                  f"{result['rss_growth_mb']:+.1f} MB (RSS {result['rss_mb']:.1f} MB)"
+                  f"{result['rss_growth_mb']:+.1f} MB (RSS {result['rss_start_mb']:.1f} -> "
+                  f"{result['rss_mb']:.1f} MB,"
+                  f" every 5 s: {result['rss_samples']})"
                   + (f", order errors {result['errors']}" if result["errors"] else ""), flush=True)
     finally:
         with contextlib.suppress(docker.errors.APIError):
