@@ -6,7 +6,7 @@ DESCRIPTION = "A device supervisor wire-compatible with the balena Supervisor, r
 AUTHOR = "pysupervisor developers"
 SECTION = "devel/python"
 LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://pyproject.toml;beginline=10;endline=10;md5=3358005787c442581bead91c71afa94f"
+LIC_FILES_CHKSUM = "file://pyproject.toml;beginline=11;endline=11;md5=3358005787c442581bead91c71afa94f"
 CVE_PRODUCT = "pysupervisor"
 
 # PEP 517 build (setuptools.build_meta, a class kirkstone and scarthgap both have); setup.py compiles
