@@ -17,7 +17,8 @@ from supervisor.state.planner import PlanContext
 from supervisor.state.reconcile import Reconciler
 from tests.fixtures.device import REPO, SupervisorProcess, wait_for
 
-HEAVY = ("docker", "requests", "urllib3", "charset_normalizer", "prometheus_client", "sdbus")
+HEAVY = ("docker", "requests", "urllib3", "charset_normalizer", "prometheus_client", "sdbus", "pyroute2",
+         "psutil", "asyncio")
 
 PROBE = """
 import json, sys, tempfile, time, threading
@@ -48,8 +49,6 @@ def test_an_idle_supervisor_loads_no_heavy_library(idle: dict[str, Any]) -> None
     assert len(waitress) == 8, idle["threads"]  # api_threads, none for the 32 streams nobody opened
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor/host/netlink.py reads addresses with pyroute2 at start: "
-                   "its package imports all of pyroute2 (and psutil), 12-17 MB resident (issue #17)")
 def test_an_idle_supervisor_has_no_netlink_library_loaded(idle: dict[str, Any]) -> None:
     loaded = {"pyroute2", "psutil"} & set(idle["modules"])
     assert not loaded, loaded
