@@ -1,5 +1,6 @@
 """The idle footprint stays small (issue #17; figures in tests/bench/bench_footprint.py): an idle
-supervisor loads none of the heavy libraries (they come with their first use), holds a worker thread
+supervisor loads none of the heavy libraries (they come with their first use: Flask with the first
+request other than ``/ping`` and ``/v1/healthy``), holds a worker thread
 for a log stream only while the stream is open, and connects to the engine at its first need."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from supervisor.state.reconcile import Reconciler
 from tests.fixtures.device import REPO, SupervisorProcess, wait_for
 
 HEAVY = ("docker", "requests", "urllib3", "charset_normalizer", "prometheus_client", "sdbus", "pyroute2",
-         "psutil", "asyncio")
+         "psutil", "asyncio", "flask", "werkzeug", "jinja2")
 
 PROBE = """
 import json, sys, tempfile, time, threading
