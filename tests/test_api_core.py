@@ -220,9 +220,9 @@ def test_ping_and_healthy_answer_as_flask_before_it_is_built(in_process, caplog)
 
     before = answers()
     assert in_process.api._flask is None  # nothing needed it yet
-    assert before[0][2:5] == (200, "OK", b"OK") and before[5][2:5] == (500, "INTERNAL SERVER ERROR", b"Unhealthy")
-    counted = in_process.metrics.value("api_requests", "/v1/healthy", "GET", "500")
-    assert counted == 1
+    assert before[0][2:5] == (200, "OK", b"OK")
+    assert before[5][2:5] == (500, "INTERNAL SERVER ERROR", b"Unhealthy")
+    assert in_process.metrics.value("api_requests", "/v1/healthy", "GET", "500") == 1
     assert requests.get(in_process.url + "/v2/version", timeout=30).status_code == 200
     assert in_process.api._flask is not None
     assert answers() == before
