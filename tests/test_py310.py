@@ -34,7 +34,7 @@ KIRKSTONE_BUILD = ["setuptools==59.5.0", "wheel==0.37.1", "Cython==0.29.28", "bu
 #: What a kirkstone image has at run time: this layer's recipes for kirkstone (checked below), and the
 #: other layers' versions (§4.4; None there stands for the closest release of the time).
 KIRKSTONE_RUNTIME = {
-    "flask": "3.0.3", "werkzeug": "3.0.6", "blinker": "1.8.2", "waitress": "3.0.2", "pyroute2": "0.7.12",
+    "flask": "3.0.3", "werkzeug": "3.0.6", "blinker": "1.8.2", "waitress": "3.0.2",
     "docker": "7.1.0", "sdbus": "0.14.0", "gpiozero": "2.0.1", "prometheus-client": "0.21.1",
     "click": "8.1.2", "itsdangerous": "2.1.2", "jinja2": "3.1.2", "markupsafe": "2.1.1", "colorzero": "2.0",
     "requests": "2.27.1", "urllib3": "1.26.18", "charset-normalizer": "2.0.12", "idna": "3.3",

@@ -267,11 +267,11 @@ _COMMON = {"balena": None, "ca-certificates": None, "systemd": None, "python3-co
            "python3-markupsafe": None, "python3-tomli": None, "python3-cython": None}
 OTHER_LAYERS = {
     "kirkstone": _COMMON | {
-        "python3-flask": "2.1.1", "python3-waitress": "2.1.2", "python3-pyroute2": "0.5.19",
+        "python3-flask": "2.1.1", "python3-waitress": "2.1.2",
         "python3-werkzeug": "2.1.1", "python3-blinker": "1.4", "python3-click": "8.1.2",
         "python3-itsdangerous": "2.1.2", "python3-requests": "2.27.1"},
     "scarthgap": _COMMON | {
-        "python3-flask": "3.0.3", "python3-waitress": "3.0.2", "python3-pyroute2": "0.7.10",
+        "python3-flask": "3.0.3", "python3-waitress": "3.0.2",
         "python3-sdbus": "0.11.1", "python3-werkzeug": None, "python3-blinker": None,
         "python3-click": None, "python3-itsdangerous": None, "python3-requests": None},
 }

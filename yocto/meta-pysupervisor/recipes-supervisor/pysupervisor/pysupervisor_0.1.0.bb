@@ -39,7 +39,7 @@ S = "${UNPACKDIR}/pysupervisor"
 inherit python_setuptools_build_meta systemd balena-configurable
 
 # Python >= 3.10: kirkstone (3.10) and scarthgap (3.12). Kirkstone's older build tools and Flask,
-# Werkzeug, waitress, pyroute2 and docker are handled by dynamic-layers/balena-kirkstone (yocto/README.md).
+# Werkzeug, blinker, waitress and docker are handled by dynamic-layers/balena-kirkstone (yocto/README.md).
 
 LED_FILE ?= "/dev/null"
 
@@ -100,7 +100,6 @@ RDEPENDS:${PN} = "balena \
                   python3-numbers \
                   python3-prometheus-client \
                   python3-psutil \
-                  python3-pyroute2 \
                   python3-requests \
                   python3-sdbus \
                   python3-shell \
