@@ -596,6 +596,13 @@ def test_same_network_mode(current, target, hosts, ids, equal):
         ("unless-stopped", "unless-stopped"),
         ("sometimes", "always"),
         (3, "always"),
+        ("on-failure:3", "on-failure:3"),
+        ("On-Failure:03", "on-failure:3"),
+        ("on-failure:0", "on-failure"),
+        ("on-failure:-1", "always"),
+        ("on-failure:x", "always"),
+        ("on-failure:99999999999", "always"),
+        ("always:3", "always"),
     ],
 )
 def test_restart_policy(value, expected):
@@ -607,6 +614,16 @@ def test_restart_from_docker():
     assert fields.restart_from_docker({"Name": ""}) == "no"
     assert fields.restart_from_docker({"Name": "no"}) == "no"
     assert fields.restart_from_docker({"Name": "on-failure"}) == "on-failure"
+    assert fields.restart_from_docker({"Name": "on-failure", "MaximumRetryCount": 0}) == "on-failure"
+    assert fields.restart_from_docker({"Name": "on-failure", "MaximumRetryCount": 5}) == "on-failure:5"
+    assert fields.restart_from_docker({"Name": "always", "MaximumRetryCount": 0}) == "always"
+
+
+@pytest.mark.parametrize("policy", ["no", "always", "unless-stopped", "on-failure", "on-failure:7"])
+def test_restart_to_docker_reads_back_the_same(policy):
+    body = fields.restart_to_docker(policy)
+    assert body["MaximumRetryCount"] == (7 if policy == "on-failure:7" else 0)
+    assert fields.restart_from_docker(body) == policy
 
 
 def test_small_fields():
