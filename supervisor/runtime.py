@@ -37,6 +37,7 @@ from .subsystem import Subsystem
 if TYPE_CHECKING:
     from .cloud import CloudBinder
     from .delta.fetch import DeltaFetcher, DeltaSettings
+    from .state.hostview import HostView
 
 log = logging.getLogger("supervisor")
 
@@ -575,7 +576,8 @@ class Supervisor:
         """POST /v2/local/target-state: admit the whole v2 body (state/admission.py: refused with
         TargetStateError before anything changes), store it in one transaction, then have it applied
         (the stored target is what a restart resumes from). Returns the admission's warnings."""
-        device, warnings = validate_local(body, current_name=self.config.get_db("name"))
+        name = self.config.get_db("name")
+        device, warnings = validate_local(body, current_name=name, host=self.host_view())
         local = body.get("local") if isinstance(body, dict) else None
         if isinstance(local, dict) and local.get("config") is None:
             # No config section: keep the device's target config (the reference wipes it, and
@@ -593,6 +595,16 @@ class Supervisor:
         self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
         self.apply_host_config()
         return warnings
+
+    def host_view(self) -> HostView:
+        """What admission checks a target against besides the target itself (state/hostview.py):
+        device paths under the host root, and the engine's networks and ports outside the target
+        (once the engine is connected; read only if the target needs them, within 3 s)."""
+        from .state.hostview import HostView
+
+        engine = self.reconciler.engine
+        api = engine.client.api if engine is not None else None
+        return HostView(self.paths, api, apps=self.managed_apps)
 
     def update(self, *, force: bool, cancel: bool) -> None:
         """POST /v1/update: a managed device polls the cloud now, ``force`` carried into the apply
@@ -667,6 +679,9 @@ class CloudDeviceSide:
 
     def apply(self, *, force: bool, cancel: bool) -> None:
         self.sup.reconciler.trigger(force=force, cancel=cancel)
+
+    def host_view(self) -> HostView:
+        return self.sup.host_view()
 
     def local_mode(self) -> bool:
         return self.sup.config.local_mode
