@@ -64,6 +64,21 @@ class Settings:
     #: Set the host up as a balenaOS device needs: the supervisor0 network and extra-firmware volume,
     #: the firewall, avahi and openvpn from the config variables (supervisor/host/).
     host_setup: bool = True
+    #: The engine socket's host path, bound into services labelled io.balena.features.balena-socket
+    #: (None: from the environment, :func:`default_docker_socket`).
+    docker_socket: str | None = None
+
+
+def default_docker_socket() -> str:
+    """``DOCKER_SOCKET`` as balenaOS passes it (balenaos-integration.md §2.9, the reference's
+    ``constants.dockerSocket``), else the unix path of ``DOCKER_HOST``, else ``/var/run/docker.sock``."""
+    socket = os.environ.get("DOCKER_SOCKET")
+    if socket:
+        return socket
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://") and len(host) > len("unix://"):
+        return host[len("unix://"):]
+    return "/var/run/docker.sock"
 
 
 def default_led_spec(paths: Paths) -> str:
@@ -130,6 +145,7 @@ class Supervisor:
             self.config, self.targets, self.api_keys, self.host,
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
             supervisor_network=settings.host_setup,
+            docker_socket=settings.docker_socket or default_docker_socket(),
         )
         self._target_warnings = WarningLog(log)  # each admitted target's warnings, logged once
         self._extra_firmware_unsaved: str | None = None

@@ -413,23 +413,9 @@ def _device_path(item: Any) -> str:
 # -------------------------------------------------------------------------- the last check
 def placeholder_context(app: TargetApp, device_name: str) -> ServiceContext:
     """Device facts that shape a container body but not whether the engine can create it."""
-    from supervisor.compose.service import ServiceContext
+    from .contexts import DeviceFacts
 
-    release = app.release
-    assert release is not None  # only services of a release are built
-    return ServiceContext(
-        app_id=app.id,
-        app_uuid=app.uuid,
-        app_name=app.name,
-        release_id=release.id,
-        commit=release.commit,
-        device_uuid="0" * 32,
-        device_type="generic",
-        device_arch="amd64",
-        device_name=device_name,
-        os_version="",
-        hostname="device",
-    )
+    return DeviceFacts.placeholder(device_name).context(app)
 
 
 def buildable(device: TargetDevice, user_path: Paths = lambda p: p) -> None:
