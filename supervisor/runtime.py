@@ -689,8 +689,7 @@ class CloudDeviceSide:
 
     def store_target(self, device: Any) -> None:
         sup = self.sup
-        sup.targets.set_target(device, sup.config.api_endpoint)
-        sup.config.set_db(cloudTargetReceived=True)
+        sup.targets.set_target(device, sup.config.api_endpoint)  # marks the endpoint as received
         log.info("New target state received from the cloud (%d apps)", len(device.apps))
 
     def apply(self, *, force: bool, cancel: bool) -> None:
