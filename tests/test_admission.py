@@ -250,6 +250,22 @@ def test_what_the_engine_would_refuse_is_400_naming_the_field(
     assert str(err) == f"Invalid target state: {where}: {err.rule}"
 
 
+@pytest.mark.parametrize("commit", ["de ad", "a/b", "c0ffee\n", "ü"])
+def test_a_commit_that_cannot_end_a_container_name_is_refused(commit: str) -> None:
+    body = v2_body()
+    body["local"]["apps"]["1011"]["commit"] = commit
+    err = refusal(body)
+    assert err.path == "local.apps.1011" and "is part of the names of the release's containers" in err.rule
+
+
+@pytest.mark.parametrize("commit", ["1234", "0", "dead_beef", "v1.2-rc.3", "007"])
+def test_a_commit_the_engine_takes_in_a_name_is_admitted(commit: str) -> None:
+    body = v2_body()
+    body["local"]["apps"]["1011"]["commit"] = commit
+    device, _ = validate_local(body, current_name="dev", cpus=2)
+    assert device.apps["1011"].release.commit == commit
+
+
 def test_memory_below_its_reservation_and_cpus_with_a_quota_are_refused() -> None:
     assert refusal(v2_body(mem_limit="64m", mem_reservation="128m")).path == "services.web.mem_limit"
     assert "cannot both be set" in refusal(v2_body(cpus=1, cpu_quota=50000)).rule

@@ -777,6 +777,11 @@ def test_parse_volume_name_rejects_foreign_names(bad):
         ("/old_main_11_1_deadbeef", "old_main", (11, 1, "deadbeef")),
         ("/main_11_1_dead_beef", "main", (11, 1, "dead_beef")),
         ("/main_0_0_None", "main", (0, 0, "None")),
+        # An all-digit commit: the old unanchored `.*_(\d+)_(\d+)` read this as service `main_11`.
+        ("/main_11_1_22", "main", (11, 1, "22")),
+        ("/main_11_1_22", "main_11", (1, 22, None)),  # the label decides: service main_11, no commit
+        ("/main_11_1_22_33", "main", (11, 1, "22_33")),
+        ("/old_main_11_1_007", "main", (11, 1, "007")),
     ],
 )
 def test_parse_container_name(name, service, expected):
@@ -810,7 +815,11 @@ def test_parse_container_name_rejects_foreign_names(name, service):
     st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True),
     st.integers(0, 10**9),
     st.integers(0, 10**9),
-    st.from_regex(r"[0-9a-f]{0,31}[a-f]", fullmatch=True),
+    st.one_of(
+        st.from_regex(r"[0-9a-f]{1,40}", fullmatch=True),
+        st.from_regex(r"[0-9]{1,12}", fullmatch=True),  # an all-digit commit is a commit, not an id
+        st.from_regex(r"[a-zA-Z0-9_.-]{1,20}", fullmatch=True),  # any commit admission lets through
+    ),
 )
 def test_container_name_round_trip(service, image_id, release_id, commit):
     name = naming.container_name(service, image_id, release_id, commit)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -80,6 +81,9 @@ SERVICE_KEYS: Final = (
 )
 
 Paths = Callable[[str], str]
+#: What a commit may hold: it ends every container name (compose/naming.py), which the engine
+#: allows only of these characters.
+_COMMIT_RE: Final = re.compile(r"[a-zA-Z0-9_.-]+")
 
 
 def _cpus() -> int:
@@ -216,6 +220,12 @@ def _check_rules(device: TargetDevice, user_path: Paths, cpus: int) -> list[str]
         if release is None:
             continue
         rel = child(child(child("apps", uuid), "releases"), release.commit)
+        if release.services and not _COMMIT_RE.fullmatch(release.commit):
+            raise _AtUserPath(
+                user_path(rel),
+                f"commit {release.commit!r} must match ^[a-zA-Z0-9_.-]+$: it is part of the names of "
+                "the release's containers (<service>_<imageId>_<releaseId>_<commit>)",
+            )
         for name, config in release.volumes.items():
             warnings += _mapped(
                 rules.check_volume_config, config, child(child(rel, "volumes"), name), user_path
