@@ -82,6 +82,15 @@ class Fleet:
             for c in found
         }
 
+    def wait_next_poll(self, sup: SupervisorProcess) -> None:
+        """Until the device has fetched its target once more (answered, 200 or 304)."""
+        def polls() -> int:
+            requests = self.api.requests()
+            return sum(1 for r in requests if r["kind"] == "state_get" and r["status"] in (200, 304))
+
+        seen = polls()
+        wait_for(lambda: polls() > seen, "the next target poll", sup, timeout=60)
+
     def reported(self) -> dict[str, Any]:
         """What the fake API holds as this device's state (the merge of its reports)."""
         device = self.api.device(self.uuid)
@@ -261,7 +270,7 @@ def test_refused_cloud_target_changes_nothing(cloud_fleet: Fleet, start_supervis
     )
     wait_for(lambda: "Could not move to new release: " in sup.output(), "the refusal logged", sup, timeout=30)
     assert "services.main.environment.N" in sup.output()
-    time.sleep(2)
+    fl.wait_next_poll(sup)  # the binder's next chance to act on the refused target
     assert fl.containers() == before and bad["commit"] not in str(fl.reported())
     fixed = fl.release(("main",), env_value="fixed")
     wait_for(lambda: fl.runs(fixed["commit"], ("main",)), "the next valid release applied", sup, timeout=120)
@@ -335,7 +344,7 @@ def test_local_mode_stops_cloud_targets_and_back(cloud_fleet: Fleet, start_super
         sup,
         timeout=30,
     )
-    time.sleep(2)
+    fl.wait_next_poll(sup)  # the binder's next chance to apply what it stored
     assert {c["commit"] for c in fl.containers().values()} == {first["commit"]}
     assert all("apps" not in r["body"] for r in fl.api.reports(fl.uuid)[reports:])
     set_db_config(fl.root, "localMode", "false")
