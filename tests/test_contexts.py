@@ -1,4 +1,4 @@
-"""The one ServiceContext constructor (state/contexts.py DeviceFacts) and the engine socket services
+"""The one ServiceContext constructor (state/contexts.py app_context) and the engine socket services
 get bound (``DOCKER_SOCKET``, balenaos-integration.md §2.9)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from supervisor.compose import Service
 from supervisor.runtime import Settings, Supervisor, default_docker_socket
 from supervisor.state.admission import placeholder_context
-from supervisor.state.contexts import DeviceFacts
+from supervisor.state.contexts import app_context, device_context
 from supervisor.state.target import TargetApp, TargetRelease, TargetService
 
 
@@ -25,10 +25,10 @@ def test_the_placeholder_and_the_device_build_contexts_the_same_way() -> None:
     placeholder = placeholder_context(app, "dev")
     assert (placeholder.app_id, placeholder.release_id, placeholder.commit, placeholder.device_name) == (
         1, 2, "c0ffee", "dev")
-    facts = DeviceFacts(device_uuid="u" * 32, device_type="raspberrypi4-64", device_arch="aarch64",
-                        device_name="pi", os_version="balenaOS 6", hostname="pi",
-                        docker_socket="/var/run/balena-engine.sock")
-    ctx = facts.context(app, scoped_api_key="k", image_info={"Id": "sha256:x"})
+    device = device_context(device_uuid="u" * 32, device_type="raspberrypi4-64", device_arch="aarch64",
+                            device_name="pi", os_version="balenaOS 6", hostname="pi",
+                            docker_socket="/var/run/balena-engine.sock")
+    ctx = app_context(device, app, scoped_api_key="k", image_info={"Id": "sha256:x"})
     assert ctx.docker_socket == "/var/run/balena-engine.sock" and ctx.scoped_api_key == "k"
     assert ctx.image_info == {"Id": "sha256:x"} and ctx.device_arch == "aarch64"
 
@@ -61,7 +61,7 @@ def test_a_service_asking_for_the_engine_socket_gets_the_one_docker_socket_names
         app = _app()
         svc = {"serviceName": "main", "id": 3, "image_id": 4, "image": "busybox",
                "labels": {"io.balena.features.balena-socket": "1"}, "environment": {}, "composition": {}}
-        service = Service.from_target(svc, sup.target_builder.facts().context(app))
+        service = Service.from_target(svc, app_context(sup.target_builder.device(), app))
         sources = {v["source"] for v in service.config["volumes"] if isinstance(v, dict)}
         assert sources == {"/var/run/balena-engine.sock"}
     finally:

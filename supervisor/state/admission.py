@@ -423,9 +423,9 @@ def _device_path(item: Any) -> str:
 # -------------------------------------------------------------------------- the last check
 def placeholder_context(app: TargetApp, device_name: str) -> ServiceContext:
     """Device facts that shape a container body but not whether the engine can create it."""
-    from .contexts import DeviceFacts
+    from .contexts import app_context, placeholder_device
 
-    return DeviceFacts.placeholder(device_name).context(app)
+    return app_context(placeholder_device(device_name), app)
 
 
 def buildable(device: TargetDevice, user_path: Paths = lambda p: p) -> None:

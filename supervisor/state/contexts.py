@@ -9,7 +9,7 @@ every round, because a target service names its image by engine id once the imag
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from supervisor.compose import ServiceContext
@@ -24,51 +24,33 @@ if TYPE_CHECKING:
     from supervisor.state.images import ImageManager
     from supervisor.state.store import TargetStore
 
-__all__ = ["DeviceFacts", "TargetBuilder"]
+__all__ = ["TargetBuilder", "app_context", "device_context", "placeholder_device"]
 
 
-@dataclass(frozen=True)
-class DeviceFacts:
-    """The device's part of every :class:`ServiceContext` (the same for each service of a build);
-    :meth:`context` adds the app's and the service's. The one place a ServiceContext is made."""
+def device_context(**facts: Any) -> ServiceContext:
+    """The device's part of every service's context (the app's fields left blank): one per build,
+    made a service's by :func:`app_context`. Keywords are ServiceContext's device fields."""
+    return ServiceContext(app_id=0, app_uuid="", app_name="", release_id=0, commit="", **facts)
 
-    device_uuid: str
-    device_type: str
-    device_arch: str
-    device_name: str
-    os_version: str
-    hostname: str
-    listen_port: int = 48484
-    api_endpoint: str = ""
-    device_api_key: str = ""
-    host_paths: frozenset[str] = frozenset()
-    lock_root: str = ""
-    board_rev: str | None = None
-    supervisor_network: bool = True
-    docker_socket: str = "/var/run/docker.sock"
 
-    @classmethod
-    def placeholder(cls, device_name: str) -> DeviceFacts:
-        """Facts that shape a container body but not whether the engine can create it (admission)."""
-        return cls(device_uuid="0" * 32, device_type="generic", device_arch="amd64",
-                   device_name=device_name, os_version="", hostname="device")
+def placeholder_device(device_name: str) -> ServiceContext:
+    """Facts that shape a container body but not whether the engine can create it (admission)."""
+    return device_context(device_uuid="0" * 32, device_type="generic", device_arch="amd64",
+                          device_name=device_name, os_version="", hostname="device")
 
-    def context(
-        self, app: TargetApp, *, scoped_api_key: str | None = None, image_info: dict[str, Any] | None = None
-    ) -> ServiceContext:
-        """The context of a service of ``app``'s release."""
-        release = app.release
-        assert release is not None  # only services of a release are built
-        return ServiceContext(
-            app_id=app.id,
-            app_uuid=app.uuid,
-            app_name=app.name,
-            release_id=release.id,
-            commit=release.commit,
-            scoped_api_key=scoped_api_key,
-            image_info=image_info,
-            **{f.name: getattr(self, f.name) for f in fields(self)},
-        )
+
+def app_context(
+    device: ServiceContext,
+    app: TargetApp,
+    *,
+    scoped_api_key: str | None = None,
+    image_info: dict[str, Any] | None = None,
+) -> ServiceContext:
+    """The context of a service of ``app``'s release on ``device``: the one way one is made."""
+    release = app.release
+    assert release is not None  # only services of a release are built
+    return replace(device, app_id=app.id, app_uuid=app.uuid, app_name=app.name, release_id=release.id,
+                   commit=release.commit, scoped_api_key=scoped_api_key, image_info=image_info)
 
 
 class TargetBuilder:
@@ -108,11 +90,11 @@ class TargetBuilder:
         device = self.store.get_target(self.source())
         return target_apps(device, self.context_for(images))
 
-    def facts(self) -> DeviceFacts:
+    def device(self) -> ServiceContext:
         """The device's facts as they are now (read once per build)."""
         config, host = self.config, self.host
         device_uuid = config.uuid
-        return DeviceFacts(
+        return device_context(
             device_uuid=device_uuid,
             device_type=host.device_type,
             device_arch=host.device_arch,
@@ -130,12 +112,13 @@ class TargetBuilder:
         )
 
     def context_for(self, images: ImageManager) -> Callable[[TargetApp, TargetService], ServiceContext]:
-        facts = self.facts()
+        device = self.device()
 
         def context(app: TargetApp, svc: TargetService) -> ServiceContext:
             # Only services that asked for the supervisor API get a key (spec §1.2 scoped keys).
             wants_api = check_truthy(svc.labels.get(SUPERVISOR_API_LABEL))
-            return facts.context(
+            return app_context(
+                device,
                 app,
                 scoped_api_key=self.api_keys.scoped_key(app.id, svc.name) if wants_api else None,
                 image_info=images.image_info(svc.image),
