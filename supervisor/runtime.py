@@ -615,12 +615,20 @@ class Supervisor:
     def host_view(self) -> HostView:
         """What admission checks a target against besides the target itself (state/hostview.py):
         device paths under the host root, and the engine's networks and ports outside the target
-        (once the engine is connected; read only if the target needs them, within 3 s)."""
+        (read only if the target needs them, within 3 s once the engine is connected)."""
         from .state.hostview import HostView
 
-        engine = self.reconciler.engine
-        api = engine.client.api if engine is not None else None
-        return HostView(self.paths, api, apps=self.managed_apps)
+        return HostView(self.paths, self._engine_api, apps=self.managed_apps)
+
+    def _engine_api(self) -> Any:
+        """The engine's API client, connecting at this first need (at most FIRST_CONNECT_WAIT_S);
+        None while the engine is unreachable."""
+        from .state.reconcile import EngineUnavailableError
+
+        try:
+            return self.reconciler.require_engine().client.api
+        except EngineUnavailableError:
+            return None
 
     def update(self, *, force: bool, cancel: bool) -> None:
         """POST /v1/update: a managed device polls the cloud now, ``force`` carried into the apply

@@ -23,7 +23,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,20 +64,22 @@ class HostView:
     """Device paths under the supervisor's host root, and the engine's networks and published
     ports that are not the target's; engine facts are read once, lazily, within ``timeout_s``.
 
-    ``api`` None (no engine connected yet) or ``paths`` None skips that kind of check. ``apps``
-    is the supervisor's scope (``--apps``: app ids or uuids), None for every app on the engine.
+    ``engine`` gives the engine's client when first needed (None: no engine, the engine checks are
+    skipped); ``paths`` None skips the device check. ``apps`` is the supervisor's scope (``--apps``:
+    app ids or uuids), None for every app on the engine.
     """
 
     def __init__(
         self,
         paths: Paths | None,
-        api: APIClient | None,
+        engine: Callable[[], APIClient | None] | None,
         *,
         apps: Collection[str] | None = None,
         timeout_s: float = 3.0,
     ) -> None:
         self.paths = paths
-        self.api = api
+        self.engine = engine
+        self.api: APIClient | None = None
         self.apps = apps
         self.timeout_s = timeout_s
         self._deadline: float | None = None
@@ -162,10 +164,11 @@ class HostView:
 
     def _get(self, path: str) -> list[dict[str, Any]] | None:
         """One read-only engine call within what is left of the deadline; None when it fails."""
+        if self._deadline is None:
+            self.api = self.engine() if self.engine is not None else None
+            self._deadline = time.monotonic() + self.timeout_s
         if self.api is None:
             return None
-        if self._deadline is None:
-            self._deadline = time.monotonic() + self.timeout_s
         left = self._deadline - time.monotonic()
         if left <= 0:
             log.warning("Target admission: the engine did not answer in %.0f s; %s not checked",
