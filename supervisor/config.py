@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from .atomic import remove_orphans, write_atomic
 from .db import Database
 
 DEFAULT_LISTEN_PORT = 48484
@@ -120,6 +120,7 @@ class ConfigJson:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        remove_orphans(path)  # a write cut short by a kill left its temp file on the boot partition
         self.exists, self._data = self._load()
 
     def _load(self) -> tuple[bool, dict[str, Any]]:

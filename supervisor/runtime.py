@@ -35,6 +35,8 @@ from .state.target import TargetStateError, thaw
 from .subsystem import Subsystem
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from .cloud import CloudBinder
     from .delta.fetch import DeltaFetcher, DeltaSettings
     from .state.hostview import HostView
@@ -96,8 +98,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         from hw.led import make_led
 
-        from .api import create_app
-        from .api.server import ApiServer
+        from .api.server import ApiServer, LazyApp
         from .blink import Blinker
         from .host.netlink import NetworkFacts
         from .host.power import LogindBackend, Power
@@ -116,10 +117,10 @@ class Supervisor:
         self.api_keys.global_key()
         self.targets = TargetStore(self.config.db)
         # The port is taken first: a port in use is then the one line the CLI prints (issue #11).
-        self.app = create_app(self)
+        self.api = LazyApp(self, self._create_api)  # the Flask app comes with the first request needing it
         port = settings.port if settings.port is not None else self.config.listen_port
         # api_threads workers; each open stream adds one while it is open (supervisor/api/streams.py).
-        self.server = ApiServer(self.app, settings.host, port, threads=settings.api_threads)
+        self.server = ApiServer(self.api, settings.host, port, threads=settings.api_threads)
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
@@ -171,6 +172,16 @@ class Supervisor:
             self.subsystems.append(self.binder)
         # systemd Type=notify + WatchdogSec (supervisor/sdnotify.py): a no-op outside systemd.
         self.systemd = ServiceNotifier(self.health)
+
+    def _create_api(self) -> Flask:
+        from .api import create_app
+
+        return create_app(self)
+
+    @property
+    def app(self) -> Flask:
+        """The API's Flask app (built now if no request needed it yet)."""
+        return self.api.flask
 
     def _init_device_config(self) -> DeviceConfig:
         """Config variables and the boot-config backends of this device type (spec §5.3-5.5)."""

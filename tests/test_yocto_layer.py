@@ -67,7 +67,7 @@ STDLIB_CORE = set(sys.builtin_module_names) | {
 #: Third-party packages other layers balenaOS builds with provide (balenaos-integration.md §4.4);
 #: every other third-party package the recipe needs must have a recipe in this layer.
 FROM_OTHER_LAYERS = {"python3-flask", "python3-waitress", "python3-requests", "python3-urllib3",
-                     "python3-werkzeug", "python3-pyroute2", "python3-colorzero", "python3-psutil",
+                     "python3-werkzeug", "python3-colorzero", "python3-psutil",
                      "python3-prometheus-client"}
 
 

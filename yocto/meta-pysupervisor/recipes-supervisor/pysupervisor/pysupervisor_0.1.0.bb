@@ -102,7 +102,6 @@ RDEPENDS:${PN} = "balena \
                   python3-numbers \
                   python3-prometheus-client \
                   python3-psutil \
-                  python3-pyroute2 \
                   python3-requests \
                   python3-sdbus \
                   python3-shell \
