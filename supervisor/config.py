@@ -201,8 +201,6 @@ DB_KEYS: dict[str, _DbKey] = {
     "pinDevice": _DbKey(None, json.loads),  # {app, commit}, set by a preload (spec §11.2)
     # The apiEndpoint whose initial config report is done (spec §10.2).
     "initialConfigReported": _DbKey("", str),
-    # A target has been received from the cloud: until then a managed device applies nothing.
-    "cloudTargetReceived": _DbKey(False, _parse_bool),
     # SUPERVISOR_CONNECTIVITY_CHECK (§5.2, §10.7); also set by POST/DELETE /v1/tcp-ping.
     "connectivityCheckEnabled": _DbKey(True, _parse_bool),
     "initialConfigSaved": _DbKey(False, _parse_bool),

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from .cloud import CloudBinder
     from .delta.fetch import DeltaFetcher, DeltaSettings
+    from .state.hostview import HostView
 
 log = logging.getLogger("supervisor")
 
@@ -65,6 +66,21 @@ class Settings:
     #: Set the host up as a balenaOS device needs: the supervisor0 network and extra-firmware volume,
     #: the firewall, avahi and openvpn from the config variables (supervisor/host/).
     host_setup: bool = True
+    #: The engine socket's host path, bound into services labelled io.balena.features.balena-socket
+    #: (None: from the environment, :func:`default_docker_socket`).
+    docker_socket: str | None = None
+
+
+def default_docker_socket() -> str:
+    """``DOCKER_SOCKET`` as balenaOS passes it (balenaos-integration.md §2.9, the reference's
+    ``constants.dockerSocket``), else the unix path of ``DOCKER_HOST``, else ``/var/run/docker.sock``."""
+    socket = os.environ.get("DOCKER_SOCKET")
+    if socket:
+        return socket
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://") and len(host) > len("unix://"):
+        return host[len("unix://"):]
+    return "/var/run/docker.sock"
 
 
 def default_led_spec(paths: Paths) -> str:
@@ -130,6 +146,7 @@ class Supervisor:
             self.config, self.targets, self.api_keys, self.host,
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
             supervisor_network=settings.host_setup,
+            docker_socket=settings.docker_socket or default_docker_socket(),
         )
         self._target_warnings = WarningLog(log)  # each admitted target's warnings, logged once
         self._extra_firmware_unsaved: str | None = None
@@ -586,7 +603,8 @@ class Supervisor:
         """POST /v2/local/target-state: admit the whole v2 body (state/admission.py: refused with
         TargetStateError before anything changes), store it in one transaction, then have it applied
         (the stored target is what a restart resumes from). Returns the admission's warnings."""
-        device, warnings = validate_local(body, current_name=self.config.get_db("name"))
+        name = self.config.get_db("name")
+        device, warnings = validate_local(body, current_name=name, host=self.host_view())
         local = body.get("local") if isinstance(body, dict) else None
         if isinstance(local, dict) and local.get("config") is None:
             # No config section: keep the device's target config (the reference wipes it, and
@@ -604,6 +622,24 @@ class Supervisor:
         self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
         self.apply_host_config()
         return warnings
+
+    def host_view(self) -> HostView:
+        """What admission checks a target against besides the target itself (state/hostview.py):
+        device paths under the host root, and the engine's networks and ports outside the target
+        (read only if the target needs them, within 3 s once the engine is connected)."""
+        from .state.hostview import HostView
+
+        return HostView(self.paths, self._engine_api, apps=self.managed_apps)
+
+    def _engine_api(self) -> Any:
+        """The engine's API client, connecting at this first need (at most FIRST_CONNECT_WAIT_S);
+        None while the engine is unreachable."""
+        from .state.reconcile import EngineUnavailableError
+
+        try:
+            return self.reconciler.require_engine().client.api
+        except EngineUnavailableError:
+            return None
 
     def update(self, *, force: bool, cancel: bool) -> None:
         """POST /v1/update: a managed device polls the cloud now, ``force`` carried into the apply
@@ -672,12 +708,14 @@ class CloudDeviceSide:
 
     def store_target(self, device: Any) -> None:
         sup = self.sup
-        sup.targets.set_target(device, sup.config.api_endpoint)
-        sup.config.set_db(cloudTargetReceived=True)
+        sup.targets.set_target(device, sup.config.api_endpoint)  # marks the endpoint as received
         log.info("New target state received from the cloud (%d apps)", len(device.apps))
 
     def apply(self, *, force: bool, cancel: bool) -> None:
         self.sup.reconciler.trigger(force=force, cancel=cancel)
+
+    def host_view(self) -> HostView:
+        return self.sup.host_view()
 
     def local_mode(self) -> bool:
         return self.sup.config.local_mode
