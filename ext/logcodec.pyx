@@ -15,7 +15,6 @@ only add a second pass over valid input.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Next
-from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -28,6 +27,8 @@ from supervisor.logs._codec_py import LogStreamError  # one exception class for 
 import json
 
 cdef extern from "Python.h":
+    # Declared here: Cython 0.29 (kirkstone's) has no cpython.long declaration of it.
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
     bint PyUnicode_CheckExact(object)
     bint PyLong_CheckExact(object)
     bint PyDict_CheckExact(object)

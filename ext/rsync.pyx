@@ -324,10 +324,14 @@ cdef void _md4_block(uint32_t* state, const uint8_t* block) noexcept nogil:
 
 
 cdef void _md4(const uint8_t* p, Py_ssize_t n, uint8_t* digest) noexcept nogil:
-    cdef uint32_t[4] state = [0x67452301U, 0xEFCDAB89U, 0x98BADCFEU, 0x10325476U]
+    cdef uint32_t[4] state  # set element by element: Cython 0.29 refuses an array literal under nogil
     cdef uint8_t[128] tail
     cdef Py_ssize_t done = 0, rest, padded, i
     cdef uint64_t bits = (<uint64_t>n) * 8
+    state[0] = 0x67452301U
+    state[1] = 0xEFCDAB89U
+    state[2] = 0x98BADCFEU
+    state[3] = 0x10325476U
     while n - done >= 64:
         _md4_block(state, p + done)
         done += 64
@@ -969,7 +973,10 @@ def patch(basis, delta, out, *, progress=None) -> int:
     elif hasattr(delta, "readinto"):
         patcher._feed_stream(delta.readinto)
     elif hasattr(delta, "read"):
-        while chunk := delta.read(IN_BUF):
+        while True:  # no walrus: Cython 0.29 (kirkstone's) lacks it
+            chunk = delta.read(IN_BUF)
+            if not chunk:
+                break
             patcher.feed(chunk)
     else:
         for chunk in delta:

@@ -6,7 +6,6 @@ compared with every stored key in constant time, so response timing tells nothin
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 import uuid
@@ -73,6 +72,8 @@ class ApiKeys:
 
     def lookup(self, presented: str) -> KeyInfo | None:
         """The stored key equal to ``presented``; every row is compared, in constant time."""
+        import hmac  # here, not at start: it loads OpenSSL (4 MB), and only a request with a key needs it
+
         found = None
         candidate = presented.encode()
         for info in self._rows():

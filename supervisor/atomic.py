@@ -4,27 +4,35 @@ Every write of persistent state goes through :func:`write_atomic`: the new conte
 file in the same directory, is fsynced, renamed over the target and the directory is fsynced, so a
 power cut leaves either the old or the new file, never a torn one. Unchanged content is not written
 at all (SD cards wear, and the boot partition is FAT).
+
+A process killed between creating the temp file and the rename leaves the temp file behind (issue #17,
+tests/test_faults_kill.py). Temp names carry the writer's pid (``.<name>.<pid>.<random>.tmp``), so the
+next write of the same file, and :func:`remove_orphans` at start, delete those of dead writers only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> bool:
     """Write ``data`` to ``path`` atomically; return False (and write nothing) when unchanged."""
     target = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    remove_orphans(target)
     try:
         if target.read_bytes() == payload:
             return False
     except FileNotFoundError:
         pass
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
@@ -37,6 +45,39 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+    return True
+
+
+def remove_orphans(path: str | os.PathLike[str]) -> int:
+    """Delete the temp files of writes of ``path`` cut short by a kill (their writer is gone); the
+    number deleted."""
+    target = Path(path)
+    prefix = f".{target.name}."
+    removed = 0
+    try:
+        entries = [e.name for e in os.scandir(target.parent)
+                   if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    except OSError:  # no directory yet
+        return 0
+    for name in entries:
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # a live writer's (this process or another), or a reused pid: kept
+        with contextlib.suppress(OSError):  # gone already, or a read-only partition: left alone
+            os.unlink(target.parent / name)
+            removed += 1
+    if removed:
+        log.warning("Removed %d temp file(s) of an interrupted write of %s", removed, target)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
     return True
 
 

@@ -132,9 +132,23 @@ def _skip_charset_detection() -> None:
     """requests imports charset_normalizer (about 2.6 MB resident) only to guess the encoding of a
     response that declares none (``Response.apparent_encoding``); the Docker and balena APIs answer
     JSON, which requests decodes without it (and ``.text`` then falls back to UTF-8). Only the
-    supervisor process does this (issue #17); requests says so with a warning, silenced here."""
+    supervisor process does this (issue #17); requests says so with a warning, silenced here.
+    Only with requests >= 2.32: older ones (kirkstone's 2.27 among them) then fail to import."""
+    import importlib.util
+    import re
     import warnings
 
+    spec = importlib.util.find_spec("requests")  # finds, does not import
+    if spec is None or spec.origin is None:
+        return
+    version = os.path.join(os.path.dirname(spec.origin), "__version__.py")
+    try:
+        with open(version, encoding="utf-8") as file:
+            found = re.search(r'^__version__ = "(\d+)\.(\d+)', file.read(), re.M)
+    except OSError:
+        return
+    if found is None or (int(found[1]), int(found[2])) < (2, 32):
+        return
     sys.modules.setdefault("charset_normalizer", None)  # type: ignore[arg-type]  # "not installed"
     warnings.filterwarnings("ignore", message="Unable to find acceptable character detection")
 

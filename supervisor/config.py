@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from .atomic import remove_orphans, write_atomic
 from .db import Database
 
 DEFAULT_LISTEN_PORT = 48484
@@ -120,6 +120,7 @@ class ConfigJson:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        remove_orphans(path)  # a write cut short by a kill left its temp file on the boot partition
         self.exists, self._data = self._load()
 
     def _load(self) -> tuple[bool, dict[str, Any]]:
@@ -200,8 +201,6 @@ DB_KEYS: dict[str, _DbKey] = {
     "pinDevice": _DbKey(None, json.loads),  # {app, commit}, set by a preload (spec §11.2)
     # The apiEndpoint whose initial config report is done (spec §10.2).
     "initialConfigReported": _DbKey("", str),
-    # A target has been received from the cloud: until then a managed device applies nothing.
-    "cloudTargetReceived": _DbKey(False, _parse_bool),
     # SUPERVISOR_CONNECTIVITY_CHECK (§5.2, §10.7); also set by POST/DELETE /v1/tcp-ping.
     "connectivityCheckEnabled": _DbKey(True, _parse_bool),
     "initialConfigSaved": _DbKey(False, _parse_bool),

@@ -35,8 +35,11 @@ from .state.target import TargetStateError, thaw
 from .subsystem import Subsystem
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from .cloud import CloudBinder
     from .delta.fetch import DeltaFetcher, DeltaSettings
+    from .state.hostview import HostView
 
 log = logging.getLogger("supervisor")
 
@@ -63,6 +66,21 @@ class Settings:
     #: Set the host up as a balenaOS device needs: the supervisor0 network and extra-firmware volume,
     #: the firewall, avahi and openvpn from the config variables (supervisor/host/).
     host_setup: bool = True
+    #: The engine socket's host path, bound into services labelled io.balena.features.balena-socket
+    #: (None: from the environment, :func:`default_docker_socket`).
+    docker_socket: str | None = None
+
+
+def default_docker_socket() -> str:
+    """``DOCKER_SOCKET`` as balenaOS passes it (balenaos-integration.md §2.9, the reference's
+    ``constants.dockerSocket``), else the unix path of ``DOCKER_HOST``, else ``/var/run/docker.sock``."""
+    socket = os.environ.get("DOCKER_SOCKET")
+    if socket:
+        return socket
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://") and len(host) > len("unix://"):
+        return host[len("unix://"):]
+    return "/var/run/docker.sock"
 
 
 def default_led_spec(paths: Paths) -> str:
@@ -80,8 +98,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         from hw.led import make_led
 
-        from .api import create_app
-        from .api.server import ApiServer
+        from .api.server import ApiServer, LazyApp
         from .blink import Blinker
         from .host.netlink import NetworkFacts
         from .host.power import LogindBackend, Power
@@ -101,10 +118,10 @@ class Supervisor:
         self.api_keys.global_key()
         self.targets = TargetStore(self.config.db)
         # The port is taken first: a port in use is then the one line the CLI prints (issue #11).
-        self.app = create_app(self)
+        self.api = LazyApp(self, self._create_api)  # the Flask app comes with the first request needing it
         port = settings.port if settings.port is not None else self.config.listen_port
         # api_threads workers; each open stream adds one while it is open (supervisor/api/streams.py).
-        self.server = ApiServer(self.app, settings.host, port, threads=settings.api_threads)
+        self.server = ApiServer(self.api, settings.host, port, threads=settings.api_threads)
         self.host = HostFacts.read(self.paths)
         if self.config.unmanaged:
             log.info("Starting up in unmanaged mode, activating local mode")
@@ -130,6 +147,7 @@ class Supervisor:
             self.config, self.targets, self.api_keys, self.host,
             source=lambda: self.target_source, lock_root=self.lock_root, listen_port=self.server.port,
             supervisor_network=settings.host_setup,
+            docker_socket=settings.docker_socket or default_docker_socket(),
         )
         self._target_warnings = WarningLog(log)  # each admitted target's warnings, logged once
         self._extra_firmware_unsaved: str | None = None
@@ -160,6 +178,16 @@ class Supervisor:
             self.subsystems.append(self.binder)
         # systemd Type=notify + WatchdogSec (supervisor/sdnotify.py): a no-op outside systemd.
         self.systemd = ServiceNotifier(self.health)
+
+    def _create_api(self) -> Flask:
+        from .api import create_app
+
+        return create_app(self)
+
+    @property
+    def app(self) -> Flask:
+        """The API's Flask app (built now if no request needed it yet)."""
+        return self.api.flask
 
     def _init_device_config(self) -> DeviceConfig:
         """Config variables and the boot-config backends of this device type (spec §5.3-5.5)."""
@@ -641,7 +669,8 @@ class Supervisor:
         """POST /v2/local/target-state: admit the whole v2 body (state/admission.py: refused with
         TargetStateError before anything changes), store it in one transaction, then have it applied
         (the stored target is what a restart resumes from). Returns the admission's warnings."""
-        device, warnings = validate_local(body, current_name=self.config.get_db("name"))
+        name = self.config.get_db("name")
+        device, warnings = validate_local(body, current_name=name, host=self.host_view())
         local = body.get("local") if isinstance(body, dict) else None
         if isinstance(local, dict) and local.get("config") is None:
             # No config section: keep the device's target config (the reference wipes it, and
@@ -659,6 +688,24 @@ class Supervisor:
         self.reconciler.trigger(force=check_truthy(body.get("force")), cancel=True)
         self.apply_host_config()
         return warnings
+
+    def host_view(self) -> HostView:
+        """What admission checks a target against besides the target itself (state/hostview.py):
+        device paths under the host root, and the engine's networks and ports outside the target
+        (read only if the target needs them, within 3 s once the engine is connected)."""
+        from .state.hostview import HostView
+
+        return HostView(self.paths, self._engine_api, apps=self.managed_apps)
+
+    def _engine_api(self) -> Any:
+        """The engine's API client, connecting at this first need (at most FIRST_CONNECT_WAIT_S);
+        None while the engine is unreachable."""
+        from .state.reconcile import EngineUnavailableError
+
+        try:
+            return self.reconciler.require_engine().client.api
+        except EngineUnavailableError:
+            return None
 
     def update(self, *, force: bool, cancel: bool) -> None:
         """POST /v1/update: a managed device polls the cloud now, ``force`` carried into the apply
@@ -727,12 +774,14 @@ class CloudDeviceSide:
 
     def store_target(self, device: Any) -> None:
         sup = self.sup
-        sup.targets.set_target(device, sup.config.api_endpoint)
-        sup.config.set_db(cloudTargetReceived=True)
+        sup.targets.set_target(device, sup.config.api_endpoint)  # marks the endpoint as received
         log.info("New target state received from the cloud (%d apps)", len(device.apps))
 
     def apply(self, *, force: bool, cancel: bool) -> None:
         self.sup.reconciler.trigger(force=force, cancel=cancel)
+
+    def host_view(self) -> HostView:
+        return self.sup.host_view()
 
     def local_mode(self) -> bool:
         return self.sup.config.local_mode

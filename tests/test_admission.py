@@ -92,7 +92,12 @@ REFUSED = [
     ("ports", "80:80", "services.web.ports", "expected a list"),
     ("restart", "sometimes", "services.web.restart", "restart policy 'sometimes' is not one of"),
     ("restart", False, "services.web.restart", "quote 'no' in YAML"),
-    ("restart", "on-failure:3", "services.web.restart", "retry count is not supported"),
+    ("restart", "on-failure:-1", "services.web.restart", "retry count must be a whole number from 0"),
+    ("restart", "on-failure:x", "services.web.restart", "retry count must be a whole number from 0"),
+    ("restart", "on-failure:", "services.web.restart", "retry count must be a whole number from 0"),
+    ("restart", "on-failure:3000000000", "services.web.restart", "from 0 to 2147483647"),
+    ("restart", "always:3", "services.web.restart", "is not one of 'no', 'always', 'on-failure[:N]'"),
+    ("extra_hosts", {"db": "not-an-ip"}, "services.web.extra_hosts.db", "not a valid IP address"),
     ("mem_limit", "1.5g", "services.web.mem_limit", "invalid size '1.5g'"),
     ("mem_limit", "4m", "services.web.mem_limit", "minimum memory limit of 6m"),
     ("mem_reservation", "lots", "services.web.mem_reservation", "invalid size"),
@@ -153,7 +158,6 @@ REFUSED = [
     ("security_opt", ["seccomp=/x.json"], "services.web.security_opt[0]", "not a file path"),
     ("dns", ["not-an-ip"], "services.web.dns[0]", "not a valid DNS server address"),
     ("extra_hosts", ["host:not-an-ip"], "services.web.extra_hosts[0]", "not a valid IP address"),
-    ("extra_hosts", {"host": "1.2.3.4"}, "services.web.extra_hosts", "list of 'host:ip'"),
     ("tmpfs", ["run"], "services.web.tmpfs[0]", "must be absolute"),
     ("tmpfs", ["/run:size=lots"], "services.web.tmpfs[0]", "invalid size"),
     ("tmpfs", ["/run:bogus=1"], "services.web.tmpfs[0]", "invalid tmpfs option"),
@@ -188,6 +192,52 @@ REFUSED = [
 ]
 
 
+#: Valid compose values (compose spec, Docker's own parsing) that must be admitted without a warning;
+#: tests/test_compose_engine.py creates each on the real engine and reads it back equal.
+ACCEPTED = [
+    ("restart", "on-failure:3"),
+    ("restart", "On-Failure:0"),
+    ("restart", "on-failure"),
+    ("restart", "unless-stopped"),
+    ("restart", "no"),
+    ("restart", " always "),
+    ("ports", [{"target": 80, "published": 8081}]),
+    ("ports", [{"target": "80", "published": "8081", "protocol": "udp", "host_ip": "127.0.0.1"}]),
+    ("ports", [{"target": 80, "published": 8082, "host_ip": "::1", "mode": "host"}]),
+    ("ports", [{"target": 8093}]),  # host port = container port, as the reference reads it
+    ("ports", ["[::1]:8087:80"]),
+    ("ports", ["8085-8086:80-81", 8094, "8095/udp"]),
+    ("mem_limit", "1gb"),
+    ("mem_limit", "1GB"),
+    ("mem_limit", "512M"),
+    ("mem_limit", "100mb"),
+    ("mem_limit", 1073741824),
+    ("mem_reservation", "64m"),
+    ("shm_size", "1gb"),
+    ("cpus", 0.5),
+    ("cpus", "1.5"),
+    ("ulimits", {"nofile": 1024}),
+    ("ulimits", {"nproc": "65535"}),
+    ("ulimits", {"nofile": {"soft": 1024, "hard": 2048}}),
+    ("ulimits", {"nofile": {"soft": "1024", "hard": "2048"}}),
+    ("extra_hosts", {"somehost": "162.242.195.82", "v6": "::1"}),
+    ("extra_hosts", ["somehost:162.242.195.82", "other=10.0.0.1"]),
+    ("stop_grace_period", "1m30s"),
+    ("healthcheck", {"test": "true", "interval": "1m", "retries": "3"}),
+    ("sysctls", ["net.core.somaxconn=1024"]),
+    ("tmpfs", ["/run:size=64m"]),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), ACCEPTED, ids=[f"{a[0]}={a[1]!r}"[:60] for a in ACCEPTED])
+def test_what_compose_and_the_engine_take_is_admitted(field: str, value: Any) -> None:
+    body = v2_body(**{field: value})
+    device, warnings = validate_local(body, current_name="dev", cpus=2)
+    assert warnings == []
+    assert device.apps["1011"].services["web"].composition[field] == value
+    assert [e.message for e in local_target_schema().iter_errors(body)] == []  # and the documented shape
+
+
 @pytest.mark.parametrize(
     ("field", "value", "where", "says"), REFUSED, ids=[f"{r[0]}={r[1]!r}"[:60] for r in REFUSED]
 )
@@ -198,6 +248,22 @@ def test_what_the_engine_would_refuse_is_400_naming_the_field(
     assert err.path == where, err
     assert says in err.rule, err
     assert str(err) == f"Invalid target state: {where}: {err.rule}"
+
+
+@pytest.mark.parametrize("commit", ["de ad", "a/b", "c0ffee\n", "ü"])
+def test_a_commit_that_cannot_end_a_container_name_is_refused(commit: str) -> None:
+    body = v2_body()
+    body["local"]["apps"]["1011"]["commit"] = commit
+    err = refusal(body)
+    assert err.path == "local.apps.1011" and "is part of the names of the release's containers" in err.rule
+
+
+@pytest.mark.parametrize("commit", ["1234", "0", "dead_beef", "v1.2-rc.3", "007"])
+def test_a_commit_the_engine_takes_in_a_name_is_admitted(commit: str) -> None:
+    body = v2_body()
+    body["local"]["apps"]["1011"]["commit"] = commit
+    device, _ = validate_local(body, current_name="dev", cpus=2)
+    assert device.apps["1011"].release.commit == commit
 
 
 def test_memory_below_its_reservation_and_cpus_with_a_quota_are_refused() -> None:
@@ -557,7 +623,8 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
         max_size=2,
     ),
     "restart": st.sampled_from(
-        ["no", "always", "on-failure", "unless-stopped", "sometimes", "", "ALWAYS", False]
+        ["no", "always", "on-failure", "on-failure:2", "on-failure:-1", "unless-stopped", "sometimes", "",
+         "ALWAYS", False]
     ),
     "mem_limit": st.one_of(st.from_regex(r"\A[0-9]{1,5}[bkmgx]?\Z"), st.integers(-1, 2**34)),
     "mem_reservation": st.from_regex(r"\A[0-9]{1,4}[kmg]?\Z"),

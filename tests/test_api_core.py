@@ -181,3 +181,49 @@ def test_wrong_method_is_405_json(unmanaged) -> None:
     response = unmanaged.post("/ping")
     assert response.status_code == 405
     assert response.json()["status"] == "failed"
+
+
+class _Health(Subsystem):
+    """A subsystem whose health the test sets (never started)."""
+
+    name = "toggle"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ok = True
+
+    def health(self) -> tuple[bool, str]:
+        return (True, "ok") if self.ok else (False, "toggle is down")
+
+
+def test_ping_and_healthy_answer_as_flask_before_it_is_built(in_process, caplog) -> None:
+    """``/ping`` and ``/v1/healthy`` are answered without Flask until a request needs it (issue #17,
+    supervisor/api/server.py): same status, body, headers, request log line and metric as after."""
+    toggle = _Health()
+    in_process.subsystems.append(toggle)
+    caplog.set_level("DEBUG", logger="supervisor.api")
+
+    def answers() -> list[tuple[object, ...]]:
+        seen = []
+        for ok in (True, False):
+            toggle.ok = ok
+            for method in ("GET", "HEAD"):
+                for path in ("/ping", "/v1/healthy"):
+                    caplog.clear()
+                    response = requests.request(method, in_process.url + path, timeout=30)
+                    headers = {k: v for k, v in response.headers.items() if k != "Date"}
+                    lines = sorted(re.sub(r"[\d.]+ ms", "ms", r.getMessage()) for r in caplog.records
+                                   if r.name == "supervisor.api")
+                    seen.append((method, path, response.status_code, response.reason, response.content,
+                                 headers, lines))
+        return seen
+
+    before = answers()
+    assert in_process.api._flask is None  # nothing needed it yet
+    assert before[0][2:5] == (200, "OK", b"OK")
+    assert before[5][2:5] == (500, "INTERNAL SERVER ERROR", b"Unhealthy")
+    assert in_process.metrics.value("api_requests", "/v1/healthy", "GET", "500") == 1
+    assert requests.get(in_process.url + "/v2/version", timeout=30).status_code == 200
+    assert in_process.api._flask is not None
+    assert answers() == before
+    assert in_process.metrics.value("api_requests", "/v1/healthy", "GET", "500") == 2

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.cloud.backoff import Backoff, parse_retry_after
+from supervisor.cloud.backoff import Backoff, Retry, parse_retry_after, spacing
 from supervisor.cloud.client import ApiClient, CloudRequestError
 from supervisor.cloud.metrics import with_hysteresis
 from supervisor.cloud.report import StateReporter, shallow_diff
@@ -131,6 +131,27 @@ def test_backoff_rule_and_retry_after() -> None:
     assert backoff.next() <= 15
     assert parse_retry_after("120") == 120.0 and parse_retry_after("soon") is None
     assert parse_retry_after("99999999") == 3600.0
+
+
+def test_the_shared_retry_loop_backs_off_logs_and_resets(caplog) -> None:
+    retry = Retry("report the device state", lambda: 15.0, lambda: 100.0)
+
+    def refused() -> None:
+        raise CloudRequestError("503 Service Unavailable", status=503)
+
+    def limited() -> None:
+        raise CloudRequestError("429 Too Many Requests", status=429, retry_after=7.0)
+
+    first, second = retry.attempt(refused), retry.attempt(refused)
+    assert first is not None and 7.5 <= first <= 15 and second is not None and 15 <= second <= 30
+    assert retry.attempt(limited) == 7.0 and retry.last_error == "429 Too Many Requests"
+    assert "Could not report the device state (503 Service Unavailable), retrying in" in caplog.text
+    assert retry.attempt(lambda: None) is None and retry.last_error is None
+    again = retry.attempt(refused)
+    assert again is not None and again <= 15  # the count started over
+    with pytest.raises(ZeroDivisionError):  # a bug is not a failed request
+        retry.attempt(lambda: 1 / 0)
+    assert spacing(time.monotonic(), 10.0) > 9.0 and spacing(time.monotonic() - 11.0, 10.0) == 0.0
 
 
 def test_timing_scales_everything_but_the_idle_check() -> None:

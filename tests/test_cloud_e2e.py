@@ -20,7 +20,7 @@ import pytest
 from tests.cloud_helpers import config_json, env, fleet, fresh_device, set_db_config
 from tests.fakecloud.client import FakeCloud
 from tests.fixtures.apps import remove_app
-from tests.fixtures.device import SupervisorProcess, wait_for
+from tests.fixtures.device import SupervisorProcess, free_port, wait_for
 from tests.fixtures.docker import TEST_LABEL
 
 pytestmark = pytest.mark.docker
@@ -81,6 +81,15 @@ class Fleet:
             }
             for c in found
         }
+
+    def wait_next_poll(self, sup: SupervisorProcess) -> None:
+        """Until the device has fetched its target once more (answered, 200 or 304)."""
+        def polls() -> int:
+            requests = self.api.requests()
+            return sum(1 for r in requests if r["kind"] == "state_get" and r["status"] in (200, 304))
+
+        seen = polls()
+        wait_for(lambda: polls() > seen, "the next target poll", sup, timeout=60)
 
     def reported(self) -> dict[str, Any]:
         """What the fake API holds as this device's state (the merge of its reports)."""
@@ -261,7 +270,7 @@ def test_refused_cloud_target_changes_nothing(cloud_fleet: Fleet, start_supervis
     )
     wait_for(lambda: "Could not move to new release: " in sup.output(), "the refusal logged", sup, timeout=30)
     assert "services.main.environment.N" in sup.output()
-    time.sleep(2)
+    fl.wait_next_poll(sup)  # the binder's next chance to act on the refused target
     assert fl.containers() == before and bad["commit"] not in str(fl.reported())
     fixed = fl.release(("main",), env_value="fixed")
     wait_for(lambda: fl.runs(fixed["commit"], ("main",)), "the next valid release applied", sup, timeout=120)
@@ -290,6 +299,34 @@ def test_a_cloud_release_the_engine_would_refuse_changes_nothing(
     assert sup.output().count("services.main.composition ignored (did you mean 'restart'?)") == 1
 
 
+def test_a_cloud_release_whose_host_port_is_held_outside_it_is_applied_once_the_port_is_free(
+    cloud_fleet: Fleet, start_supervisor, busybox_image: str, docker_cleanup: list[Any]
+) -> None:
+    """A refusal for the device's present state (state/hostview.py) is not the release's fault: the
+    binder judges the same target again at each poll (304 included) and applies it once it fits."""
+    fl = cloud_fleet
+    good = fl.release(("main",))
+    sup = fl.start(start_supervisor)
+    wait_for(lambda: fl.runs(good["commit"], ("main",)), "the release running and reported", sup, timeout=120)
+    before = fl.containers()
+    api, port, name = fl.client.api, free_port(), f"pysupervisor-port-holder-{uuid.uuid4().hex[:8]}"
+    holder = api.create_container(busybox_image, name=name, labels={TEST_LABEL: "1"}, ports=[80],
+                                  host_config=api.create_host_config(port_bindings={80: port}))
+    docker_cleanup.append(holder["Id"])
+    api.start(holder["Id"])
+    service = {"image": fl.images["main"], "environment": {}, "labels": {TEST_LABEL: "1"},
+               "composition": {"stop_grace_period": "0s", "ports": [f"{port}:80"]}}
+    wanted = fl.api.create_release(fl.app["id"], {"main": service})
+    refusal = (f".services.main.composition.ports[0]: host port {port}/tcp is already published by "
+               f"container '{name}'")
+    wait_for(lambda: refusal in sup.output(), "the refusal logged", sup, timeout=30)
+    assert fl.containers() == before
+    api.remove_container(holder["Id"], force=True)
+    wait_for(lambda: fl.runs(wanted["commit"], ("main",)), "the same release applied once the port is free",
+             sup, timeout=120)
+    assert sup.output().count(refusal) == 1  # judged again at every poll, logged once
+
+
 def test_local_mode_stops_cloud_targets_and_back(cloud_fleet: Fleet, start_supervisor) -> None:
     fl = cloud_fleet
     first = fl.release(("main",))
@@ -307,7 +344,7 @@ def test_local_mode_stops_cloud_targets_and_back(cloud_fleet: Fleet, start_super
         sup,
         timeout=30,
     )
-    time.sleep(2)
+    fl.wait_next_poll(sup)  # the binder's next chance to apply what it stored
     assert {c["commit"] for c in fl.containers().values()} == {first["commit"]}
     assert all("apps" not in r["body"] for r in fl.api.reports(fl.uuid)[reports:])
     set_db_config(fl.root, "localMode", "false")

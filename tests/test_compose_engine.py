@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import random
+import re
 import socket
 import uuid
 from collections.abc import Mapping
@@ -22,6 +24,7 @@ import pytest
 from supervisor.compose import Network, Service, ServiceContext, Volume
 from supervisor.compose.endpoints import connect_kwargs
 from tests.fixtures.docker import TEST_LABEL
+from tests.test_admission import ACCEPTED
 
 pytestmark = pytest.mark.docker
 
@@ -253,6 +256,45 @@ def test_healthcheck_limits_and_host_options(deployer):
     assert current.config["healthcheck"]["interval"] == 30_000_000_000
     assert current.config["ulimits"]["nofile"] == {"soft": 1024, "hard": 2048}
     changed_env(deployer, current, "hc", composition)
+
+
+def _with_free_ports(value: Any) -> Any:
+    """An ACCEPTED ports value with its fixed host ports swapped for free ones (a shared engine)."""
+    text = json.dumps(value)
+    for start, end in re.findall(r"(80[0-9][0-9])-(80[0-9][0-9])", text):
+        first = free_ports(int(end) - int(start) + 1)
+        text = text.replace(f"{start}-{end}", f"{first}-{first + int(end) - int(start)}")
+    for port in sorted(set(re.findall(r"80[0-9][0-9]", text))):
+        text = text.replace(port, str(free_port()))
+    return json.loads(text)
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free TCP ports."""
+    for _ in range(50):
+        first = free_port()
+        with contextlib.ExitStack() as stack:
+            try:
+                for offset in range(1, count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("", first + offset))
+            except OSError:
+                continue
+        return first
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+@pytest.mark.parametrize(("field", "value"), ACCEPTED, ids=[f"{a[0]}={a[1]!r}"[:60] for a in ACCEPTED])
+def test_every_admitted_compose_value_is_created_and_reads_back_equal(deployer, field, value):
+    """What admission takes (tests/test_admission.py ACCEPTED) the engine creates, and the container
+    compares equal to its target: no refusal at create, no recreation every round."""
+    deployer.network("default")
+    if field == "ports":
+        value = _with_free_ports(value)
+        if "::1" in json.dumps(value) and not socket.has_ipv6:
+            pytest.skip("no IPv6 on this host")
+    target = deployer.target("compose-value", {field: value, "command": "sleep 100000"})
+    deployer.round_trip(target)
 
 
 def test_extra_networks_with_aliases_and_static_address(deployer):

@@ -596,6 +596,13 @@ def test_same_network_mode(current, target, hosts, ids, equal):
         ("unless-stopped", "unless-stopped"),
         ("sometimes", "always"),
         (3, "always"),
+        ("on-failure:3", "on-failure:3"),
+        ("On-Failure:03", "on-failure:3"),
+        ("on-failure:0", "on-failure"),
+        ("on-failure:-1", "always"),
+        ("on-failure:x", "always"),
+        ("on-failure:99999999999", "always"),
+        ("always:3", "always"),
     ],
 )
 def test_restart_policy(value, expected):
@@ -607,6 +614,16 @@ def test_restart_from_docker():
     assert fields.restart_from_docker({"Name": ""}) == "no"
     assert fields.restart_from_docker({"Name": "no"}) == "no"
     assert fields.restart_from_docker({"Name": "on-failure"}) == "on-failure"
+    assert fields.restart_from_docker({"Name": "on-failure", "MaximumRetryCount": 0}) == "on-failure"
+    assert fields.restart_from_docker({"Name": "on-failure", "MaximumRetryCount": 5}) == "on-failure:5"
+    assert fields.restart_from_docker({"Name": "always", "MaximumRetryCount": 0}) == "always"
+
+
+@pytest.mark.parametrize("policy", ["no", "always", "unless-stopped", "on-failure", "on-failure:7"])
+def test_restart_to_docker_reads_back_the_same(policy):
+    body = fields.restart_to_docker(policy)
+    assert body["MaximumRetryCount"] == (7 if policy == "on-failure:7" else 0)
+    assert fields.restart_from_docker(body) == policy
 
 
 def test_small_fields():
@@ -760,6 +777,11 @@ def test_parse_volume_name_rejects_foreign_names(bad):
         ("/old_main_11_1_deadbeef", "old_main", (11, 1, "deadbeef")),
         ("/main_11_1_dead_beef", "main", (11, 1, "dead_beef")),
         ("/main_0_0_None", "main", (0, 0, "None")),
+        # An all-digit commit: the old unanchored `.*_(\d+)_(\d+)` read this as service `main_11`.
+        ("/main_11_1_22", "main", (11, 1, "22")),
+        ("/main_11_1_22", "main_11", (1, 22, None)),  # the label decides: service main_11, no commit
+        ("/main_11_1_22_33", "main", (11, 1, "22_33")),
+        ("/old_main_11_1_007", "main", (11, 1, "007")),
     ],
 )
 def test_parse_container_name(name, service, expected):
@@ -793,7 +815,11 @@ def test_parse_container_name_rejects_foreign_names(name, service):
     st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True),
     st.integers(0, 10**9),
     st.integers(0, 10**9),
-    st.from_regex(r"[0-9a-f]{0,31}[a-f]", fullmatch=True),
+    st.one_of(
+        st.from_regex(r"[0-9a-f]{1,40}", fullmatch=True),
+        st.from_regex(r"[0-9]{1,12}", fullmatch=True),  # an all-digit commit is a commit, not an id
+        st.from_regex(r"[a-zA-Z0-9_.-]{1,20}", fullmatch=True),  # any commit admission lets through
+    ),
 )
 def test_container_name_round_trip(service, image_id, release_id, commit):
     name = naming.container_name(service, image_id, release_id, commit)

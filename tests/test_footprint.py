@@ -1,5 +1,6 @@
 """The idle footprint stays small (issue #17; figures in tests/bench/bench_footprint.py): an idle
-supervisor loads none of the heavy libraries (they come with their first use), holds a worker thread
+supervisor loads none of the heavy libraries (they come with their first use: Flask with the first
+request other than ``/ping`` and ``/v1/healthy``), holds a worker thread
 for a log stream only while the stream is open, and connects to the engine at its first need."""
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from supervisor.state.planner import PlanContext
 from supervisor.state.reconcile import Reconciler
 from tests.fixtures.device import REPO, SupervisorProcess, wait_for
 
-HEAVY = ("docker", "requests", "urllib3", "charset_normalizer", "prometheus_client", "sdbus")
+HEAVY = ("docker", "requests", "urllib3", "charset_normalizer", "prometheus_client", "sdbus", "pyroute2",
+         "psutil", "asyncio", "flask", "werkzeug", "jinja2")
 
 PROBE = """
 import json, sys, tempfile, time, threading
@@ -48,8 +50,6 @@ def test_an_idle_supervisor_loads_no_heavy_library(idle: dict[str, Any]) -> None
     assert len(waitress) == 8, idle["threads"]  # api_threads, none for the 32 streams nobody opened
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor/host/netlink.py reads addresses with pyroute2 at start: "
-                   "its package imports all of pyroute2 (and psutil), 12-17 MB resident (issue #17)")
 def test_an_idle_supervisor_has_no_netlink_library_loaded(idle: dict[str, Any]) -> None:
     loaded = {"pyroute2", "psutil"} & set(idle["modules"])
     assert not loaded, loaded

@@ -126,6 +126,8 @@ def device(docker_client, make_image, tmp_path_factory) -> Iterator[dict[str, An
     make_image(image)
     root: Path = tmp_path_factory.mktemp("fuzz-target") / "root"
     (root / "mnt/boot").mkdir(parents=True)
+    (root / "dev").mkdir()
+    (root / "dev/null").symlink_to("/dev/null")  # the seed's device, on the host as the root sees it
     sup = Supervisor(Settings(root=str(root), port=0, host="127.0.0.1", led="none", apps=(app_id,),
                               host_setup=False))
     client = sup.app.test_client()

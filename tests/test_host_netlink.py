@@ -14,9 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.host.netlink import EXCLUDED_INTERFACES, NetworkFacts, read_addresses
+from supervisor.host.netlink import EXCLUDED_INTERFACES, NetworkFacts, Opener, open_socket, read_addresses
 from tests.fixtures.device import wait_for
-from tests.fixtures.netns import NetNs, ip, veth
+from tests.fixtures.netns import NetNs, in_netns, ip, veth
+
+
+def opener(ns: NetNs) -> Opener:
+    """Netlink sockets made in ``ns``."""
+    return lambda groups: in_netns(ns, lambda: open_socket(groups))
 
 
 def bridge(ns: NetNs, name: str, mac: str, *addresses: str) -> None:
@@ -50,7 +55,7 @@ EXPECTED_MACS = ["02:00:00:00:00:0B", "02:00:00:00:00:0A"]  # by interface name:
 
 
 def test_the_reference_rules_over_netlink(device_ns: NetNs) -> None:
-    ips, macs = read_addresses(device_ns.name)
+    ips, macs = read_addresses(opener(device_ns))
     # Interfaces in getifaddrs order (IPv4 first), each interface's IPv4 before its IPv6 addresses;
     # loopback, link-local IPv6 and excluded interfaces left out.
     assert ips == EXPECTED_IPS
@@ -72,7 +77,7 @@ def test_reported_names(name: str) -> None:
 def test_address_changes_are_noticed_without_waiting_for_the_poll(device_ns: NetNs) -> None:
     """The subscription sees a new address at once; the 30 s poll would not within the deadline."""
     seen: list[list[str]] = []
-    facts = NetworkFacts(netns=device_ns.name, poll_seconds=3600, on_change=seen.append)
+    facts = NetworkFacts(opener=opener(device_ns), poll_seconds=3600, on_change=seen.append)
     facts.start()
     try:
         assert facts.ip_address == " ".join(EXPECTED_IPS)
@@ -102,3 +107,51 @@ def test_v1_device_reports_the_namespace_addresses(device_ns: NetNs, device_root
     ip("-n", device_ns.name, "addr", "add", "10.63.0.1/24", "dev", "br0")
     wait_for(lambda: "10.63.0.1" in sup.get("/v1/device").json()["ip_address"],
              "the new address in /v1/device", sup, timeout=10)
+
+
+def test_the_dumps_agree_with_iproute2(device_ns: NetNs) -> None:
+    """The table-driven parser reads what ``ip -j`` reads from the same kernel (names, types, masters,
+    MACs, every address with its scope)."""
+    import json
+    import socket
+
+    from supervisor.host.netlink import RTM_GETADDR, _links, dump
+
+    with opener(device_ns)(0) as sock:
+        links = _links(sock)
+        addresses = [(m["index"], m["address"], m["scope"])
+                     for family in (socket.AF_INET, socket.AF_INET6)
+                     for m in dump(sock, RTM_GETADDR, family, 7)]
+    shown = json.loads(ip("-n", device_ns.name, "-j", "-d", "addr", "show"))
+    names = {link["ifname"]: link for link in shown}
+    assert {link["name"] for link in links.values()} == set(names)
+    for index, link in links.items():
+        other = names[link["name"]]
+        assert other["ifindex"] == index
+        assert link["address"] == other.get("address")
+        assert (link["master"] is not None) == ("master" in other)
+        assert bool(link["flags"] & 0x8) == ("LOOPBACK" in other["flags"])
+    scopes = {"global": 0, "link": 253, "host": 254}
+    expected = sorted((link["ifindex"], info["local"], scopes[info["scope"]])
+                      for link in shown for info in link["addr_info"])
+    assert sorted(addresses) == expected
+
+
+def test_a_cut_short_datagram_is_not_read_past() -> None:
+    import struct
+
+    from supervisor.host.netlink import NLMSG_DONE, RTM_NEWADDR, parse
+
+    attr = struct.pack("=HH", 8, 1) + bytes([10, 0, 0, 1])
+    body = struct.pack("=BBBBI", 2, 24, 0, 0, 5) + attr
+    whole = struct.pack("=IHHII", 16 + len(body), RTM_NEWADDR, 2, 9, 0) + body
+    done = struct.pack("=IHHII", 20, NLMSG_DONE, 2, 9, 0) + bytes(4)
+    assert list(parse(whole + done)) == [
+        (RTM_NEWADDR, 9, {"family": 2, "prefixlen": 24, "flags": 0, "scope": 0, "index": 5,
+                          "address": "10.0.0.1"}),
+        (NLMSG_DONE, 9, {}),
+    ]
+    assert list(parse(whole[:-3])) == []  # the length says more than arrived
+    bad_attr = whole[:16 + 8] + struct.pack("=HH", 2, 1)  # an attribute shorter than its own header
+    assert [fields.get("address") for _, _, fields in parse(
+        struct.pack("=IHHII", len(bad_attr), RTM_NEWADDR, 2, 9, 0) + bad_attr[16:])] == [None]

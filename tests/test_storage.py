@@ -139,3 +139,22 @@ def test_a_target_received_from_a_source_is_recorded_with_it(tmp_path: Path) -> 
                      cloud)
     assert store.received(cloud)  # an empty target counts: it is what the cloud asked for
     assert json.loads(store.db.get_config("targetReceivedFrom") or "[]") == [cloud, "local"]
+    assert store.db.get_config("cloudTargetReceived") is None  # the one flag, not two
+
+
+def test_the_old_cloud_target_received_flag_is_read_once_into_the_list(tmp_path: Path) -> None:
+    """A database from before ``targetReceivedFrom`` held the cloud's target in ``cloudTargetReceived``
+    (with no app rows when the cloud's target was empty): read for the cloud source, then deleted."""
+    from supervisor.state.store import TargetStore
+
+    db = Database(tmp_path / "db.sqlite")
+    db.set_config({"cloudTargetReceived": "true"})
+    store = TargetStore(db)
+    cloud = "https://api.example"
+    assert not store.received("local") and db.get_config("cloudTargetReceived") == "true"
+    assert store.received(cloud)
+    assert db.get_config("cloudTargetReceived") is None
+    assert json.loads(db.get_config("targetReceivedFrom") or "[]") == [cloud]
+    assert store.received(cloud)  # from the list now
+    db.set_config({"cloudTargetReceived": "false"})
+    assert not store.received("https://other.example") and db.get_config("cloudTargetReceived") is None

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fixtures.device import wait_for
+from tests.fixtures.device import free_port, wait_for
 from tests.test_admission import MUTATION, judge
 from tests.test_admission import v2_body as pure_body
 from tests.test_reconcile import SETTLED, LocalDevice, applied_app
@@ -204,6 +204,92 @@ def test_a_value_the_engine_would_refuse_is_400_naming_the_field_and_kills_nothi
     running: VolumeDevice, name: str, change: Any, says: str
 ) -> None:
     assert says in refused(running, json=_with(running, change))
+
+
+# ------------------------------------------------------------------ what the device holds outside the target
+def test_a_device_the_host_lacks_is_refused_and_one_it_has_is_created(running: VolumeDevice) -> None:
+    """Device paths are looked up under the supervisor's host root (--root: the test's root stands
+    for the host; a symlink to the real /dev/null is a device node there)."""
+    dev = running
+    (dev.sup.root / "dev").mkdir(exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        (dev.sup.root / "dev/null").symlink_to("/dev/null")
+    (dev.sup.root / "dev/plain-file").write_text("")
+    absent = _with(dev, lambda t, s, a: s.update(devices=["/dev/pysupervisor-absent:/dev/x"]))
+    assert refused(dev, json=absent) == (
+        "Invalid target state: services.main.devices[0]: device /dev/pysupervisor-absent does not exist on "
+        "the host"
+    )
+    plain = _with(dev, lambda t, s, a: s.update(devices=["/dev/null", "/dev/plain-file"]))
+    assert refused(dev, json=plain) == (
+        "Invalid target state: services.main.devices[1]: /dev/plain-file on the host is not a device node"
+    )
+    offset = dev.apply(_with(dev, lambda t, s, a: s.update(devices=["/dev/null:/dev/host-null"])))
+    assert "Failed" not in dev.sup.output()[offset:]
+    main = dev.client.api.inspect_container(dev.by_service()["main"]["Id"])
+    assert [d["PathInContainer"] for d in main["HostConfig"]["Devices"]] == ["/dev/host-null"]
+    dev.apply()  # back to the plain target for the other tests
+
+
+def test_a_subnet_overlapping_a_network_outside_the_target_is_refused(
+    running: VolumeDevice, docker_cleanup: list[Any]
+) -> None:
+    """The engine refuses the second network ("Pool overlaps with other one on this address space");
+    the app's own networks are not 'outside' (the release's network is recreated or kept)."""
+    import docker.types
+
+    dev = running
+    prefix = free_subnet(dev.client)
+    foreign = dev.client.api.create_network(
+        f"pysupervisor-foreign-{uuid.uuid4().hex[:8]}",
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=prefix + "0/24")]),
+        labels={"io.pysupervisor.test": "1"},
+    )
+    docker_cleanup.append(foreign["Id"])
+    pool = {"subnet": prefix + "128/25", "gateway": prefix + "129"}
+    target = _with(dev, lambda t, s, a: a["networks"].update(front={"ipam": {"config": [pool]}}))
+    says = refused(dev, json=target)
+    assert says.startswith(
+        f"Invalid target state: networks.front.ipam.config[0].subnet: {prefix}128/25 overlaps "
+        f"{prefix}0/24 of the engine's network 'pysupervisor-foreign-"
+    ), says
+
+
+def test_a_host_port_a_container_outside_the_target_holds_is_refused(
+    running: VolumeDevice, busybox_image: str, docker_cleanup: list[Any]
+) -> None:
+    dev = running
+    port = free_port()
+    api = dev.client.api
+    name = f"pysupervisor-port-holder-{uuid.uuid4().hex[:8]}"
+    holder = api.create_container(
+        busybox_image, name=name, labels={"io.pysupervisor.test": "1"}, ports=[80],
+        host_config=api.create_host_config(port_bindings={80: port}),
+    )
+    docker_cleanup.append(holder["Id"])
+    api.start(holder["Id"])
+    says = refused(dev, json=_with(dev, lambda t, s, a: s.update(ports=[f"{port}:80"])))
+    assert says == (
+        f"Invalid target state: services.main.ports[0]: host port {port}/tcp is already published by "
+        f"container '{name}', which is not this target's (the engine refuses: port is already allocated)"
+    )
+    # Another protocol, or once the holder is gone, the same port is the target's to take.
+    dev.apply(_with(dev, lambda t, s, a: s.update(ports=[f"{port}:80/udp"])))
+    api.remove_container(holder["Id"], force=True)
+    dev.apply(_with(dev, lambda t, s, a: s.update(ports=[f"{port}:80"])))
+    assert dev.by_service()["main"]["Ports"][0]["PublicPort"] == port
+
+
+def test_a_host_port_the_apps_own_container_holds_is_admitted(running: VolumeDevice) -> None:
+    """The port is held by the container this target replaces: not a conflict."""
+    dev = running
+    port = free_port()
+    dev.apply(_with(dev, lambda t, s, a: s.update(ports=[f"{port}:80"])))
+    before = dev.by_service()["main"]["Id"]
+    dev.apply(_with(dev, lambda t, s, a: s.update(ports=[f"{port}:80"], environment={"CHANGED": "1"})))
+    main = dev.by_service()["main"]
+    assert main["Id"] != before and main["Ports"][0]["PublicPort"] == port
+    dev.apply()
 
 
 # ------------------------------------------------------------------------------ accepted, never silently

@@ -23,6 +23,7 @@ import pytest
 from oelint_parser.cls_item import FlagAssignment, Inherit, Variable
 from oelint_parser.cls_stash import Stash
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 import supervisor
@@ -64,13 +65,6 @@ STDLIB_CORE = set(sys.builtin_module_names) | {
     "codecs", "inspect", "ipaddress", "operator", "textwrap", "traceback", "types", "glob", "fnmatch",
     "importlib", "heapq", "bisect", "errno", "binascii",
 }
-#: Third-party packages other layers balenaOS builds with provide (balenaos-integration.md §4.4);
-#: every other third-party package the recipe needs must have a recipe in this layer.
-FROM_OTHER_LAYERS = {"python3-flask", "python3-waitress", "python3-requests", "python3-urllib3",
-                     "python3-werkzeug", "python3-pyroute2", "python3-colorzero", "python3-psutil",
-                     "python3-prometheus-client"}
-
-
 def _oelint(release: str, files: list[Path]) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("oelint-adv")
     assert exe, "oelint-adv is missing: pip install -e '.[test]' (it is in the test extra)"
@@ -81,13 +75,36 @@ def _oelint(release: str, files: list[Path]) -> subprocess.CompletedProcess[str]
     )
 
 
-def _layer_files() -> list[Path]:
-    return sorted([*LAYER.glob("recipes-*/*/*.bb"), *LAYER.glob("recipes-*/*/*.bbappend")])
+#: BBFILES_DYNAMIC: the layer collection each release's build always has -> the folder it enables.
+#: meta-balena-<release> is in every balenaOS build of that release and in no other (§4.2).
+DYNAMIC = {"kirkstone": LAYER / "dynamic-layers/balena-kirkstone"}
+
+
+def _files_in(root: Path) -> list[Path]:
+    return [*root.glob("recipes-*/*/*.bb"), *root.glob("recipes-*/*/*.bbappend")]
+
+
+def _layer_files(release: str | None = None) -> list[Path]:
+    """What bitbake parses from this layer in a build of ``release`` (every file when None)."""
+    dynamic = DYNAMIC.values() if release is None else [DYNAMIC[release]] if release in DYNAMIC else []
+    roots = [LAYER, *dynamic]
+    return sorted(f for root in roots for f in _files_in(root))
+
+
+def test_dynamic_layers_match_layer_conf():
+    """The per-release folders the tests use are the ones layer.conf's BBFILES_DYNAMIC enables."""
+    conf = (LAYER / "conf/layer.conf").read_text().replace("\\\n", " ")
+    entries = set(re.search(r'^BBFILES_DYNAMIC \+= "(.*?)"', conf, re.M)[1].split())
+    expected = {f"balena-{release}:${{LAYERDIR}}/{folder.relative_to(LAYER)}/recipes-*/*/*.{ext}"
+                for release, folder in DYNAMIC.items() for ext in ("bb", "bbappend")}
+    assert entries == expected
+    assert set((LAYER / "dynamic-layers").iterdir()) == set(DYNAMIC.values())
+    assert all(_files_in(folder) for folder in DYNAMIC.values())
 
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_oelint_clean(release):
-    files = _layer_files()
+    files = _layer_files(release)
     assert any(f.suffix == ".bbappend" for f in files) and RECIPE in files
     proc = _oelint(release, files)
     # Every finding, info included, is a failure: the layer is kept at zero.
@@ -239,18 +256,92 @@ def test_rdepends_cover_every_runtime_import_and_dependency():
     assert not missing, f"RDEPENDS:${{PN}} of {RECIPE.name} lacks: {missing}"
 
 
-def test_third_party_packages_have_a_recipe_here_or_a_known_layer():
-    ours = {p.name.split("_", 1)[0]: Version(p.stem.split("_", 1)[1]) for p in _recipes()}
-    third_party = {d for d in _var(RECIPE, "RDEPENDS", "${PN}")
-                   if d.startswith("python3-") and d not in STDLIB_PACKAGES.values() and d != "python3-core"}
-    for dep in sorted(third_party):
-        assert dep in ours or dep in FROM_OTHER_LAYERS, f"{dep}: no recipe in this layer or a known layer"
-    # The versions shipped here meet pyproject's minimums.
+#: Python of each release's oe-core (balenaos-integration.md §4.1).
+PYTHON = {"kirkstone": "3.10.20", "scarthgap": "3.12.13"}
+#: Recipes the other layers of a balenaOS build have for each release (oe-core, meta-oe, meta-python,
+#: meta-balena; balenaos-integration.md §4.2-4.4), with the version where §4.4 or the release's
+#: meta-python names it (None: present, version not pinned down). A layer's recipe wins over these
+#: (BBFILE_PRIORITY above meta-python's), whatever the version.
+_COMMON = {"balena": None, "ca-certificates": None, "systemd": None, "python3-colorzero": "2.0",
+           "python3-psutil": None, "python3-urllib3": None, "python3-jinja2": None,
+           "python3-markupsafe": None, "python3-tomli": None, "python3-cython": None}
+OTHER_LAYERS = {
+    "kirkstone": _COMMON | {
+        "python3-flask": "2.1.1", "python3-waitress": "2.1.2",
+        "python3-werkzeug": "2.1.1", "python3-blinker": "1.4", "python3-click": "8.1.2",
+        "python3-itsdangerous": "2.1.2", "python3-requests": "2.27.1"},
+    "scarthgap": _COMMON | {
+        "python3-flask": "3.0.3", "python3-waitress": "3.0.2",
+        "python3-sdbus": "0.11.1", "python3-werkzeug": None, "python3-blinker": None,
+        "python3-click": None, "python3-itsdangerous": None, "python3-requests": None},
+}
+#: oe-core's python3 recipe splits the standard library into these packages (python3-manifest.json);
+#: each exists on both releases.
+PYTHON3_SPLIT = set(STDLIB_PACKAGES.values()) | {
+    "python3-core", "python3-html", "python3-multiprocessing", "python3-pickle", "python3-pkgutil",
+    "python3-netserver", "python3-unixadmin", "python3-profile"}
+
+
+def _ours(release: str) -> dict[str, Path]:
+    """This layer's recipes in a build of ``release``: package name -> recipe."""
+    return {p.name.split("_", 1)[0]: p for p in _layer_files(release) if p.suffix == ".bb"}
+
+
+def _resolve(release: str, package: str) -> tuple[str, Version | None]:
+    """Where ``package`` comes from in a build of ``release`` and its version (None if unknown)."""
+    if package in PYTHON3_SPLIT:
+        return "oe-core python3", Version(PYTHON[release])
+    ours = _ours(release)
+    if package in ours:
+        return "this layer", Version(ours[package].stem.split("_", 1)[1])
+    if package in OTHER_LAYERS[release]:
+        known = OTHER_LAYERS[release][package]
+        return "other layer", Version(known) if known else None
+    pytest.fail(f"{release}: nothing provides {package!r} (no recipe in this layer, not in "
+                f"balenaos-integration.md's lists)")
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_rdepends_resolve_on_the_release(release):
+    """Every RDEPENDS of pysupervisor, and of each recipe of this layer the build uses, names a package
+    some layer of the release's balenaOS build provides; the versions meet pyproject.toml's minimums."""
+    pending = ["pysupervisor"]
+    seen: set[str] = set()
+    ours = _ours(release)
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name != "pysupervisor":
+            _resolve(release, name)
+        if name in ours:  # follow this layer's recipes; other layers' are theirs to keep whole
+            pending += _var(ours[name], "RDEPENDS", "${PN}")
+    assert "python3-flask" in seen and "python3-werkzeug" in seen
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert Version(PYTHON[release]) in SpecifierSet(pyproject["project"]["requires-python"])
     for spec in map(Requirement, pyproject["project"]["dependencies"]):
-        name = _oe_name(spec.name)
-        if name in ours:
-            assert ours[name] in spec.specifier, f"{name} {ours[name]} does not satisfy {spec}"
+        origin, version = _resolve(release, _oe_name(spec.name))
+        if version is not None:
+            assert version in spec.specifier, f"{release}: {spec.name} {version} ({origin}) fails {spec}"
+
+
+def test_pysupervisor_recipe_is_not_skipped():
+    """No release-dependent skip: the recipe parses the same on kirkstone (Python 3.10) and scarthgap."""
+    text = RECIPE.read_text()
+    assert "SkipRecipe" not in text and "__anonymous" not in text
+    # The one per-release difference is the build dependency of setup.py on tomli where there is no tomllib.
+    assert "python3-tomli-native" in text and _resolve("kirkstone", "python3-tomli")
+
+
+def test_docker_on_kirkstone_is_the_pypi_wheel_pinned():
+    """kirkstone has no hatchling to build docker's sdist: its bbappend installs the release's wheel."""
+    (append,) = DYNAMIC["kirkstone"].glob("recipes-devtools/python/python3-docker_*.bbappend")
+    text = append.read_text()
+    url = re.search(r'^PYPI_SRC_URI = "([^"]+)"', text, re.M)[1]
+    assert url.startswith("https://files.pythonhosted.org/packages/py3/d/docker/docker-${PV}-py3-none-any.whl")
+    assert re.search(r'^SRC_URI\[sha256sum\] = "[0-9a-f]{64}"$', text, re.M)
+    assert "python3-hatchling-native" in re.search(r"^DEPENDS:remove = (.*)$", text, re.M)[1]
 
 
 def test_layer_conf_and_stock_supervisor_replacement():
@@ -269,13 +360,13 @@ def test_layer_conf_and_stock_supervisor_replacement():
 #: bbclasses each release's oe-core has that recipes here may use (balenaos-integration.md §4.3), plus
 #: meta-balena-common's balena-configurable. A class missing on one release breaks parsing of the
 #: whole build there, with or without the pysupervisor override.
-CLASSES_COMMON = {"pypi", "setuptools3", "python_pep517", "python_setuptools_build_meta", "systemd",
-                  "pkgconfig", "features_check", "balena-configurable"}
+CLASSES_COMMON = {"pypi", "setuptools3", "python_pep517", "python_setuptools_build_meta", "python_flit_core",
+                  "systemd", "pkgconfig", "features_check", "balena-configurable"}
 CLASSES = {"kirkstone": CLASSES_COMMON,
            "scarthgap": CLASSES_COMMON | {"python_hatchling", "python_maturin", "python_mesonpy"}}
 
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_inherited_classes_exist_on_the_release(release):
-    for path in _recipes():
+    for path in (p for p in _layer_files(release) if p.suffix == ".bb"):
         assert _inherits(path) <= CLASSES[release], (path.name, _inherits(path) - CLASSES[release])

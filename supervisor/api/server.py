@@ -1,8 +1,13 @@
-"""Serving the Flask app with waitress in a thread we can stop.
+"""Serving the API with waitress in a thread we can stop, and building its Flask app when first needed.
 
 waitress runs an asyncore loop until its socket map is empty; to stop promptly we ask the loop
 itself (through its trigger) to close every channel, so ``run()`` returns without waiting for its
 poll timeout, then shut the worker pool down.
+
+Flask, werkzeug, Jinja2, click, itsdangerous and the OpenSSL they load (hashlib, ssl) are about 12 MB
+resident (issue #17: idle <= 30 MB). :class:`LazyApp` answers the two routes an idle device is asked
+(``GET /ping``, ``GET /v1/healthy``: healthchecks, spec §1.3) as the Flask app does, and builds the app
+at the first other request; from then on everything goes to Flask. Nothing here imports Flask.
 """
 
 from __future__ import annotations
@@ -10,10 +15,79 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from ..runtime import Supervisor
 
 log = logging.getLogger(__name__)
+request_log = logging.getLogger("supervisor.api")
+
+
+def log_line(method: str, path: str, status: int, elapsed_ms: float, reason: Callable[[], str]) -> None:
+    """One line per request: DEBUG when it went well (a client polling ``/v2/state/status`` must not
+    flood the journal), INFO with the reason for a client error, ERROR for a server error. The
+    path only: the query string may carry an API key, which must never be logged."""
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.ERROR
+    if not request_log.isEnabledFor(level):
+        return
+    if status < 400:
+        request_log.debug("%s %s %s - %.1f ms", method, path, status, elapsed_ms)
+        return
+    request_log.log(level, "%s %s %s - %.1f ms: %s", method, path, status, elapsed_ms, reason())
+
+
+class LazyApp:
+    """The WSGI app waitress serves: ``/ping`` and ``/v1/healthy`` here, the rest through the Flask app
+    (``build()``), made at the first request that needs it. The answers, request log line and
+    ``api_requests`` metric are the Flask routes' (supervisor/api/v1.py); a device about to go down
+    is left to Flask (its 503)."""
+
+    LIGHT = frozenset({"/ping", "/v1/healthy"})
+
+    def __init__(self, supervisor: Supervisor, build: Callable[[], Flask]) -> None:
+        self.supervisor = supervisor
+        self._build = build
+        self._flask: Flask | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def flask(self) -> Flask:
+        if self._flask is None:
+            with self._lock:
+                if self._flask is None:
+                    started = time.monotonic()
+                    self._flask = self._build()
+                    log.debug("API app built in %.0f ms", (time.monotonic() - started) * 1000)
+        return self._flask
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        if self._flask is None and method in ("GET", "HEAD") and path in self.LIGHT:
+            power = getattr(self.supervisor, "power", None)
+            if power is None or power.going_down is None:
+                return self._light(method, path, start_response)
+        return self.flask(environ, start_response)
+
+    def _light(self, method: str, path: str, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.monotonic()
+        status, body = 200, b"OK"
+        if path == "/v1/healthy":
+            problems = [reason for ok, reason in self.supervisor.health() if not ok]
+            if problems:
+                request_log.warning("Healthcheck failed: %s", "; ".join(problems))
+                status, body = 500, b"Unhealthy"
+        start_response("200 OK" if status == 200 else "500 INTERNAL SERVER ERROR",
+                       [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+        log_line(method, path, status, (time.monotonic() - started) * 1000, body.decode)
+        metrics = getattr(self.supervisor, "metrics", None)
+        if metrics is not None:
+            metrics.inc("api_requests", 1, path, method, str(status))
+        return [] if method == "HEAD" else [body]
 
 
 class ListenError(Exception):
@@ -31,7 +105,7 @@ def _listen_error(host: str, port: int, err: OSError) -> ListenError:
 
 
 class ApiServer:
-    def __init__(self, app: Flask, host: str, port: int, threads: int = 8) -> None:
+    def __init__(self, app: Callable[..., Any], host: str, port: int, threads: int = 8) -> None:
         from waitress.server import create_server
 
         try:

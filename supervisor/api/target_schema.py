@@ -27,7 +27,8 @@ Schema = dict[str, Any]
 
 _PORT_NUMBER = r"0*(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 _RANGE = rf"{_PORT_NUMBER}(?:-{_PORT_NUMBER})?"
-PORT_PATTERN: Final = rf"^(?:(?:[0-9a-fA-F.:]+:)?(?:{_RANGE})?:)?{_RANGE}(?:/(?:tcp|udp))?$"
+_HOST_IP = r"(?:\[[0-9a-fA-F:.]+\]|[0-9a-fA-F.:]+)"  # IPv6 in brackets, as compose writes it
+PORT_PATTERN: Final = rf"^(?:(?:{_HOST_IP}:)?(?:{_RANGE})?:)?{_RANGE}(?:/(?:tcp|udp))?$"
 SIZE_PATTERN: Final = r"^[0-9]+[bBkKmMgG]?[bB]?$"
 DURATION_PATTERN: Final = r"^(?:[0-9.]+(?:ns|us|µs|ms|s|m|h|d|w))+$|^0$"
 NUMERIC_ID: Final = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^[0-9]+$"}]}
@@ -112,7 +113,8 @@ SERVICE: Final[Schema] = {
         },
         "restart": {
             "type": "string",
-            "pattern": rf"^\s*(?:{'|'.join(_any_case(p) for p in RESTART_POLICIES)})?\s*$",
+            "pattern": rf"^\s*(?:{'|'.join(_any_case(p) for p in RESTART_POLICIES)}"
+            rf"|{_any_case('on-failure')}:[0-9]{{1,10}})?\s*$",
         },
         "volumes": {
             "type": "array",
@@ -169,7 +171,12 @@ SERVICE: Final[Schema] = {
         "dns": _STRING_OR_LIST,
         "dns_search": _STRING_OR_LIST,
         "dns_opt": _STRING_OR_LIST,
-        "extra_hosts": _STRING_OR_LIST,
+        "extra_hosts": {
+            "anyOf": [
+                *_STRING_OR_LIST["anyOf"],
+                {"type": "object", "additionalProperties": {"type": "string"}},
+            ]
+        },
         "tmpfs": _STRING_OR_LIST,
         "security_opt": _STRING_OR_LIST,
         "group_add": _STRING_OR_LIST,

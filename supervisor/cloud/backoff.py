@@ -10,10 +10,14 @@ the reference uses the number as milliseconds, which retries 1000x too early (do
 
 from __future__ import annotations
 
+import logging
 import random
+import time as _time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from time import time
+
+log = logging.getLogger(__name__)
 
 #: A Retry-After longer than this is taken as this (a broken header must not park a device for days).
 MAX_RETRY_AFTER_S = 3600.0
@@ -51,3 +55,36 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+class Retry:
+    """The retry loop of one kind of cloud request (the state report, the tags report): a failed
+    attempt gives the delay before the next (the Backoff's, or the server's Retry-After) and is
+    logged with it; a success resets the count. ``what`` completes "Could not ..." in the log."""
+
+    def __init__(self, what: str, min_s: Callable[[], float], max_s: Callable[[], float]) -> None:
+        self.what = what
+        self.backoff = Backoff(min_s, max_s)
+        self.last_error: str | None = None
+
+    def attempt(self, request: Callable[[], object]) -> float | None:
+        """Run ``request``; None when it succeeded, else the seconds to wait before trying again.
+        Only a CloudRequestError is a failed attempt; anything else propagates."""
+        from .client import CloudRequestError
+
+        try:
+            request()
+        except CloudRequestError as exc:
+            delay = self.backoff.next(exc.retry_after)
+            self.last_error = str(exc)
+            log.warning("Could not %s (%s), retrying in %.1fs", self.what, exc, delay)
+            return delay
+        self.backoff.reset()
+        self.last_error = None
+        return None
+
+
+def spacing(last: float, minimum: float) -> float:
+    """Seconds still to wait so that requests stay ``minimum`` apart after one at ``last``
+    (``time.monotonic()``); 0 when they already are."""
+    return max(0.0, minimum - (_time.monotonic() - last))

@@ -27,9 +27,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Config
+from ..state.admission import HostConflict
 from ..state.device_config import DEFAULTS, format_config_keys
 from ..state.target import TargetDevice, TargetStateError
 from ..subsystem import Subsystem
@@ -41,6 +42,9 @@ from .report import StateReporter
 from .tags import TagService, TagStore
 from .target import validate_cloud_target
 from .timing import Timing
+
+if TYPE_CHECKING:
+    from ..state.hostview import HostView
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,9 @@ class DeviceSide(Protocol):
 
     def apply(self, *, force: bool, cancel: bool) -> None:
         """Have the stored target applied (``cancel``: at the next step boundary)."""
+
+    def host_view(self) -> HostView | None:
+        """What admission checks a target against besides itself (state/hostview.py), or None."""
 
     def report_state(self) -> dict[str, Any]:
         """The device fields and ``apps`` of the state report, metrics excluded (§2.3)."""
@@ -125,6 +132,7 @@ class CloudBinder(Subsystem):
         self._etag: str | None = None
         self._cached: Any = None
         self._emitted = False
+        self._host_conflict = False  # the last target was refused for the device's present state
         self._was_local: bool | None = None
         self._last_error: str | None = None
         self.poll_backoff = Backoff(lambda: self.timing.backoff_min, self.poll_interval_s)
@@ -348,7 +356,8 @@ class CloudBinder(Subsystem):
             return False
         self._last_error = None
         self.last_successful_fetch = time.monotonic()
-        if status == 200 or not self._emitted:
+        if status == 200 or not self._emitted or self._host_conflict:
+            # A target refused for what the device held (a port, a subnet) is tried again.
             self._emit(self._cached, force=force)
         elif from_api:
             self._apply(force=force)
@@ -357,8 +366,9 @@ class CloudBinder(Subsystem):
     def _emit(self, body: Any, *, force: bool) -> None:
         self._emitted = True
         try:
-            target = validate_cloud_target(body, self.config.uuid)
+            target = validate_cloud_target(body, self.config.uuid, host=self.device.host_view())
         except TargetStateError as exc:
+            self._host_conflict = isinstance(exc, HostConflict)
             message = str(exc)
             if message != self.target_error:
                 for i, line in enumerate(message.splitlines() or [message]):
@@ -366,6 +376,7 @@ class CloudBinder(Subsystem):
             self.target_error = message
             return
         self.target_error = None
+        self._host_conflict = False
         self.device.store_target(target)
         self.reporter.changed()
         if self.device.local_mode():

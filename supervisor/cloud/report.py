@@ -24,8 +24,8 @@ from typing import Any
 
 from ..atomic import write_atomic
 from ..subsystem import Subsystem
-from .backoff import Backoff
-from .client import ApiClient, CloudRequestError
+from .backoff import Retry, spacing
+from .client import ApiClient
 from .metrics import METRIC_KEYS, with_hysteresis
 from .timing import Timing
 
@@ -71,8 +71,7 @@ class StateReporter(Subsystem):
         self._last: dict[str, Any] = {}
         self._last_sent = float("-inf")  # monotonic time of the last successful report
         self.sent = 0
-        self.last_error: str | None = None
-        self.backoff = Backoff(lambda: self.timing.backoff_min, self.poll_interval_s)
+        self.retry = Retry("report the device state", lambda: self.timing.backoff_min, self.poll_interval_s)
 
     # ------------------------------------------------------------------ any thread
     def changed(self) -> None:
@@ -108,27 +107,23 @@ class StateReporter(Subsystem):
             # The 10 s timer: deferred changes and the metrics report go out on it (§10.4).
             if self.wait_on(self._cond, lambda: self._changed, self.timing.report_min_interval):
                 return
-            since = time.monotonic() - self._last_sent
-            if since < self.timing.report_min_interval and self.wait(self.timing.report_min_interval - since):
+            if self.wait(spacing(self._last_sent, self.timing.report_min_interval)):
                 return
             try:
-                self.report_once()
-            except CloudRequestError as exc:
-                delay = self.backoff.next(exc.retry_after)
-                self.last_error = str(exc)
-                log.warning("Could not report the device state (%s), retrying in %.1fs", exc, delay)
-                with self._cond:
-                    self._changed = True
-                if self.wait(delay):
-                    return
-                continue
+                delay = self.retry.attempt(self.report_once)
             except Exception:  # a bug building the report: log it, keep the thread alive
                 log.exception("Could not build the state report")
-                if self.wait(self.timing.backoff_min):
+                delay = self.timing.backoff_min
+            if delay is not None:
+                with self._cond:
+                    self._changed = True  # what was not sent is still to send
+                if self.wait(delay):
                     return
-                continue
-            self.backoff.reset()
-            self.last_error = None
+
+    @property
+    def last_error(self) -> str | None:
+        """The last failed report's error, None once one succeeded."""
+        return self.retry.last_error
 
     def build(self) -> dict[str, Any]:
         """The current state to report: device fields, apps, bucketed metrics."""

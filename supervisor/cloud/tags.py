@@ -18,7 +18,7 @@ from typing import Any
 
 from ..config import Config
 from ..subsystem import Subsystem
-from .backoff import Backoff
+from .backoff import Retry, spacing
 from .client import ApiClient, CloudRequestError, CloudUnavailableError
 from .timing import Timing
 
@@ -86,7 +86,7 @@ class TagService(Subsystem):
         self._fetch_error: str | None = None
         self._generation = 0
         self._last_report = float("-inf")
-        self.backoff = Backoff(lambda: self.timing.backoff_min, poll_interval_s)
+        self.retry = Retry("report device tags", lambda: self.timing.backoff_min, poll_interval_s)
         self.reports = 0
 
     # ------------------------------------------------------------------ request threads
@@ -126,15 +126,9 @@ class TagService(Subsystem):
                 return
             delay = None
             if self._report:
-                since = time.monotonic() - self._last_report
-                if since < self.timing.tags_min_interval and self.wait(self.timing.tags_min_interval - since):
+                if self.wait(spacing(self._last_report, self.timing.tags_min_interval)):
                     return
-                try:
-                    self._report_once()
-                    self.backoff.reset()
-                except CloudRequestError as exc:
-                    delay = self.backoff.next(exc.retry_after)
-                    log.warning("Could not report device tags (%s), retrying in %.1fs", exc, delay)
+                delay = self.retry.attempt(self._report_once)
             if self._refresh:
                 self._fetch()
 

@@ -11,17 +11,21 @@ only for a new target body (a 304 is not re-validated), so a key is not warned a
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..state.admission import validate
 from ..state.target import TargetDevice
 
+if TYPE_CHECKING:
+    from ..state.hostview import HostView
+
 log = logging.getLogger(__name__)
 
 
-def validate_cloud_target(body: Any, uuid: str) -> TargetDevice:
-    """The v3 target of this device (``{<uuid>: {name, config, apps}}``), admitted."""
-    target, warnings = validate(body, uuid)
+def validate_cloud_target(body: Any, uuid: str, *, host: HostView | None = None) -> TargetDevice:
+    """The v3 target of this device (``{<uuid>: {name, config, apps}}``), admitted; with ``host``,
+    also against what the device holds outside it (HostConflict)."""
+    target, warnings = validate(body, uuid, host=host)
     for warning in warnings:
         log.warning("Cloud target: %s", warning)
     return target

@@ -15,14 +15,18 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+#: The engine's MaximumRetryCount is a Go int; beyond int32 a 32-bit engine cannot decode it.
+MAX_RETRY_COUNT = 2**31 - 1
+_ON_FAILURE = re.compile(r"on-failure:([0-9]+)")
 _SELINUX_LABEL = re.compile(r"label=.*")
 
 
 def restart_policy(value: Any) -> str:
-    """One of the four engine policies; anything else (or nothing) means `always`.
+    """One of the four engine policies, or ``on-failure:N`` (compose's retry count, the engine's
+    ``MaximumRetryCount``); anything else (or nothing) means `always`.
 
     The reference sends `no` as an empty name; the engine treats both alike and may report either, so
-    both are read as `no` here.
+    both are read as `no` here. ``on-failure:0`` is the engine's unlimited retries, i.e. `on-failure`.
     """
     if value is None:
         return "always"
@@ -32,15 +36,30 @@ def restart_policy(value: Any) -> str:
     name = value.lower().strip()
     if name == "":
         return "no"
-    return name if name in RESTART_POLICIES else "always"
+    if name in RESTART_POLICIES:
+        return name
+    match = _ON_FAILURE.fullmatch(name)
+    if match is not None and int(match[1]) <= MAX_RETRY_COUNT:
+        count = int(match[1])
+        return f"on-failure:{count}" if count else "on-failure"
+    return "always"
 
 
 def restart_from_docker(policy: Mapping[str, Any] | None) -> str:
-    """`HostConfig.RestartPolicy.Name`; absent means `always`, empty means `no`."""
+    """`HostConfig.RestartPolicy` (Name, MaximumRetryCount); absent means `always`, empty means `no`."""
     name = (policy or {}).get("Name")
     if name is None:
         return "always"
+    count = (policy or {}).get("MaximumRetryCount") or 0
+    if name == "on-failure" and isinstance(count, int) and count > 0:
+        return restart_policy(f"on-failure:{count}")
     return restart_policy(name)
+
+
+def restart_to_docker(policy: str) -> dict[str, Any]:
+    """A policy as :func:`restart_policy` gives it -> the engine's ``RestartPolicy``."""
+    name, _, count = policy.partition(":")
+    return {"Name": name, "MaximumRetryCount": int(count or 0)}
 
 
 def string_list(value: Any) -> list[str]:
@@ -53,7 +72,9 @@ def string_list(value: Any) -> list[str]:
 
 
 def extra_hosts(value: Any) -> list[str]:
-    """`host=ip` is written `host:ip` (the first `=` only)."""
+    """`host=ip` is written `host:ip` (the first `=` only); compose's mapping form `{host: ip}` too."""
+    if isinstance(value, Mapping):
+        return [f"{host}:{str(ip).removeprefix('[').removesuffix(']')}" for host, ip in value.items()]
     return [h.replace("=", ":", 1) for h in string_list(value)]
 
 

@@ -16,7 +16,7 @@ from .errors import InvalidPortDefinition
 PortMap = dict[str, Any]
 
 _PORT_RE = re.compile(
-    r"^(?:(?:(?P<host>[a-fA-F\d.:]+):)?(?P<ext>\d*)(?:-(?P<ext_end>\d+))?:)?"
+    r"^(?:(?:(?P<host>\[[a-fA-F\d.:]+\]|[a-fA-F\d.:]+):)?(?P<ext>\d*)(?:-(?P<ext_end>\d+))?:)?"
     r"(?P<int>\d+)(?:-(?P<int_end>\d+))?(?:/(?P<proto>udp|tcp))?$"
 )
 _BINDING_KEY_RE = re.compile(r"(\d+)(?:/?([a-z]+))?", re.IGNORECASE)
@@ -28,8 +28,9 @@ def _port_string(entry: Any) -> str:
         text = str(entry.get("target", ""))
         if entry.get("published") not in (None, ""):
             text = f"{entry['published']}:{text}"
-            if entry.get("host_ip"):
-                text = f"{entry['host_ip']}:{text}"
+            host = str(entry.get("host_ip") or "")
+            if host:
+                text = f"[{host}]:{text}" if ":" in host and not host.startswith("[") else f"{host}:{text}"
         if entry.get("protocol"):
             text = f"{text}/{entry['protocol']}"
         return text
@@ -58,7 +59,7 @@ def parse_port(entry: Any) -> PortMap:
         "externalStart": external,
         "externalEnd": external_end,
         "protocol": match["proto"] or "tcp",
-        "host": match["host"] or "",
+        "host": (match["host"] or "").removeprefix("[").removesuffix("]"),  # the engine's HostIp
     }
     if internal_end - internal != external_end - external:
         raise InvalidPortDefinition(f"Range for internal and external ports does not match: {text}")

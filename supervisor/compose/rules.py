@@ -33,7 +33,7 @@ from supervisor.state.validation import ValidationError, child, describe, json_t
 from .casing import SUPPORTED_KEYS, camel_case
 from .command import as_argv
 from .errors import ComposeError
-from .fields import RESTART_POLICIES
+from .fields import MAX_RETRY_COUNT, RESTART_POLICIES
 from .ports import parse_port
 from .units import duration_ms
 
@@ -298,19 +298,26 @@ def published_ports(value: Any) -> list[tuple[str, str, int]]:
 
 
 # --------------------------------------------------------------------------- restart, signals
+_POLICY_NAMES: Final = "'no', 'always', 'on-failure[:N]', 'unless-stopped'"
+
+
 def _restart(value: Any, path: str, scope: ReleaseScope) -> None:
+    """A restart policy the engine takes: one of the four names, or ``on-failure:N`` with N the
+    engine's MaximumRetryCount (0 or more; the engine refuses a negative count)."""
     if isinstance(value, bool) and value is False:
-        raise _fail(
-            path,
-            "expected one of 'no', 'always', 'on-failure', 'unless-stopped', got false (quote 'no' in YAML)",
-        )
+        raise _fail(path, f"expected one of {_POLICY_NAMES}, got false (quote 'no' in YAML)")
     text = _string(value, path).strip().lower()
     if text in RESTART_POLICIES or text == "":
         return
-    if text.startswith("on-failure:"):
-        raise _fail(path, f"{describe(value)}: a retry count is not supported; use 'on-failure'")
-    allowed = ", ".join(repr(p) for p in RESTART_POLICIES)
-    raise _fail(path, f"restart policy {describe(value)} is not one of {allowed}")
+    name, colon, count = text.partition(":")
+    if name == "on-failure" and colon:
+        if not re.fullmatch(r"[0-9]{1,10}", count) or int(count) > MAX_RETRY_COUNT:
+            raise _fail(
+                path,
+                f"{describe(value)}: the retry count must be a whole number from 0 to {MAX_RETRY_COUNT}",
+            )
+        return
+    raise _fail(path, f"restart policy {describe(value)} is not one of {_POLICY_NAMES}")
 
 
 _SIGNALS = frozenset(s.name for s in signal.Signals if s.name.startswith("SIG") and "_" not in s.name)
@@ -531,8 +538,16 @@ def _dns(value: Any, path: str, scope: ReleaseScope) -> None:
 
 
 def _extra_hosts(value: Any, path: str, scope: ReleaseScope) -> None:
+    """A list of ``host:ip`` (or ``host=ip``), or compose's mapping ``{host: ip}``."""
     if isinstance(value, Mapping):
-        raise _fail(path, "expected a list of 'host:ip' entries, got an object")
+        for host, address in value.items():
+            item_path = child(path, str(host))
+            text = _string(address, item_path)
+            if not str(host) or ":" in str(host):
+                raise _fail(item_path, f"{describe(host)} is not a host name")
+            if text != "host-gateway":
+                _ip(text[1:-1] if text.startswith("[") else text, item_path)
+        return
     for item, item_path in _list(value, path):
         text = _string(item, item_path)
         sep = "=" if "=" in text else ":"

@@ -496,7 +496,7 @@ class Service:
             "SecurityOpt": list(config["securityOpt"]),
             "Sysctls": dict(config["sysctls"]),
             "Ulimits": ulimits.to_docker(config["ulimits"]),
-            "RestartPolicy": {"Name": config["restart"], "MaximumRetryCount": 0},
+            "RestartPolicy": fields.restart_to_docker(config["restart"]),
             "CpuShares": config["cpuShares"],
             "CpuQuota": config["cpuQuota"],
             "CpusetCpus": config["cpuset"],

@@ -1,7 +1,7 @@
 """The host OS side of the supervisor (spec §6, §10.7, §13): facts about the host, the D-Bus clients
 (hostname, proxy units, VPN, discoverability, reboot/shutdown), the firewall and netlink addresses.
 
-Modules import their heavy libraries (sdbus, pyroute2) where they are used; importing this package
+Modules import their heavy libraries (sdbus) where they are used; importing this package
 costs only the facts module.
 """
 

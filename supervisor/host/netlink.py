@@ -1,7 +1,10 @@
 """IP and MAC addresses from the kernel over netlink (spec §10.7, §13.7), and noticing when they change.
 
-pyroute2 speaks rtnetlink for us (a maintained library; parsing netlink by hand is not this project's
-core). It is imported where used: a subsystem that is never started costs no memory.
+rtnetlink is spoken here with the standard library's ``AF_NETLINK`` socket, not pyroute2: importing any
+part of pyroute2 runs its package ``__init__``, which loads the whole library (asyncio, every netlink
+family, psutil), 12-17 MB resident for two dumps and a subscription (issue #17). What is read is small
+and fixed (two message kinds, five attributes), so it is a table below, tested against the kernel in a
+network namespace (tests/test_host_netlink.py).
 
 * IP addresses (§10.7): every IPv4 address and every IPv6 address of scope 0 (global: Node's
   ``scopeid == 0``; link-local addresses have a scope id) on an interface that is not a loopback and
@@ -19,12 +22,14 @@ container veths appear unenslaved for a moment on every container start, which w
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import socket
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..subsystem import Subsystem
@@ -42,29 +47,123 @@ POLL_SECONDS = 30.0
 #: Events that come together (a link with its addresses) are read once, this long after the first.
 COALESCE_SECONDS = 0.2
 
-
-def _iproute(netns: str | None) -> Any:
-    from pyroute2 import IPRoute
-
-    return IPRoute(netns=netns) if netns else IPRoute()
-
-
-def _links(ipr: Any) -> dict[int, dict[str, Any]]:
-    links = {}
-    for msg in ipr.get_links():
-        links[msg["index"]] = {
-            "name": msg.get("IFLA_IFNAME") or "", "type": msg["ifi_type"], "flags": msg["flags"],
-            "address": msg.get("IFLA_ADDRESS"), "master": msg.get("IFLA_MASTER"),
-        }
-    return links
+# rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h) ------------------
+NETLINK_ROUTE = 0
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 18, 20, 22
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_RTATTR = struct.Struct("=HH")  # len, type
+_RECV_BYTES = 65536  # a dump part is at most 32 KiB
 
 
-def read_addresses(netns: str | None = None) -> tuple[list[str], list[str]]:
-    """(IP addresses, MAC addresses) of the namespace (the current one by default)."""
-    with _iproute(netns) as ipr:
-        links = _links(ipr)
-        v4 = [(m["index"], m.get("IFA_ADDRESS")) for m in ipr.get_addr(family=socket.AF_INET)]
-        v6 = [(m["index"], m.get("IFA_ADDRESS")) for m in ipr.get_addr(family=socket.AF_INET6)
+def _mac(raw: bytes, _family: int) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _name(raw: bytes, _family: int) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _u32(raw: bytes, _family: int) -> int:
+    return int(struct.unpack_from("=I", raw)[0])
+
+
+def _ip(raw: bytes, family: int) -> str:
+    return socket.inet_ntop(family, raw)
+
+
+#: message type -> (fixed header struct, its field names, {attribute type: (key, decoder)}).
+#: ``ifinfomsg``: family, pad, type, index, flags, change; ``ifaddrmsg``: family, prefixlen, flags,
+#: scope, index. Attributes not listed are skipped.
+Decoder = Callable[[bytes, int], Any]  # (attribute payload, address family) -> value
+MESSAGES: dict[int, tuple[struct.Struct, tuple[str, ...], dict[int, tuple[str, Decoder]]]] = {
+    RTM_NEWLINK: (struct.Struct("=BxHiII"), ("family", "type", "index", "flags", "change"),
+                  {1: ("address", _mac), 3: ("name", _name), 10: ("master", _u32)}),  # IFLA_*
+    RTM_NEWADDR: (struct.Struct("=BBBBI"), ("family", "prefixlen", "flags", "scope", "index"),
+                  {1: ("address", _ip)}),  # IFA_ADDRESS
+}
+
+
+def parse(data: bytes) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(type, seq, fields) of each message in one ``recv``; types not in :data:`MESSAGES` get no
+    fields, except ``NLMSG_ERROR`` (``error``: the negative errno)."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size or offset + length > len(data):
+            return  # cut short: never read past the datagram
+        body = data[offset + _NLMSGHDR.size:offset + length]
+        fields: dict[str, Any] = {}
+        if kind == NLMSG_ERROR:
+            fields["error"] = struct.unpack_from("=i", body)[0]
+        elif kind in MESSAGES:
+            header, names, attrs = MESSAGES[kind]
+            fields.update(zip(names, header.unpack_from(body), strict=True))
+            at = header.size
+            while at + _RTATTR.size <= len(body):
+                attr_len, attr_type = _RTATTR.unpack_from(body, at)
+                if attr_len < _RTATTR.size:
+                    break
+                known = attrs.get(attr_type & 0x3FFF)  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+                if known is not None:
+                    key, decode = known
+                    fields[key] = decode(body[at + _RTATTR.size:at + attr_len], fields["family"])
+                at += (attr_len + 3) & ~3
+        yield kind, seq, fields
+        offset += (length + 3) & ~3
+
+
+def open_socket(groups: int = 0) -> socket.socket:
+    """A route netlink socket of this thread's network namespace, subscribed to ``groups``."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    try:
+        sock.bind((0, groups))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+#: How sockets are opened: tests open them in a namespace of their own (a socket stays in the
+#: namespace it was made in).
+Opener = Callable[[int], socket.socket]
+
+
+def dump(sock: socket.socket, request: int, family: int, seq: int) -> list[dict[str, Any]]:
+    """Every object of one ``RTM_GET*`` dump (links or addresses of ``family``), in kernel order."""
+    header, _names, _attrs = MESSAGES[request - 2]  # RTM_GETx = RTM_NEWx + 2
+    body = bytes([family]) + bytes(header.size - 1)
+    sock.sendto(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), request, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+                + body, (0, 0))
+    found: list[dict[str, Any]] = []
+    while True:
+        for kind, got_seq, fields in parse(sock.recv(_RECV_BYTES)):
+            if got_seq != seq:
+                continue
+            if kind == NLMSG_DONE:
+                return found
+            if kind == NLMSG_ERROR and fields["error"]:
+                raise OSError(-fields["error"], os.strerror(-fields["error"]))
+            if kind == request - 2:
+                found.append(fields)
+
+
+def _links(sock: socket.socket) -> dict[int, dict[str, Any]]:
+    return {
+        msg["index"]: {"name": msg.get("name") or "", "type": msg["type"], "flags": msg["flags"],
+                       "address": msg.get("address"), "master": msg.get("master")}
+        for msg in dump(sock, RTM_GETLINK, socket.AF_UNSPEC, 1)
+    }
+
+
+def read_addresses(opener: Opener = open_socket) -> tuple[list[str], list[str]]:
+    """(IP addresses, MAC addresses) of the network namespace ``opener`` opens sockets in."""
+    with opener(0) as sock:
+        links = _links(sock)
+        v4 = [(m["index"], m.get("address")) for m in dump(sock, RTM_GETADDR, socket.AF_INET, 2)]
+        v6 = [(m["index"], m.get("address")) for m in dump(sock, RTM_GETADDR, socket.AF_INET6, 3)
               if m["scope"] == 0]
     return ip_addresses(links, v4, v6), mac_addresses(links)
 
@@ -106,10 +205,10 @@ class NetworkFacts(Subsystem):
 
     name = "netlink"
 
-    def __init__(self, *, netns: str | None = None, poll_seconds: float = POLL_SECONDS,
+    def __init__(self, *, opener: Opener = open_socket, poll_seconds: float = POLL_SECONDS,
                  on_change: Callable[[list[str]], None] | None = None) -> None:
         super().__init__()
-        self.netns = netns
+        self.opener = opener
         self.poll_seconds = poll_seconds
         self.on_change = on_change
         self._lock = threading.Lock()
@@ -131,8 +230,8 @@ class NetworkFacts(Subsystem):
     def refresh(self) -> None:
         """Read both lists now; a failure is logged once (until a read works again)."""
         try:
-            ips, macs = read_addresses(self.netns)
-        except Exception as err:  # no netlink (a sandbox), or pyroute2 missing
+            ips, macs = read_addresses(self.opener)
+        except Exception as err:  # no netlink (a sandbox), or a message we cannot read
             if not self._read_failed:
                 log.warning("Cannot read the network addresses over netlink: %s", err)
             self._read_failed = True
@@ -158,16 +257,10 @@ class NetworkFacts(Subsystem):
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"x")
 
-    def _subscribe(self) -> Any:
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
-
-        ipr = _iproute(self.netns)
-        try:
-            ipr.bind(groups=RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_LINK)
-        except Exception:
-            ipr.close()
-            raise
-        return ipr
+    def _subscribe(self) -> socket.socket:
+        events = self.opener(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_LINK)
+        events.setblocking(False)
+        return events
 
     def run(self) -> None:
         try:
@@ -203,9 +296,14 @@ class NetworkFacts(Subsystem):
             events.close()
 
     @staticmethod
-    def _drain(events: Any) -> None:
-        """Read every queued event (their content does not matter: the lists are read again)."""
-        import select
-
-        while select.select([events.fileno()], [], [], 0)[0]:
-            events.get()
+    def _drain(events: socket.socket) -> None:
+        """Read every queued event (their content does not matter: the lists are read again). An
+        overrun (``ENOBUFS``: events were lost) needs nothing more for the same reason."""
+        while True:
+            try:
+                events.recv(_RECV_BYTES)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno != errno.ENOBUFS:
+                    raise

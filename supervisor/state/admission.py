@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -53,7 +54,17 @@ from .validation import ValidationError, child
 if TYPE_CHECKING:
     from supervisor.compose.service import ServiceContext
 
-__all__ = ["WarningLog", "buildable", "placeholder_context", "validate", "validate_local", "validate_preload"]
+    from .hostview import HostView
+
+__all__ = [
+    "HostConflict",
+    "WarningLog",
+    "buildable",
+    "placeholder_context",
+    "validate",
+    "validate_local",
+    "validate_preload",
+]
 
 DEVICE_KEYS: Final = ("name", "config", "apps")
 APP_KEYS: Final = ("id", "name", "class", "releases", "parent_app", "is_host")
@@ -70,6 +81,9 @@ SERVICE_KEYS: Final = (
 )
 
 Paths = Callable[[str], str]
+#: What a commit may hold: it ends every container name (compose/naming.py), which the engine
+#: allows only of these characters.
+_COMMIT_RE: Final = re.compile(r"[a-zA-Z0-9_.-]+")
 
 
 def _cpus() -> int:
@@ -77,11 +91,14 @@ def _cpus() -> int:
 
 
 # ------------------------------------------------------------------------------ the doors
-def validate(doc: Any, device_uuid: str, *, cpus: int | None = None) -> tuple[TargetDevice, list[str]]:
+def validate(
+    doc: Any, device_uuid: str, *, cpus: int | None = None, host: HostView | None = None
+) -> tuple[TargetDevice, list[str]]:
     """Admit a cloud v3 target ``{<deviceUuid>: TargetDevice}``: this device's entry and the warnings.
 
     For the cloud binder. Raises TargetStateError (``.path`` in ``doc``, ``.rule``) when the target
-    cannot be applied; nothing has been stored then. Every device entry must parse, as in the reference.
+    cannot be applied, :class:`HostConflict` when only the device's present state stops it; nothing
+    has been stored then. Every device entry must parse, as in the reference.
     """
     from .target import parse_target_state
 
@@ -92,12 +109,12 @@ def validate(doc: Any, device_uuid: str, *, cpus: int | None = None) -> tuple[Ta
     def where(path: str) -> str:
         return prefix + path if not path or path.startswith("[") else f"{prefix}.{path}"
 
-    warnings += _check(device, where, cpus)
+    warnings += _check(device, where, cpus, host)
     return device, warnings
 
 
 def validate_local(
-    body: Any, *, current_name: str, cpus: int | None = None
+    body: Any, *, current_name: str, cpus: int | None = None, host: HostView | None = None
 ) -> tuple[TargetDevice, list[str]]:
     """Admit a ``POST /v2/local/target-state`` body (§2.5.1); raises TargetStateError naming the field."""
     paths = V2Paths()
@@ -107,7 +124,7 @@ def validate_local(
     except ValidationError as err:
         raise _refused(ValidationError(paths.user_path(err.path), err.rule)) from err
     warnings = _unknown_v2(body)
-    warnings += _check(device, paths.user_path, cpus)
+    warnings += _check(device, paths.user_path, cpus, host)
     return device, warnings
 
 
@@ -117,7 +134,7 @@ def validate_preload(doc: Any, *, current_name: str, cpus: int | None = None) ->
 
     preload = parse_apps_json(doc, current_name=current_name)
     try:
-        warnings = _check(preload.device, lambda p: p, cpus)
+        warnings = _check(preload.device, lambda p: p, cpus, None)
     except TargetStateError as err:
         raise AppsJsonParseError(
             f"Invalid apps.json: {err.path}: {err.rule}", path=err.path, rule=err.rule
@@ -175,16 +192,23 @@ class _AtUserPath(ValidationError):
     """A refusal whose path is already the user's (the rules are given user paths)."""
 
 
-def _check(device: TargetDevice, user_path: Paths, cpus: int | None) -> list[str]:
+def _check(device: TargetDevice, user_path: Paths, cpus: int | None, host: HostView | None) -> list[str]:
     """The engine's and the kernel's rules over a parsed target; the warnings, or TargetStateError.
 
-    ``user_path`` maps a path of the v3 model (``apps.<uuid>.releases...``) to the user's.
+    ``user_path`` maps a path of the v3 model (``apps.<uuid>.releases...``) to the user's. With
+    ``host``, then what the device holds outside the target (:func:`_check_host`).
     """
     try:
-        return _check_rules(device, user_path, cpus or _cpus())
+        warnings = _check_rules(device, user_path, cpus or _cpus())
     except ValidationError as err:
         path = err.path if isinstance(err, _AtUserPath) else user_path(err.path)
         raise _refused(ValidationError(path, err.rule)) from err
+    if host is not None:
+        try:
+            _check_host(device, user_path, host)
+        except ValidationError as err:
+            raise _refused(err, HostConflict) from err
+    return warnings
 
 
 def _check_rules(device: TargetDevice, user_path: Paths, cpus: int) -> list[str]:
@@ -196,6 +220,12 @@ def _check_rules(device: TargetDevice, user_path: Paths, cpus: int) -> list[str]
         if release is None:
             continue
         rel = child(child(child("apps", uuid), "releases"), release.commit)
+        if release.services and not _COMMIT_RE.fullmatch(release.commit):
+            raise _AtUserPath(
+                user_path(rel),
+                f"commit {release.commit!r} must match ^[a-zA-Z0-9_.-]+$: it is part of the names of "
+                "the release's containers (<service>_<imageId>_<releaseId>_<commit>)",
+            )
         for name, config in release.volumes.items():
             warnings += _mapped(
                 rules.check_volume_config, config, child(child(rel, "volumes"), name), user_path
@@ -330,26 +360,72 @@ def _check_ports(
         published.setdefault(key, (host, svc_path))
 
 
+# ---------------------------------------------------------------------- the device's state
+class HostConflict(TargetStateError):
+    """Refused for what the device holds outside the target now (a device path it lacks, a subnet
+    or host port taken): the same target may pass later, so the cloud binder checks it again."""
+
+
+def _check_host(device: TargetDevice, user_path: Paths, host: HostView) -> None:
+    """What the engine would refuse because of the device, not the target (state/hostview.py): a
+    device path the host lacks, a subnet overlapping a network outside the target, a host port a
+    container outside the target publishes. Runs on a target the rules above admitted."""
+    import ipaddress
+
+    for uuid, app in device.apps.items():
+        release = app.release
+        if release is None:
+            continue
+        rel = child(child(child("apps", uuid), "releases"), release.commit)
+        for name, config in release.networks.items():
+            pools = (config.get("ipam") or {}).get("config") or [] if isinstance(config, Mapping) else []
+            for index, pool in enumerate(pools):
+                if not pool.get("subnet"):
+                    continue
+                subnet = ipaddress.ip_network(pool["subnet"])
+                clash = host.overlapping(subnet)
+                if clash is not None:
+                    path = child(child(child(child(child(rel, "networks"), name), "ipam"), "config"), index)
+                    raise ValidationError(
+                        user_path(child(path, "subnet")),
+                        f"{subnet} overlaps {clash[1]} of the engine's network {clash[0].name!r}, which "
+                        "is not this target's (the engine refuses: Pool overlaps with other one on this "
+                        "address space)",
+                    )
+        for name, svc in _installed_services(app):
+            composition = svc.composition
+            svc_path = child(child(child(rel, "services"), name), "composition")
+            for index, item in enumerate(composition.get("devices") or ()):
+                problem = host.device_problem(_device_path(item))
+                if problem is not None:
+                    raise ValidationError(user_path(child(child(svc_path, "devices"), index)), problem)
+            if composition.get("network_mode", composition.get("networkMode")) == "host":
+                continue  # nothing is published (admitted with a warning)
+            for index, item in enumerate(composition.get("ports") or ()):
+                for host_ip, protocol, port in rules.published_ports([item]):
+                    held = host.port_holder(host_ip, protocol, port)
+                    if held is not None:
+                        raise ValidationError(
+                            user_path(child(child(svc_path, "ports"), index)),
+                            f"host port {port}/{protocol} is already published by container "
+                            f"{held.container!r}, which is not this target's (the engine refuses: "
+                            "port is already allocated)",
+                        )
+
+
+def _device_path(item: Any) -> str:
+    """The host path of a (valid) ``devices`` entry: ``host[:container[:perms]]`` or a mapping."""
+    if isinstance(item, Mapping):
+        return str(item.get("PathOnHost"))
+    return str(item).split(":")[0]
+
+
 # -------------------------------------------------------------------------- the last check
 def placeholder_context(app: TargetApp, device_name: str) -> ServiceContext:
     """Device facts that shape a container body but not whether the engine can create it."""
-    from supervisor.compose.service import ServiceContext
+    from .contexts import app_context, placeholder_device
 
-    release = app.release
-    assert release is not None  # only services of a release are built
-    return ServiceContext(
-        app_id=app.id,
-        app_uuid=app.uuid,
-        app_name=app.name,
-        release_id=release.id,
-        commit=release.commit,
-        device_uuid="0" * 32,
-        device_type="generic",
-        device_arch="amd64",
-        device_name=device_name,
-        os_version="",
-        hostname="device",
-    )
+    return app_context(placeholder_device(device_name), app)
 
 
 def buildable(device: TargetDevice, user_path: Paths = lambda p: p) -> None:

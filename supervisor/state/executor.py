@@ -185,6 +185,7 @@ def _epoch(stamp: str | None) -> float | None:
     if match is None:
         return None
     zone = match[3] if match[3] and match[3] != "Z" else "+00:00"
+    zone = f"{zone[:3]}:{zone[-2:]}"  # +0100 too: Python 3.10's fromisoformat wants +01:00
     return datetime.fromisoformat(match[1] + zone).timestamp() + float(f"0.{match[2] or 0}")
 
 

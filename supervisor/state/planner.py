@@ -48,7 +48,7 @@ import logging
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, Final
 
 from supervisor.compose import Network, Service, ServiceContext, Volume
@@ -778,7 +778,7 @@ def _timestamp(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
         seconds = aware.replace(microsecond=0).timestamp()
         return int(seconds), aware.microsecond * 1000
     if isinstance(value, int | float):
@@ -787,6 +787,7 @@ def _timestamp(value: Any) -> tuple[int, int] | None:
     if match is None:
         return None
     offset = match[3] if match[3] and match[3] != "Z" else "+00:00"
+    offset = f"{offset[:3]}:{offset[-2:]}"  # +0100 too: Python 3.10's fromisoformat wants +01:00
     seconds = datetime.fromisoformat(match[1] + offset).timestamp()
     nanos = int((match[2] or "0")[:9].ljust(9, "0"))
     return int(seconds), nanos

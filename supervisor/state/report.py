@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from supervisor.compose import Service
@@ -66,13 +66,15 @@ def created_at_iso(stamp: str | None) -> str | None:
     if match is None:
         return None
     zone = match[3] if match[3] and match[3] != "Z" else "+00:00"
-    when = datetime.fromisoformat(match[1] + zone).astimezone(UTC)
+    zone = f"{zone[:3]}:{zone[-2:]}"  # +0100 too: Python 3.10's fromisoformat wants +01:00
+    when = datetime.fromisoformat(match[1] + zone).astimezone(timezone.utc)
     millis = int((match[2] or "0")[:3].ljust(3, "0"))
     return when.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
 
 
 def _epoch_iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{int(epoch % 1 * 1000):03d}Z"
+    stamp = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{int(epoch % 1 * 1000):03d}Z"
 
 
 def service_error(obs: Observation, app_id: int, service_name: str,

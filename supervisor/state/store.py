@@ -17,6 +17,8 @@ from .target import TargetApp, TargetDevice, parse_target_device, thaw
 LOCAL_SOURCE = "local"
 #: Config key: the sources (``'local'``, apiEndpoints) a target has been stored for, a JSON list.
 RECEIVED_KEY = "targetReceivedFrom"
+#: The boolean a cloud target's storing used to set beside RECEIVED_KEY; read once, folded into it.
+LEGACY_CLOUD_RECEIVED_KEY = "cloudTargetReceived"
 
 
 def _service_row(app: TargetApp, name: str, service: Any) -> dict[str, Any]:
@@ -61,6 +63,18 @@ def _sources(raw: str | None) -> list[str]:
     except ValueError:
         return []
     return [s for s in value if isinstance(s, str)] if isinstance(value, list) else []
+
+
+def _mark_received(conn: Any, source: str) -> None:
+    """Add ``source`` to RECEIVED_KEY, inside the caller's transaction."""
+    row = conn.execute("SELECT value FROM config WHERE key = ?", (RECEIVED_KEY,)).fetchone()
+    sources = _sources(row["value"] if row else None)
+    if source not in sources:
+        conn.execute(
+            "INSERT INTO config (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (RECEIVED_KEY, json.dumps(sorted([*sources, source]))),
+        )
 
 
 class TargetStore:
@@ -110,21 +124,29 @@ class TargetStore:
                 "INSERT INTO config (key, value) VALUES ('targetStateSet', 'true') "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
             )
-            row = conn.execute("SELECT value FROM config WHERE key = ?", (RECEIVED_KEY,)).fetchone()
-            sources = _sources(row["value"] if row else None)
-            if source not in sources:
-                conn.execute(
-                    "INSERT INTO config (key, value) VALUES (?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (RECEIVED_KEY, json.dumps(sorted([*sources, source]))),
-                )
+            _mark_received(conn, source)
 
     def received(self, source: str) -> bool:
         """Whether a target of ``source`` has ever been stored. A database written before the flag
-        existed counts a source with app rows as received."""
+        existed counts a source with app rows as received; one written while a cloud target also set
+        ``cloudTargetReceived`` has it folded into the list for the cloud ``source`` (then deleted)."""
+        if source != LOCAL_SOURCE:
+            self._fold_legacy_flag(source)
         if source in _sources(self.db.get_config(RECEIVED_KEY)):
             return True
         return bool(self.db.query("SELECT 1 FROM app WHERE source = ? LIMIT 1", (source,)))
+
+    def _fold_legacy_flag(self, source: str) -> None:
+        if self.db.get_config(LEGACY_CLOUD_RECEIVED_KEY) is None:  # read only: this runs every round
+            return
+        with self.db.transaction() as conn:
+            key = LEGACY_CLOUD_RECEIVED_KEY
+            row = conn.execute("SELECT value FROM config WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return
+            conn.execute("DELETE FROM config WHERE key = ?", (key,))
+            if row["value"] == "true":
+                _mark_received(conn, source)
 
     def set_target_config(self, values: dict[str, str], *, initial_saved: bool = False) -> None:
         """Store only the target config (formatted, §5.3); with ``initial_saved`` also mark the

@@ -53,6 +53,9 @@ class StubDevice:
     def store_target(self, device: Any) -> None:
         self.target = device
 
+    def host_view(self) -> None:
+        return None  # no device facts: the fleet bench admits on the target alone
+
     def apply(self, *, force: bool, cancel: bool) -> None:
         app = self.target.apps.get(self.app_uuid) if self.target else None
         release = app.release if app else None

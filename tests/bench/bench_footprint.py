@@ -63,11 +63,34 @@ _IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)$")
 
 # ----------------------------------------------------------------------------- process helpers
 def device_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a device-like ``python -S`` run: this repo and site-packages on the path."""
+    """The environment of a device-like ``python -S`` run: this repo and site-packages on the path,
+    and the unit file's ``MALLOC_ARENA_MAX=2`` (unless ``--arenas`` says otherwise)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *site.getsitepackages()])
     env["PYTHONUNBUFFERED"] = "1"
+    if ARENAS:
+        env["MALLOC_ARENA_MAX"] = ARENAS
+    else:
+        env.pop("MALLOC_ARENA_MAX", None)
     return {**env, **(extra or {})}
+
+
+#: MALLOC_ARENA_MAX of the supervisor runs ("" = glibc's default); the unit file sets 2.
+ARENAS = "2"
+#: What the supervisor imports at some point, each measured alone (VmRSS growth over a bare
+#: ``python -S``): libraries that share a dependency (OpenSSL) each show it.
+LIBRARIES = ("logging", "sqlite3", "hashlib", "ssl", "waitress", "werkzeug", "flask", "requests", "docker",
+             "psutil", "prometheus_client", "supervisor.runtime", "supervisor.api.app")
+
+
+def import_cost_kb(module: str) -> int:
+    """VmRSS growth of a bare ``python -S`` importing ``module`` (nothing else)."""
+    probe = ("import sys\n"
+             "def rss():\n"
+             "    return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])\n"
+             f"before = rss()\nimport {module}\nprint(rss() - before)")
+    out = subprocess.check_output([sys.executable, "-S", "-c", probe], env=device_env(), cwd=ROOT)
+    return int(out.strip())
 
 
 def status_of(pid: int) -> dict[str, int]:
@@ -383,6 +406,7 @@ def soak(client: docker.DockerClient, run: str, total: int, updates: int, log_li
 
 # --------------------------------------------------------------------------------------- main
 def main() -> int:
+    global ARENAS
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds idle before measuring (default 60)")
@@ -392,7 +416,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10_000, help="reconcile rounds of the soak")
     parser.add_argument("--log-lines", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=4, help="client threads of the soak")
+    parser.add_argument("--arenas", default=ARENAS,
+                        help="MALLOC_ARENA_MAX of the runs ('' for glibc's default; default 2, as the unit)")
     args = parser.parse_args()
+    ARENAS = args.arenas
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stopped run still removes what it made
 
     compileall.compile_dir(str(ROOT / "supervisor"), quiet=1)  # bytecode, as installed on a device
@@ -400,7 +427,8 @@ def main() -> int:
     client = docker.from_env()
     run = uuid.uuid4().hex[:10]
     base = baseline_kb()
-    print(f"interpreter baseline (python -S, nothing imported): {base / 1024:.1f} MB")
+    print(f"interpreter baseline (python -S, nothing imported): {base / 1024:.1f} MB; "
+          f"MALLOC_ARENA_MAX={ARENAS or 'glibc default'}")
     if args.soak:
         print(f"soak: {args.requests} requests, {args.rounds} reconcile rounds, {args.updates} release "
               f"updates, {args.log_lines} log lines")
@@ -437,9 +465,12 @@ def main() -> int:
     print(f"  total {sum(us for us, _ in own) / 1000:.1f} ms in {len(own)} modules; "
           f"all imports {sum(us for us, _, _ in imports) / 1000:.1f} ms")
     heavy = ("docker", "requests", "urllib3", "psutil", "prometheus_client", "sdbus", "pyroute2",
-             "charset_normalizer")
-    loaded = sorted({name.split(".")[0] for _, _, name in imports} & set(heavy))
+             "charset_normalizer", "flask", "werkzeug", "jinja2", "ssl", "_hashlib", "asyncio")
+    loaded = sorted({name for _, _, name in imports} & set(heavy))
     print(f"heavy modules loaded by the idle unmanaged supervisor: {', '.join(loaded) or 'none'}")
+    print("\nresident cost of each library imported alone in a bare python -S (VmRSS growth):")
+    for module in LIBRARIES:
+        print(f"  {import_cost_kb(module) / 1024:6.1f} MB  {module}")
     return 0
 
 

@@ -6,12 +6,16 @@ DESCRIPTION = "A device supervisor wire-compatible with the balena Supervisor, r
 AUTHOR = "pysupervisor developers"
 SECTION = "devel/python"
 LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://pyproject.toml;beginline=10;endline=10;md5=3358005787c442581bead91c71afa94f"
+LIC_FILES_CHKSUM = "file://pyproject.toml;beginline=11;endline=11;md5=3358005787c442581bead91c71afa94f"
 CVE_PRODUCT = "pysupervisor"
 
 # PEP 517 build (setuptools.build_meta, a class kirkstone and scarthgap both have); setup.py compiles
-# ext/*.pyx with the native Cython for the target.
-DEPENDS += "python3-cython-native"
+# ext/*.pyx with the native Cython for the target (Cython 3 on scarthgap, 0.29 on kirkstone).
+# Kirkstone's setuptools (59) ignores pyproject.toml's [project] table, so setup.py reads it itself: with
+# tomli where Python has no tomllib (3.10, kirkstone's).
+DEPENDS += "${@'python3-tomli-native' if bb.utils.vercmp_string_op(d.getVar('PYTHON_BASEVERSION'), '3.11', '<') else ''} \
+            python3-cython-native \
+"
 
 # Built from the checkout this layer lives in (yocto/meta-pysupervisor is inside the repository), so
 # the image carries exactly the tree `pip wheel .` builds; the fetcher checksums these files, so any
@@ -34,14 +38,8 @@ S = "${UNPACKDIR}/pysupervisor"
 
 inherit python_setuptools_build_meta systemd balena-configurable
 
-# pyproject needs setuptools >= 68 and Cython >= 3.0 to build, and the code Python >= 3.11: scarthgap
-# (Python 3.12) has all of it; kirkstone has Python 3.10, setuptools 59 and Cython 0.29 (yocto/README.md).
-# nooelint: oelint.task.noanonpython - a clear "skipped" reason at parse time beats a failed compile
-python __anonymous() {
-    pyver = d.getVar('PYTHON_BASEVERSION') or ''
-    if pyver and bb.utils.vercmp_string_op(pyver, '3.11', '<'):
-        raise bb.parse.SkipRecipe('pysupervisor needs Python >= 3.11, this build has %s' % pyver)
-}
+# Python >= 3.10: kirkstone (3.10) and scarthgap (3.12). Kirkstone's older build tools and Flask,
+# Werkzeug, blinker, waitress and docker are handled by dynamic-layers/balena-kirkstone (yocto/README.md).
 
 LED_FILE ?= "/dev/null"
 
@@ -102,7 +100,6 @@ RDEPENDS:${PN} = "balena \
                   python3-numbers \
                   python3-prometheus-client \
                   python3-psutil \
-                  python3-pyroute2 \
                   python3-requests \
                   python3-sdbus \
                   python3-shell \
