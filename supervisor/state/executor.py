@@ -596,17 +596,31 @@ class Executor:
             with self._volatile_lock:
                 self._volatile.pop(container_id, None)
 
+    def _image_name(self, image: Any) -> Any:
+        """The name an engine image id was fetched as (a current service's container names its image
+        by id), for the system messages; the id when no record has it."""
+        if not _engine_image_id(image):
+            return image
+        try:
+            return next((img.name for img in self.images.records() if img.docker_image_id == image), image)
+        except Exception:  # the database is busy: the id is still a name
+            return image
+
     def _event(self, message: str, service: Service | None, **details: Any) -> None:
         fields = dict(details)
         if service is not None:
             fields["service"] = service.service_name
-            fields.setdefault("image", service.image_name or service.config.get("image"))
+            fields.setdefault("image", service.image_name or self._image_name(service.config.get("image")))
         log.info("%s %s", message, fields)
         if self.system_log is not None:
             try:
                 self.system_log(message, fields)
             except Exception:
                 log.exception("System log listener failed")
+
+
+def _engine_image_id(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("sha256:")
 
 
 def _container_id(service: Service) -> str:
