@@ -86,14 +86,23 @@ class Counter:
         self.next: dict[str, int] = {}
         self.seen: dict[str, bytearray] = {}  # per service: how often each number came (capped at 2)
         self.lines = 0
+        self.unique = 0  # distinct numbers
         self.errors: list[str] = []
         self.suppressed = 0
         self.first: float | None = None
         self.last = 0.0
+        self.ended: float | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
+        try:
+            self._read()
+        except Exception as err:  # say why the count stopped
+            self.errors.append(f"reader failed: {err!r}")
+        self.ended = time.monotonic()
+
+    def _read(self) -> None:
         data = b""
         head = True
         while True:
@@ -133,6 +142,8 @@ class Counter:
                 n = int(number)
                 if n >= len(seen):
                     seen.extend(bytes(n + 1 - len(seen)))
+                if not seen[n]:
+                    self.unique += 1
                 seen[n] = min(2, seen[n] + 1)
                 self.lines += 1
                 now = time.monotonic()
@@ -174,7 +185,7 @@ def run(codec: str, args: argparse.Namespace, client: docker.DockerClient, image
             expected = rate * args.seconds * SERVICES
             deadline = time.monotonic() + args.seconds + 60
             samples: list[float] = []
-            while counter.lines < expected and time.monotonic() < deadline:
+            while counter.unique < expected and time.monotonic() < deadline:
                 time.sleep(0.1)
                 if len(samples) < (time.monotonic() - t0) // 5:
                     samples.append(round(proc_rss(pid) / 2**20, 1))
@@ -188,7 +199,9 @@ def run(codec: str, args: argparse.Namespace, client: docker.DockerClient, image
             missing = sum(seen[1:per + 1].count(0) + max(0, per + 1 - len(seen))
                           for seen in counter.seen.values())
             missing += per * (SERVICES - len(counter.seen))
-            if counter.errors or counter.lines != expected:  # what the supervisor said about it
+            if counter.ended is not None:
+                counter.errors.append(f"the stream ended after {counter.ended - t0:.1f} s")
+            if counter.errors or counter.unique != expected:  # what the supervisor said about it
                 output = sup.output().splitlines()
                 notes = [line for line in output if "WARNING" in line or "ERROR" in line or "Error" in line]
                 print("\n".join(notes[-20:] + output[-15:]), file=sys.stderr)
