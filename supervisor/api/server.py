@@ -173,6 +173,10 @@ class ApiServer:
             server.close()
             return
         # Run the close inside the loop thread: closing sockets from here would race its poll.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # type: ignore[attr-defined]
+        try:
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # type: ignore[attr-defined]
+        except OSError as err:  # the trigger is gone: the loop cannot be woken, close from here
+            log.warning("API server trigger unusable (%s): closing its sockets directly", err)
+            wasyncore.close_all(server._map)  # type: ignore[attr-defined]
         self._thread.join(timeout)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)  # type: ignore[attr-defined]
