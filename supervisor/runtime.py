@@ -37,6 +37,7 @@ from .subsystem import Subsystem
 if TYPE_CHECKING:
     from .cloud import CloudBinder
     from .delta.fetch import DeltaFetcher, DeltaSettings
+    from .logs.cloud import CloudLogStream, StreamTarget
 
 log = logging.getLogger("supervisor")
 
@@ -149,9 +150,14 @@ class Supervisor:
         self.subsystems: list[Subsystem] = [self.blinker, self.network, self.reconciler, *hang_hooks()]
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
         self.binder: CloudBinder | None = None
+        self.cloud_logs: CloudLogStream | None = None
         if not self.config.unmanaged:
             self.binder = self._make_binder()
             self.subsystems.append(self.binder)
+            # Started first, stopped last: the other subsystems' last lines still go out (§8.3).
+            self.cloud_logs = self._make_cloud_logs()
+            self.subsystems.insert(0, self.cloud_logs)
+            self.logs.add_backend(self.cloud_logs)
         # systemd Type=notify + WatchdogSec (supervisor/sdnotify.py): a no-op outside systemd.
         self.systemd = ServiceNotifier(self.health)
 
@@ -609,17 +615,43 @@ class Supervisor:
             self.tag_store.want(tags)
 
     # the cloud binder (supervisor/cloud/) ---------------------------------------------------------
-    def _make_binder(self) -> CloudBinder:
+    def _user_agent(self) -> str:
+        """``Supervisor/<version> (Linux; <os>; <variant>)`` (§9.7), for every request to the cloud."""
         from . import __version__
-        from .cloud import CloudBinder, Timing
 
         variant = self.host.os_variant or ("dev" if self.config.json.get("developmentMode") else "prod")
-        user_agent = f"Supervisor/{__version__} (Linux; {self.host.os_version or 'unknown'}; {variant})"
+        return f"Supervisor/{__version__} (Linux; {self.host.os_version or 'unknown'}; {variant})"
+
+    def _make_binder(self) -> CloudBinder:
+        from .cloud import CloudBinder, Timing
+
         return CloudBinder(
             self.config, CloudDeviceSide(self), timing=Timing.from_env(),
             report_cache=self.paths.runtime_dir / "state-report-cache", vpn_status=self.paths.vpn_status,
-            user_agent=user_agent, request_timeout_s=self._api_request_timeout_s,
+            user_agent=self._user_agent(), request_timeout_s=self._api_request_timeout_s,
         )
+
+    def _make_cloud_logs(self) -> CloudLogStream:
+        from .logs.cloud import CloudLogStream, StreamSettings
+
+        return CloudLogStream(self._log_stream_target, user_agent=self._user_agent(),
+                              settings=StreamSettings.from_env(), metrics=self.metrics)
+
+    def _log_stream_target(self) -> StreamTarget | str:
+        """Where the cloud log stream goes now (§8.3), asked by its thread twice a second: off in
+        local mode or with ``SUPERVISOR_LOG_CONTROL`` false (leaving local mode turns it back on),
+        held until the device is provisioned, else
+        ``<logsEndpoint|apiEndpoint>/device/v2/<uuid>/log-stream``."""
+        from .logs.cloud import OFF, WAIT, StreamTarget
+
+        config = self.config
+        if config.unmanaged or config.local_mode or not self.device_config.logging_enabled:
+            return OFF
+        key = config.json.get("deviceApiKey")
+        if not config.provisioned or not key:
+            return WAIT
+        endpoint = (config.json.get("logsEndpoint") or config.api_endpoint).rstrip("/")
+        return StreamTarget(f"{endpoint}/device/v2/{config.uuid}/log-stream", key)
 
     def _api_request_timeout_s(self) -> float:
         """``SUPERVISOR_API_REQUEST_TIMEOUT`` (ms, default 59000) as applied, read at every request."""
