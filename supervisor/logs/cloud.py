@@ -212,6 +212,7 @@ class _Connection:
         self.compressor = zlib.compressobj(settings.compress_level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         self.opened = time.monotonic()
         self.proven = False  # stood its grace without an answer
+        self.status: int | None = None  # the server's answer, once read
         self.unconfirmed: collections.deque[tuple[bytes, tuple[Callable[[], None], ...], int]] = (
             collections.deque())
         self.unconfirmed_bytes = 0
@@ -226,13 +227,18 @@ class _Connection:
 
     def _read_answer(self) -> str:
         """Read the answer whole, so the socket closes with a FIN: a reset would make the server's
-        kernel throw away what it had not read yet."""
+        kernel throw away what it had not read yet. Sets :attr:`status`."""
         try:
             response = self.conn.getresponse()
             body = response.read(4096)
+            self.status = response.status
             return f"answered {response.status} {body[:200]!r}"
         except (OSError, http.client.HTTPException) as exc:
             return f"closed by the server ({type(exc).__name__})"
+
+    @property
+    def refused(self) -> bool:
+        return self.status is not None and 400 <= self.status < 500
 
     def write(self, raw: bytes) -> None:
         """Compress, sync-flush and send ``raw`` as one chunk; raises OSError on failure."""
@@ -245,9 +251,10 @@ class _Connection:
             self.sock.settimeout(max(timeout, 0.1))
             data = self.compressor.flush(zlib.Z_FINISH)
             self.sock.sendall(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
-            return self._read_answer()
         except OSError as exc:
-            return f"failed to end ({type(exc).__name__})"
+            if isinstance(exc, TimeoutError):
+                return f"failed to end ({type(exc).__name__})"
+        return self._read_answer()
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -338,13 +345,13 @@ class CloudLogStream(Subsystem):
                 self._sleep(self.settings.mode_check_s)
                 continue
             conn = self._conn
-            if conn is not None and conn.target != mode:
-                self._teardown("the device's log endpoint or key changed")
-                continue
             if conn is not None:
                 answer = conn.answered()
                 if answer is not None:
-                    self._failed(f"log stream {answer}")
+                    self._failed(f"log stream {answer}", refused=conn.refused)
+                    continue
+                if conn.target != mode:
+                    self._teardown("the device's log endpoint or key changed")
                     continue
                 if not conn.proven and now - conn.opened >= self.settings.grace_s:
                     self._prove(conn)
@@ -440,8 +447,10 @@ class CloudLogStream(Subsystem):
         log.debug("Log stream connected to %s", target.url)
         return conn
 
-    def _failed(self, reason: str) -> None:
-        """Tear down after a failure; what the connection wrote during its grace goes back in front."""
+    def _failed(self, reason: str, refused: bool = False) -> None:
+        """Tear down after a failure. ``refused``: the server answered 4xx, which it does before it
+        reads the body (cloud-api.md §5.1), so what the connection wrote during its grace goes back in
+        front. Any other end (5xx, a close) may come after lines were stored: nothing is requeued."""
         conn = self._conn
         self._conn = None
         delay = self._backoff.next()
@@ -450,12 +459,13 @@ class CloudLogStream(Subsystem):
         if conn is None:
             return
         conn.abort()
-        if not conn.proven and conn.unconfirmed:
+        if refused and not conn.proven and conn.unconfirmed:
             with self._cond:
                 for raw, acks, count in reversed(conn.unconfirmed):
                     self._pending.appendleft((raw, acks, len(raw), count))
                     self._pending_bytes += len(raw)
-            conn.unconfirmed.clear()
+        while conn.unconfirmed:
+            self._confirm(conn)
 
     def _prove(self, conn: _Connection) -> None:
         """The connection stood its grace without an answer: the failure count resets, and what it
@@ -482,10 +492,12 @@ class CloudLogStream(Subsystem):
             while conn.unconfirmed:
                 self._confirm(conn)
             log.debug("Log stream ended%s: %s", f" ({reason})" if reason else "", answer)
-        elif conn.unconfirmed and not conn.proven:
+        elif conn.refused and conn.unconfirmed and not conn.proven:
             self._conn = conn
-            self._failed(f"log stream {answer} at its end")
+            self._failed(f"log stream {answer} at its end", refused=True)
         else:
+            while conn.unconfirmed:
+                self._confirm(conn)
             log.info("Log stream ended%s: %s", f" ({reason})" if reason else "", answer)
 
     # ------------------------------------------------------------------------------ writing
@@ -514,7 +526,8 @@ class CloudLogStream(Subsystem):
             conn.write(raw)
         except OSError as exc:
             answer = conn._read_answer() if not isinstance(exc, TimeoutError) else None
-            self._failed(f"log stream write failed ({type(exc).__name__}{'; ' + answer if answer else ''})")
+            self._failed(f"log stream write failed ({type(exc).__name__}{'; ' + answer if answer else ''})",
+                         refused=conn.refused)
             return
         self._last_write = time.monotonic()
         with self._cond:

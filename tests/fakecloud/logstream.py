@@ -193,16 +193,24 @@ class LogStreams:
         if len(rest) > MAX_LINE:
             raise ParseError(f"Could not parse row {rest[:50].decode('utf-8', 'replace')}...")
         rows = []
+        error = None
         for line in lines:
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except ValueError:
-                raise ParseError(f"Could not parse row {line[:50].decode('utf-8', 'replace')}...") from None
+            except ValueError:  # the lines before it are still published
+                error = ParseError(f"Could not parse row {line[:50].decode('utf-8', 'replace')}...")
+                break
             converted = convert(row)
             if converted is not None:
                 rows.append(converted)
+        self._store(stream, rows)
+        if error is not None:
+            raise error
+        return rest
+
+    def _store(self, stream: Stream, rows: list[tuple[Any, ...]]) -> None:
         if rows:
             now = time.time()
             with self.api.store.tx() as conn:
@@ -211,7 +219,6 @@ class LogStreams:
                     "is_stderr, service_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(stream.uuid, stream.id, now, *r) for r in rows],
                 )
-        return rest
 
     # ------------------------------------------------------------------------------ shutdown
     def shutdown(self, timeout: float = 5.0) -> None:
