@@ -638,7 +638,8 @@ class Supervisor:
                               settings=StreamSettings.from_env(), metrics=self.metrics)
 
     def _log_stream_target(self) -> StreamTarget | str:
-        """Where the cloud log stream goes now (§8.3), asked by its thread twice a second: off in
+        """Where the cloud log stream goes now (§8.3), asked by its thread (at most 10 times a second):
+        off in
         local mode or with ``SUPERVISOR_LOG_CONTROL`` false (leaving local mode turns it back on),
         held until the device is provisioned, else
         ``<logsEndpoint|apiEndpoint>/device/v2/<uuid>/log-stream``."""

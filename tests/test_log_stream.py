@@ -242,13 +242,15 @@ def test_acks_only_after_the_write_and_the_grace(device: Device, running) -> Non
 
 
 def test_off_drops_and_acks_wait_keeps(device: Device, running) -> None:
+    """Off (local mode, logging off): discarded and acknowledged within ``off_check_s``; wait (not
+    provisioned): kept, and sent once there is a target."""
     device.mode = OFF
     stream = running()
     time.sleep(0.3)  # the thread has read the mode
     acked: list[int] = []
     for i in range(5):
         stream.log(_line(i, _ack=lambda i=i: acked.append(i)))
-    assert acked == list(range(5)) and stream.pending_bytes == 0
+    wait_for(lambda: acked == list(range(5)) and stream.pending_bytes == 0, "the lines discarded")
     device.mode = WAIT
     time.sleep(0.8)
     for i in range(5, 10):
@@ -407,3 +409,41 @@ def test_settings_scale_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert scaled.flush_interval_s == 0.1 and scaled.max_pending_bytes == 256 * 1024
 
 
+
+
+def test_runtime_target_follows_mode_provisioning_and_log_control(tmp_path: Path) -> None:
+    """runtime.py: unmanaged has no stream; a managed device waits until provisioned, then streams to
+    ``logsEndpoint`` (else ``apiEndpoint``); local mode and ``SUPERVISOR_LOG_CONTROL=false`` turn it
+    off, and leaving them turns it back on (§8.3)."""
+    from supervisor.runtime import Settings, Supervisor
+    from tests.fixtures.device import write_config_json
+
+    unmanaged_root = tmp_path / "unmanaged"
+    (unmanaged_root / "mnt/boot").mkdir(parents=True)
+    sup = Supervisor(Settings(root=str(unmanaged_root), port=0, host="127.0.0.1", led="none"))
+    try:
+        assert sup.cloud_logs is None and all(s.name != "cloud-logs" for s in sup.subsystems)
+    finally:
+        sup.config.db.close()
+
+    root = tmp_path / "managed"
+    config = {"uuid": "a" * 32, "apiEndpoint": "https://api.example/", "deviceApiKey": "k" * 32}
+    write_config_json(root, config)
+    sup = Supervisor(Settings(root=str(root), port=0, host="127.0.0.1", led="none"))
+    try:
+        assert sup.cloud_logs is not None and sup.subsystems[0] is sup.cloud_logs
+        assert sup._log_stream_target() == WAIT  # not registered yet
+        sup.config.json.set(registered_at=1, deviceId=5)
+        target = sup._log_stream_target()
+        assert target == StreamTarget(f"https://api.example/device/v2/{'a' * 32}/log-stream", "k" * 32)
+        assert "k" * 32 not in repr(target)
+        sup.config.json.set(logsEndpoint="https://logs.example")
+        assert sup._log_stream_target().url == f"https://logs.example/device/v2/{'a' * 32}/log-stream"
+        sup.config.set_db(localMode=True)
+        assert sup._log_stream_target() == OFF
+        sup.config.set_db(localMode=False)
+        assert isinstance(sup._log_stream_target(), StreamTarget)
+        sup.config.set_db(loggingEnabled=False)
+        assert sup._log_stream_target() == OFF
+    finally:
+        sup.config.db.close()

@@ -104,8 +104,13 @@ class StreamSettings:
     end_timeout_s: float = 5.0
     #: How long ``stop`` spends writing what is pending and ending the body.
     stop_deadline_s: float = 3.0
-    #: How often the thread re-reads whether the device logs to the cloud (mode, key, endpoint).
-    mode_check_s: float = 0.5
+    #: How stale the thread's view of whether the device logs to the cloud (mode, key, endpoint)
+    #: may be when it writes.
+    mode_check_s: float = 0.1
+    #: How often a stream that is off discards what was queued meanwhile.
+    off_check_s: float = 0.25
+    #: The longest the thread sleeps with nothing to do.
+    idle_wake_s: float = 0.5
     compress_level: int = 6
 
     def scaled(self, factor: float) -> StreamSettings:
@@ -264,8 +269,8 @@ class _Connection:
 class CloudLogStream(Subsystem):
     """The cloud log backend: :meth:`log` (any thread, never blocks) and the ``cloud-logs`` thread.
 
-    ``target`` says, each time it is asked (every ``mode_check_s``, on the thread), where lines go:
-    a :class:`StreamTarget`, :data:`WAIT` or :data:`OFF`.
+    ``target`` says, each time it is asked (on the thread, before a write when its last answer is
+    older than ``mode_check_s``), where lines go: a :class:`StreamTarget`, :data:`WAIT` or :data:`OFF`.
     """
 
     name = "cloud-logs"
@@ -301,7 +306,9 @@ class CloudLogStream(Subsystem):
         """Queue one message (spec §8.3 ``log``); never blocks on the network."""
         ack = message.get("_ack")
         acks: tuple[Callable[[], None], ...] = (ack,) if callable(ack) else ()
-        record = None if self._mode == OFF else to_record(message)
+        # Queued even while the stream is off: the thread decides with the mode it reads just before
+        # writing (a cached "off" here would drop lines logged right after logging was turned on).
+        record = to_record(message)
         if record is None:
             _settle(acks)
             return
@@ -339,10 +346,10 @@ class CloudLogStream(Subsystem):
             if mode == OFF:
                 self._discard_pending()
                 self._teardown("logging to the cloud is off")
-                self._sleep(self.settings.mode_check_s)
+                self._sleep(self.settings.off_check_s)
                 continue
             if not isinstance(mode, StreamTarget):  # WAIT: keep what is pending
-                self._sleep(self.settings.mode_check_s)
+                self._sleep(self.settings.idle_wake_s)
                 continue
             conn = self._conn
             if conn is not None:
@@ -359,7 +366,7 @@ class CloudLogStream(Subsystem):
                 if conn is not None and now - self._last_write >= self.settings.idle_s:
                     self._teardown(None)  # idle: the next line opens a new stream
                     continue
-                wait = self.settings.mode_check_s
+                wait = self.settings.idle_wake_s
                 if conn is not None:
                     wait = min(wait, max(0.01, self._last_write + self.settings.idle_s - now))
                     if not conn.proven:
@@ -368,7 +375,7 @@ class CloudLogStream(Subsystem):
                 continue
             if conn is None:
                 if now < self._next_attempt:
-                    self._sleep(min(self._next_attempt - now, self.settings.mode_check_s))
+                    self._sleep(min(self._next_attempt - now, self.settings.idle_wake_s))
                     continue
                 conn = self._connect(mode)
                 if conn is None:
