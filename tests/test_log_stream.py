@@ -336,7 +336,10 @@ def _rss_kib() -> int:
     return 0
 
 
-def _produce(stream: CloudLogStream, rate: float, stop: threading.Event, count: list[int]) -> None:
+def _produce(stream: CloudLogStream, rate: float, stop: threading.Event, count: list[int],
+             acked: list[int]) -> None:
+    """Lines at ``rate`` per second, in batches of 10 (as the hub hands them on), the last of each
+    batch carrying the batch's ack."""
     started = time.monotonic()
     i = 0
     while not stop.is_set():
@@ -345,18 +348,21 @@ def _produce(stream: CloudLogStream, rate: float, stop: threading.Event, count: 
         if due > now:
             time.sleep(min(due - now, 0.01))
             continue
-        stream.log(_line(i, isStdErr=i % 2 == 1))
-        i += 1
+        batch = [_line(n, isStdErr=n % 2 == 1) for n in range(i, i + 10)]
+        batch[-1]["_ack"] = lambda last=i + 9: acked.append(last)
+        stream.log_many(batch)
+        i += 10
     count.append(i)
 
 
 def test_outage_under_load_is_bounded_and_counted(device: Device, running, record_property) -> None:
     """4000 lines/s; the cloud goes away for 4 s and comes back: pending memory stays at its
     budget, the lines missing are exactly those the Suppressed line counts, the stream resumes by
-    itself, and nothing is lost or repeated while the cloud is up."""
+    itself, nothing is lost or repeated while the cloud is up, and acks come in order for exactly
+    the batches delivered."""
     stream = running()
-    stop, count = threading.Event(), []
-    producer = threading.Thread(target=_produce, args=(stream, 4000.0, stop, count))
+    stop, count, acked = threading.Event(), [], []
+    producer = threading.Thread(target=_produce, args=(stream, 4000.0, stop, count, acked))
     rss_before = _rss_kib()
     producer.start()
     try:
@@ -392,6 +398,9 @@ def test_outage_under_load_is_bounded_and_counted(device: Device, running, recor
     # Nothing missing before the outage or after the recovery: the gap is one run of numbers.
     gaps = [(a, b) for a, b in zip(numbers, numbers[1:], strict=False) if b != a + 1]
     assert len(gaps) == 1, gaps
+    # Acks in order, only for batches whose last line was delivered, and (after the grace) all of them.
+    wait_for(lambda: len(acked) == sum(1 for n in numbers if n % 10 == 9), "every delivered batch acked")
+    assert acked == sorted(acked) and set(acked) == {n for n in numbers if n % 10 == 9}
     budget = FAST.max_pending_bytes
     assert peak_pending <= budget
     record_property("peak_pending_bytes", peak_pending)

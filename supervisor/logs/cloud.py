@@ -30,11 +30,13 @@ Where it loses lines it need not, this does better (docs/API.md, "Cloud log stre
 Lines are lost without a count only when a connection breaks with no answer (the server dies, the
 network cuts it): what the server had not read yet.
 
-Every message may carry ``_ack``, a zero-argument callable: it is called once, after the message's
-bytes were written and sync-flushed on a connection that has stood its grace (or as soon as the
-message is dropped: overflow, logging off, no ``serviceId``), never for a message still pending at
-stop, so a source that resumes from acknowledged positions re-reads exactly those. Keys beginning
-with ``_`` are never sent; only the §8.2 fields are.
+Every message may carry ``_ack``, a zero-argument callable (supervisor/logs/hub.py): it is called
+once, in the order the messages came, after the message's bytes were written and sync-flushed on a
+connection that has stood its grace, or when the message is not for the cloud (local mode, logging
+off, no ``serviceId``). It is not called for a message still pending at stop, nor for one dropped
+under load (an ack then would move the source past lines still pending; the next delivered line's
+ack moves it on), so a source that resumes from acknowledged positions re-reads exactly those after
+a restart. Keys beginning with ``_`` are never sent; only the §8.2 fields are.
 
 ``http.client`` rather than ``requests``: the body is written piece by piece as lines arrive, each
 piece sync-flushed on its own schedule, while the socket is watched for an early answer; ``requests``
@@ -54,7 +56,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -304,31 +306,47 @@ class CloudLogStream(Subsystem):
     # ------------------------------------------------------------------------------ producer side
     def log(self, message: Mapping[str, Any]) -> None:
         """Queue one message (spec §8.3 ``log``); never blocks on the network."""
-        ack = message.get("_ack")
-        acks: tuple[Callable[[], None], ...] = (ack,) if callable(ack) else ()
+        self.log_many((message,))
+
+    def log_many(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        """Queue a batch in order under one lock (the hub's fast path, supervisor/logs/hub.py)."""
         # Queued even while the stream is off: the thread decides with the mode it reads just before
         # writing (a cached "off" here would drop lines logged right after logging was turned on).
-        record = to_record(message)
-        if record is None:
-            _settle(acks)
+        entries: list[_Entry] = []
+        for message in messages:
+            ack = message.get("_ack")
+            record = to_record(message)
+            if record is None:  # never for the cloud: acknowledged with the entry before it
+                if callable(ack):
+                    if entries:
+                        payload, acks, size, count = entries[-1]
+                        entries[-1] = (payload, (*acks, ack), size, count)
+                    else:
+                        _settle((ack,))
+                continue
+            size = len(record["message"]) + RECORD_OVERHEAD
+            entries.append((record, (ack,) if callable(ack) else (), size, 1))
+        if not entries:
             return
-        size = len(record["message"]) + RECORD_OVERHEAD
+        dropped = 0
+        limit = self.settings.max_pending_bytes
         with self._cond:
-            if self._dropping or self._pending_bytes + size > self.settings.max_pending_bytes:
-                self._dropping = True
-                self._dropped += 1
-                self.dropped_total += 1
-                dropped = True
-            else:
-                dropped = False
-                if not self._pending:
-                    self._cond.notify()
-                self._pending.append((record, acks, size, 1))
-                self._pending_bytes += size
-        if dropped:
-            if self.metrics is not None:
-                self.metrics.inc("log_lines_dropped", 1, "cloud")
-            _settle(acks)
+            if not self._pending:
+                self._cond.notify()
+            for entry in entries:
+                if self._dropping or self._pending_bytes + entry[2] > limit:
+                    # Dropped and counted; its ack is NOT called: acks go in order, and an ack now
+                    # would move the source past lines still pending. A later line's ack moves it on.
+                    self._dropping = True
+                    dropped += 1
+                    continue
+                self._pending.append(entry)
+                self._pending_bytes += entry[2]
+            if dropped:
+                self._dropped += dropped
+                self.dropped_total += dropped
+        if dropped and self.metrics is not None:
+            self.metrics.inc("log_lines_dropped", dropped, "cloud")
 
     @property
     def pending_bytes(self) -> int:
@@ -343,9 +361,9 @@ class CloudLogStream(Subsystem):
             if now >= self._mode_at:
                 self._refresh_mode(now)
             mode = self._mode
-            if mode == OFF:
-                self._discard_pending()
+            if mode == OFF:  # what was written goes first, then the rest is acknowledged in order
                 self._teardown("logging to the cloud is off")
+                self._discard_pending()
                 self._sleep(self.settings.off_check_s)
                 continue
             if not isinstance(mode, StreamTarget):  # WAIT: keep what is pending
