@@ -381,6 +381,8 @@ class Supervisor:
         if self._reboot_asked:  # the device is going down: asking again would only repeat it
             log.info("Reboot already requested")
             return
+        if self.settings.host_setup:  # journald reads its storage setting when it starts
+            self._apply_journal_storage()
         actions.shutdown(self, reboot=True)
         self._reboot_asked = True
 
@@ -425,7 +427,7 @@ class Supervisor:
         return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
 
     def apply_host_config(self) -> threading.Thread | None:
-        """Firewall, discoverability and VPN from the current target config, in the background (a
+        """Firewall, discoverability, VPN and journald's storage from the current config, in the background (a
         slow bus or iptables never delays the API); at start and after every new target. Nothing
         with host setup off."""
         if not self.settings.host_setup:
@@ -440,10 +442,21 @@ class Supervisor:
                                                     managed=not self.config.unmanaged)
                 except Exception:  # never fatal: the rest of the supervisor runs without it
                     log.exception("Could not apply the host configuration")
+                self._apply_journal_storage()
 
         thread = threading.Thread(target=apply, name="host-config", daemon=True)
         thread.start()
         return thread
+
+    def _apply_journal_storage(self) -> None:
+        """``SUPERVISOR_PERSISTENT_LOGGING`` as applied (config.json ``persistentLogging``) on a host
+        that is not balenaOS: a journald drop-in (supervisor/host/journal.py)."""
+        from .host.journal import apply_persistent_logging
+
+        try:
+            apply_persistent_logging(self.paths, self.device_config.persistent_logging)
+        except OSError as err:
+            log.warning("Could not configure journald's storage: %s", err)
 
     def _extra_firmware_volume(self) -> str | None:
         """config.json ``os.kernel.extraFirmwareVol`` (spec §3.2 stage 2)."""
