@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from .cloud import CloudBinder
     from .delta.fetch import DeltaFetcher, DeltaSettings
+    from .logs.cloud import CloudLogStream, StreamTarget
     from .state.hostview import HostView
 
 log = logging.getLogger("supervisor")
@@ -173,9 +174,14 @@ class Supervisor:
             self.subsystems.append(self.log_monitor)
         # Unmanaged devices never open a connection to a cloud: no binder at all (§11.1).
         self.binder: CloudBinder | None = None
+        self.cloud_logs: CloudLogStream | None = None
         if not self.config.unmanaged:
             self.binder = self._make_binder()
             self.subsystems.append(self.binder)
+            # Started first, stopped last: the other subsystems' last lines still go out (§8.3).
+            self.cloud_logs = self._make_cloud_logs()
+            self.subsystems.insert(0, self.cloud_logs)
+            self.logs.add_backend(self.cloud_logs)
         # systemd Type=notify + WatchdogSec (supervisor/sdnotify.py): a no-op outside systemd.
         self.systemd = ServiceNotifier(self.health)
 
@@ -469,6 +475,8 @@ class Supervisor:
         if self._reboot_asked:  # the device is going down: asking again would only repeat it
             log.info("Reboot already requested")
             return
+        if self.settings.host_setup:  # journald reads its storage setting when it starts
+            self._apply_journal_storage()
         actions.shutdown(self, reboot=True)
         self._reboot_asked = True
 
@@ -513,7 +521,7 @@ class Supervisor:
         return with_defaults(self.targets.target_config(), unmanaged=self.config.unmanaged)
 
     def apply_host_config(self) -> threading.Thread | None:
-        """Firewall, discoverability and VPN from the current target config, in the background (a
+        """Firewall, discoverability, VPN and journald's storage from the current config, in the background (a
         slow bus or iptables never delays the API); at start and after every new target. Nothing
         with host setup off."""
         if not self.settings.host_setup:
@@ -528,10 +536,21 @@ class Supervisor:
                                                     managed=not self.config.unmanaged)
                 except Exception:  # never fatal: the rest of the supervisor runs without it
                     log.exception("Could not apply the host configuration")
+                self._apply_journal_storage()
 
         thread = threading.Thread(target=apply, name="host-config", daemon=True)
         thread.start()
         return thread
+
+    def _apply_journal_storage(self) -> None:
+        """``SUPERVISOR_PERSISTENT_LOGGING`` as applied (config.json ``persistentLogging``) on a host
+        that is not balenaOS: a journald drop-in (supervisor/host/journal.py)."""
+        from .host.journal import apply_persistent_logging
+
+        try:
+            apply_persistent_logging(self.paths, self.device_config.persistent_logging)
+        except OSError as err:
+            log.warning("Could not configure journald's storage: %s", err)
 
     def _extra_firmware_volume(self) -> str | None:
         """config.json ``os.kernel.extraFirmwareVol`` (spec §3.2 stage 2)."""
@@ -722,17 +741,44 @@ class Supervisor:
             self.tag_store.want(tags)
 
     # the cloud binder (supervisor/cloud/) ---------------------------------------------------------
-    def _make_binder(self) -> CloudBinder:
+    def _user_agent(self) -> str:
+        """``Supervisor/<version> (Linux; <os>; <variant>)`` (§9.7), for every request to the cloud."""
         from . import __version__
-        from .cloud import CloudBinder, Timing
 
         variant = self.host.os_variant or ("dev" if self.config.json.get("developmentMode") else "prod")
-        user_agent = f"Supervisor/{__version__} (Linux; {self.host.os_version or 'unknown'}; {variant})"
+        return f"Supervisor/{__version__} (Linux; {self.host.os_version or 'unknown'}; {variant})"
+
+    def _make_binder(self) -> CloudBinder:
+        from .cloud import CloudBinder, Timing
+
         return CloudBinder(
             self.config, CloudDeviceSide(self), timing=Timing.from_env(),
             report_cache=self.paths.runtime_dir / "state-report-cache", vpn_status=self.paths.vpn_status,
-            user_agent=user_agent, request_timeout_s=self._api_request_timeout_s,
+            user_agent=self._user_agent(), request_timeout_s=self._api_request_timeout_s,
         )
+
+    def _make_cloud_logs(self) -> CloudLogStream:
+        from .logs.cloud import CloudLogStream, StreamSettings
+
+        return CloudLogStream(self._log_stream_target, user_agent=self._user_agent(),
+                              settings=StreamSettings.from_env(), metrics=self.metrics)
+
+    def _log_stream_target(self) -> StreamTarget | str:
+        """Where the cloud log stream goes now (§8.3), asked by its thread (at most 10 times a second):
+        off in
+        local mode or with ``SUPERVISOR_LOG_CONTROL`` false (leaving local mode turns it back on),
+        held until the device is provisioned, else
+        ``<logsEndpoint|apiEndpoint>/device/v2/<uuid>/log-stream``."""
+        from .logs.cloud import OFF, WAIT, StreamTarget
+
+        config = self.config
+        if config.unmanaged or config.local_mode or not self.device_config.logging_enabled:
+            return OFF
+        key = config.json.get("deviceApiKey")
+        if not config.provisioned or not key:
+            return WAIT
+        endpoint = (config.json.get("logsEndpoint") or config.api_endpoint).rstrip("/")
+        return StreamTarget(f"{endpoint}/device/v2/{config.uuid}/log-stream", key)
 
     def _api_request_timeout_s(self) -> float:
         """``SUPERVISOR_API_REQUEST_TIMEOUT`` (ms, default 59000) as applied, read at every request."""

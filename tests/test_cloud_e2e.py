@@ -20,7 +20,7 @@ import pytest
 from tests.cloud_helpers import config_json, env, fleet, fresh_device, set_db_config
 from tests.fakecloud.client import FakeCloud
 from tests.fixtures.apps import remove_app
-from tests.fixtures.device import SupervisorProcess, free_port, wait_for
+from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for
 from tests.fixtures.docker import TEST_LABEL
 
 pytestmark = pytest.mark.docker
@@ -187,7 +187,8 @@ def test_unchanged_target_costs_small_polls_and_no_applies(cloud_fleet: Fleet, s
 
 
 def _polls_after(fl: Fleet, after: int, count: int) -> list[dict[str, Any]] | None:
-    requests = fl.api.requests(after=after)
+    # The log stream is a channel of its own (logged when a stream ends, e.g. after 60 s idle).
+    requests = [r for r in fl.api.requests(after=after) if r["kind"] != "log_stream"]
     polls = [r for r in requests if r["kind"] == "state_get"]
     if len(polls) < count:
         return None
@@ -410,6 +411,49 @@ def test_connectivity_check_fails_health_at_once(
     fake_api.start()
     wait_for(lambda: sup.get("/v1/healthy").status_code == 200, "healthy again", sup, timeout=30)
     assert "Internet Connectivity: OK" in sup.output()
+
+
+def _system_lines(fl: Fleet, prefix: str) -> list[dict[str, Any]]:
+    return [r for r in fl.api.logs(fl.uuid) if r["message"].startswith(prefix)]
+
+
+def test_system_messages_reach_the_cloud_log_stream(cloud_fleet: Fleet, start_supervisor) -> None:
+    """§8.3 end to end: the device's system messages (config changes from its cloud) arrive on its
+    log stream as system lines; SUPERVISOR_LOG_CONTROL=false stops them and true brings them back."""
+    fl = cloud_fleet
+    fl.api.set_var("app_config", fl.app["id"], "RESIN_SUPERVISOR_HARDWARE_METRICS", "false")
+    release = fl.release(("main",))
+    sup = fl.start(start_supervisor)
+    wait_for(lambda: fl.runs(release["commit"], ("main",)), "the release running", sup, timeout=120)
+    applied = wait_for(lambda: _system_lines(fl, "Applied configuration change"),
+                       "the config change on the log stream", sup, timeout=60,
+                       context=lambda: fl.api.logs(fl.uuid))
+    line = applied[0]
+    assert line["isSystem"] and "serviceId" not in line and not line["isStdErr"]
+    assert abs(line["timestamp"] / 1000 - time.time()) < 120
+    assert "SUPERVISOR_HARDWARE_METRICS" in line["message"]
+    assert all(r["status"] in (0, 201, 503) for r in fl.api.requests() if r["kind"] == "log_stream")
+    assert fl.key not in sup.output()
+
+    key = global_api_key(fl.root)
+
+    def change(name: str, value: str) -> None:
+        """Set a fleet config variable and wait until the device has applied it."""
+        before = sup.output().count("Applied configuration change")
+        fl.api.set_var("app_config", fl.app["id"], name, value)
+        sup.post("/v1/update", json={"force": True}, headers={"Authorization": f"Bearer {key}"})
+        wait_for(lambda: sup.output().count("Applied configuration change") > before,
+                 f"{name}={value} applied", sup, timeout=60)
+
+    change("RESIN_SUPERVISOR_LOG_CONTROL", "false")
+    seen = len(fl.api.logs(fl.uuid))
+    change("RESIN_SUPERVISOR_HARDWARE_METRICS", "true")
+    time.sleep(1.0)  # > the 100 ms flush: a line sent now would have arrived
+    assert not [r for r in fl.api.logs(fl.uuid)[seen:] if "HARDWARE_METRICS" in r["message"]]
+    change("RESIN_SUPERVISOR_LOG_CONTROL", "true")
+    change("RESIN_SUPERVISOR_HARDWARE_METRICS", "false")
+    wait_for(lambda: [r for r in fl.api.logs(fl.uuid)[seen:] if "HARDWARE_METRICS" in r["message"]],
+             "lines again once logging is back on", sup, timeout=30)
 
 
 def test_unmanaged_device_has_no_binder(tmp_path: Path) -> None:

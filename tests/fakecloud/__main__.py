@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="seconds between stored metrics of one device (the real server: 60)",
     )
+    parser.add_argument(
+        "--logs-unknown-delay",
+        type=float,
+        default=55.0,
+        help="seconds before a log stream of an unknown device gets its 401 (the real server: 55)",
+    )
     parser.add_argument("--seed", action="store_true", help="create an app and keys, print them")
     args = parser.parse_args(argv)
     store = Store(args.db)
@@ -38,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
             "user_key": store.create_key("user"),
         }
         print(json.dumps(seeded), flush=True)
-    server = serve(store, args.host, args.port, metrics_throttle_s=args.metrics_throttle)
+    server = serve(
+        store,
+        args.host,
+        args.port,
+        metrics_throttle_s=args.metrics_throttle,
+        log_unknown_delay_s=args.logs_unknown_delay,
+    )
     print(f"fakecloud listening on http://{args.host}:{server.server_address[1]}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -46,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     stop.wait()
+    server.api.log_streams.shutdown()  # open log streams answered 503 and read to their end
     server.shutdown()
     server.server_close()
     store.close()

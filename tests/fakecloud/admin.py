@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 import re
 import time
+from typing import TYPE_CHECKING
 
 from .server import Reply, Request, empty, json_reply
 from .store import Store
 
+if TYPE_CHECKING:
+    from .logstream import LogStreams
+
 
 class Admin:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, log_streams: LogStreams | None = None) -> None:
         self.store = store
+        self.log_streams = log_streams
 
     def __call__(self, req: Request) -> None:
         path = req.path[len("/_fake") :].rstrip("/")
@@ -180,6 +185,40 @@ class Admin:
                 "SELECT * FROM request_log WHERE id > ? ORDER BY id", (int(req.query.get("after", 0)),)
             )
             raise json_reply(200, [dict(r) for r in rows])
+        if route == "GET /logs":
+            # Every stored log-stream line (§5.1) after id ``after``, oldest first; ``stream`` tells
+            # one request from the next (a reconnect starts a new one).
+            rows = s.query(
+                "SELECT * FROM device_log WHERE id > ? AND (? IS NULL OR uuid = ?) ORDER BY id LIMIT ?",
+                (
+                    int(req.query.get("after", 0)),
+                    req.query.get("uuid"),
+                    req.query.get("uuid"),
+                    int(req.query.get("limit", 1_000_000)),
+                ),
+            )
+            out = []
+            for r in rows:
+                line = {
+                    "id": r["id"],
+                    "uuid": r["uuid"],
+                    "stream": r["stream"],
+                    "receivedAt": r["received_at"],
+                    "message": r["message"],
+                    "timestamp": r["timestamp"],
+                    "isSystem": bool(r["is_system"]),
+                    "isStdErr": bool(r["is_stderr"]),
+                }
+                if r["service_id"] is not None:
+                    line["serviceId"] = r["service_id"]
+                out.append(line)
+            raise json_reply(200, out)
+        if route == "GET /log-streams":
+            streams = self.log_streams
+            if streams is None:
+                raise json_reply(200, {"open": 0, "opened": 0})
+            with streams.lock:
+                raise json_reply(200, {"open": len(streams.open), "opened": streams.opened})
         if route == "GET /stats":
             rows = s.query(
                 "SELECT kind, status, count(*) AS n, sum(bytes_in) AS bytes_in, sum(bytes_out) AS bytes_out "

@@ -24,12 +24,16 @@ class FakeCloud:
     """``python -m tests.fakecloud`` on a fixed port with its SQLite file, restartable (``stop``,
     ``start``) with the same data; ``url`` is what a device's ``apiEndpoint`` says."""
 
-    def __init__(self, workdir: Path, port: int, *, metrics_throttle_s: float = 60.0) -> None:
+    def __init__(
+        self, workdir: Path, port: int, *, metrics_throttle_s: float = 60.0, logs_unknown_delay_s: float = 1.0
+    ) -> None:
         self.workdir = workdir
         self.port = port
         self.db = workdir / "fakecloud.sqlite"
         self.log_path = workdir / "fakecloud.log"
         self.metrics_throttle_s = metrics_throttle_s
+        #: The real server waits 55 s before refusing a log stream of an unknown device (§5.1).
+        self.logs_unknown_delay_s = logs_unknown_delay_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()
         self.session.trust_env = False
@@ -51,6 +55,8 @@ class FakeCloud:
                     str(self.db),
                     "--metrics-throttle",
                     str(self.metrics_throttle_s),
+                    "--logs-unknown-delay",
+                    str(self.logs_unknown_delay_s),
                 ],
                 cwd=REPO,
                 stdout=log,
@@ -144,6 +150,18 @@ class FakeCloud:
 
     def requests(self, after: int = 0) -> list[dict[str, Any]]:
         return self._call("GET", "/requests", after=after)
+
+    def logs(self, uuid: str | None = None, after: int = 0) -> list[dict[str, Any]]:
+        """Lines the log stream stored (§5.1), oldest first: ``message``, ``timestamp``, ``isSystem``,
+        ``isStdErr``, ``serviceId`` (when sent), ``stream`` (one per request), ``id``."""
+        params: dict[str, Any] = {"after": after}
+        if uuid:
+            params["uuid"] = uuid
+        return self._call("GET", "/logs", **params)
+
+    def log_streams(self) -> dict[str, int]:
+        """``open``: log-stream requests open now; ``opened``: since this server process started."""
+        return self._call("GET", "/log-streams")
 
     def stats(self, since: float = 0, until: float = 1e12) -> list[dict[str, Any]]:
         return self._call("GET", "/stats", since=since, until=until)

@@ -11,7 +11,8 @@ answer), ``slow`` (``delay`` seconds, then answer normally), ``status`` (answer 
 ``body``), ``429`` (``Retry-After: retry_after``, body ``"Too Many Requests"`` as §0.6) or
 ``malformed`` (200 with a truncated JSON body); limited to ``method``/``path`` (a regex), for
 ``count`` requests or until ``until`` (epoch seconds). Revoking a key (``POST /_fake/keys/revoke``)
-expires it, which the real server treats exactly like no key.
+expires it, which the real server treats exactly like no key. The log stream (§5.1) has a module of
+its own (``logstream.py``): it reads its body as it arrives instead of whole.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ _UUID_RE = re.compile(r"^[a-f0-9]{32}([a-f0-9]{30})?$")
 _JSON_TYPE = re.compile(r"^application/(json|[^;]*\+json|csp-report)\s*(;|$)", re.I)
 _TAG_KEY_BAD = re.compile(r"\s|^io\.(resin|balena)\.")
 _CONFIG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:]*$")
+_LOG_STREAM = re.compile(r"/device/v2/[^/]+/log-stream/?", re.I)
 
 
 class Reply(Exception):  # noqa: N818 - control flow, not an error
@@ -122,9 +124,14 @@ class Request:
 class FakeApi:
     """The routes; one instance per server process."""
 
-    def __init__(self, store: Store, *, metrics_throttle_s: float = 60.0) -> None:
+    def __init__(
+        self, store: Store, *, metrics_throttle_s: float = 60.0, log_unknown_delay_s: float = 55.0
+    ) -> None:
+        from .logstream import LogStreams
+
         self.store = store
         self.metrics_throttle_s = metrics_throttle_s
+        self.log_streams = LogStreams(self, log_unknown_delay_s)
         self.routes: list[tuple[str, re.Pattern[str], str, Callable[..., None]]] = []
         for method, pattern, kind, fn in (
             ("GET", r"/ping", "ping", self.ping),
@@ -135,6 +142,7 @@ class FakeApi:
             ("PATCH", r"/device/v3/state", "state_patch", self.state_patch),
             ("PATCH", r"/device/v3/tags", "tags_patch", self.tags_patch),
             ("GET", r"/auth/v1/token", "token", self.token),
+            ("POST", r"/device/v2/([^/]+)/log-stream", "log_stream", self.log_stream_refused),
             ("*", r"/v[67]/.*", "odata", self.odata),
         ):
             self.routes.append((method, re.compile(f"{pattern}/?", re.I), kind, fn))
@@ -265,6 +273,11 @@ class FakeApi:
             raise json_reply(409, '"key" must be unique.')
         self.store.create_key("device-api-key", device=device["id"], key=key)
         raise json_reply(200, key)
+
+    def log_stream_refused(self, req: Request, uuid: str) -> None:
+        """Only reached when the handler did not stream (it always does): the checks alone."""
+        self.log_streams.check(req, uuid)
+        raise empty(400)
 
     # ------------------------------------------------------------------------------ target state
     def state_get(self, req: Request, uuid: str) -> None:
@@ -757,7 +770,7 @@ class FakeApi:
     def classify(self, req: Request) -> None:
         """Name the request's route for the log (faults answer before dispatch)."""
         self._route(req)
-        if req.kind == "state_get":
+        if req.kind in ("state_get", "log_stream"):
             req.uuid = req.path.split("/")[3]
 
     def dispatch(self, req: Request) -> None:
@@ -811,6 +824,9 @@ def make_handler(api: FakeApi, admin: Callable[[Request], None]) -> type[BaseHTT
             return self.rfile.read(length) if length else b""
 
         def _handle(self) -> None:
+            if self.command == "POST" and _LOG_STREAM.fullmatch(self.path.partition("?")[0]):
+                self._log_stream()
+                return
             raw = self._read_body()
             req = Request(self, raw or b"")
             reply: Reply
@@ -867,6 +883,39 @@ def make_handler(api: FakeApi, admin: Callable[[Request], None]) -> type[BaseHTT
                 )
             self._send(reply)
 
+        def _log_stream(self) -> None:
+            """§5.1: checks, then the body read (and stored) as it arrives; see logstream.py."""
+            req = Request(self, b"")
+            api.classify(req)
+            uuid = req.uuid or ""
+            status, bytes_in = 0, 0
+            try:
+                fault = _fault(api.store, req.method, req.path)
+                if fault is not None and fault["kind"] == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fault is not None and fault["kind"] == "slow":
+                    time.sleep(fault["delay"] or 0)
+                if fault is not None and fault["kind"] in ("status", "429"):
+                    is_429 = fault["kind"] == "429"
+                    retry = {"Retry-After": str(fault["retry_after"] or 1)} if is_429 else None
+                    raise Reply(
+                        fault["status"] or 429,
+                        (fault["body"] or "").encode(),
+                        "application/json; charset=utf-8" if fault["body"] else None,
+                        retry,
+                    )
+                api.log_streams.check(req, uuid)
+                status, bytes_in = api.log_streams.receive(self, req, uuid, fault)
+            except Reply as answer:  # refused before the body: answer at once and drop the connection
+                status = answer.status
+                self.close_connection = True
+                answer.headers["Connection"] = "close"
+                self._send(answer)
+            finally:
+                api.store.log_request(req.method, req.path, req.kind, status, bytes_in, 0, uuid)
+
         def _send(self, reply: Reply) -> None:
             self.send_response(reply.status)
             for name, value in reply.headers.items():
@@ -885,14 +934,18 @@ def make_handler(api: FakeApi, admin: Callable[[Request], None]) -> type[BaseHTT
 
 
 class FakeApiServer(ThreadingHTTPServer):
+    api: FakeApi
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
 
 
-def serve(store: Store, host: str, port: int, *, metrics_throttle_s: float = 60.0) -> FakeApiServer:
+def serve(
+    store: Store, host: str, port: int, *, metrics_throttle_s: float = 60.0, log_unknown_delay_s: float = 55.0
+) -> FakeApiServer:
     from .admin import Admin
 
-    api = FakeApi(store, metrics_throttle_s=metrics_throttle_s)
-    server = FakeApiServer((host, port), make_handler(api, Admin(store)))
+    api = FakeApi(store, metrics_throttle_s=metrics_throttle_s, log_unknown_delay_s=log_unknown_delay_s)
+    server = FakeApiServer((host, port), make_handler(api, Admin(store, api.log_streams)))
+    server.api = api
     return server

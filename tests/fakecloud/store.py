@@ -3,7 +3,8 @@
 Tables follow the real model's resource and field names (cloud-api.md §2, §6) where a device sees
 them: ``application``, ``release``, ``image`` (one row per release service), ``device``,
 ``api_key``, ``device_tag``, ``image_install`` and one ``var`` table for every kind of
-environment/config variable. The rest (``report``, ``request_log``, ``fault``) is the fake's own:
+environment/config variable. The rest (``report``, ``request_log``, ``fault``, ``device_log``: every
+line a log stream delivered, §5.1) is the fake's own:
 what tests read back and how they inject faults.
 """
 
@@ -59,6 +60,10 @@ CREATE TABLE IF NOT EXISTS request_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
     kind TEXT NOT NULL, status INTEGER NOT NULL, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL,
     uuid TEXT, query TEXT);
+CREATE TABLE IF NOT EXISTS device_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT NOT NULL, stream INTEGER NOT NULL,
+    received_at REAL NOT NULL, message TEXT NOT NULL, timestamp NOT NULL,
+    is_system INTEGER NOT NULL, is_stderr INTEGER NOT NULL, service_id);
 CREATE TABLE IF NOT EXISTS fault (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, method TEXT, path TEXT,
     remaining INTEGER, until REAL, status INTEGER, delay REAL, retry_after TEXT, body TEXT);
