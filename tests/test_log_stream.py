@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -222,19 +223,24 @@ def test_headers_and_body_are_gzip_ndjson(device: Device, running) -> None:
 
 def test_acks_only_after_the_write_and_the_grace(device: Device, running) -> None:
     """No ack while the stream waits (not provisioned); acks once the lines were written and the
-    connection stood its grace; a dropped message is acknowledged at once."""
+    connection stood its grace; a message not for the cloud (no ``serviceId``) is acknowledged with
+    the line queued before it, or at once when nothing is queued."""
     device.mode = WAIT
     acked: dict[int, float] = {}
     stream = running(StreamSettings(grace_s=1.0, backoff_min_s=0.2, backoff_max_s=1.0))
     for i in range(20):
         stream.log(_line(i, _ack=lambda i=i: acked.setdefault(i, time.time())))
     dropped: list[bool] = []
-    stream.log({"message": "no service", "timestamp": 1, "_ack": lambda: dropped.append(True)})
-    assert dropped == [True]
+    stream.log({"message": "no service", "timestamp": 1,
+                "_ack": lambda: dropped.append(19 in acked)})
     time.sleep(1.0)
-    assert not acked and not device.lines()
+    assert not acked and not device.lines() and not dropped
     device.mode = StreamTarget(device.url, device.key)
     wait_for(lambda: len(acked) == 20, "20 acks")
+    assert dropped == [True]  # right after line 19's ack
+    alone: list[bool] = []
+    stream.log({"message": "no service", "timestamp": 2, "_ack": lambda: alone.append(True)})
+    assert alone == [True]
     received = min(r["receivedAt"] for r in device.lines())
     assert len(device.lines()) == 20
     # written (0.1 s after the connect, the flush interval), then the 1 s grace from the connect stood
@@ -398,9 +404,10 @@ def test_outage_under_load_is_bounded_and_counted(device: Device, running, recor
     # Nothing missing before the outage or after the recovery: the gap is one run of numbers.
     gaps = [(a, b) for a, b in zip(numbers, numbers[1:], strict=False) if b != a + 1]
     assert len(gaps) == 1, gaps
-    # Acks in order, only for batches whose last line was delivered, and (after the grace) all of them.
-    wait_for(lambda: len(acked) == sum(1 for n in numbers if n % 10 == 9), "every delivered batch acked")
-    assert acked == sorted(acked) and set(acked) == {n for n in numbers if n % 10 == 9}
+    # Every batch acknowledged exactly once and in order (hub.py LogBackend): the dropped ones with
+    # their Suppressed line, after every line before the gap and before every line after it.
+    wait_for(lambda: len(acked) == total // 10, "every batch acked")
+    assert acked == list(range(9, total, 10))
     budget = FAST.max_pending_bytes
     assert peak_pending <= budget
     record_property("peak_pending_bytes", peak_pending)
@@ -408,6 +415,36 @@ def test_outage_under_load_is_bounded_and_counted(device: Device, running, recor
     print(f"\n{total} lines, {missing} suppressed during the outage, pending peak {peak_pending} B "
           f"(budget {budget}), RSS growth {peak_rss - rss_before} KiB")
     assert peak_rss - rss_before < 16 * 1024
+
+
+def test_dropped_lines_are_acknowledged_with_their_suppressed_line(device: Device, running) -> None:
+    """The ack rule for drops (hub.py LogBackend): while the cloud is unreachable nothing is
+    acknowledged, neither the lines pending nor those dropped (an ack for a dropped line would move
+    its source past pending ones); once the cloud is back the acks come in order, the dropped
+    batches' exactly when their Suppressed line went out, and the held acks stay bounded."""
+    settings = replace(FAST, max_pending_bytes=4096, max_held_acks=64)
+    device.mode = WAIT  # not reachable yet: the buffer fills, then drops
+    stream = running(settings)
+    acked: list[int] = []
+    events: list[tuple[str, int]] = []
+    for b in range(200):  # 200 batches of 5 lines
+        batch = [_line(n) for n in range(b * 5, b * 5 + 5)]
+        batch[-1]["_ack"] = lambda last=b * 5 + 4: (acked.append(last), events.append(("ack", last)))
+        stream.log_many(batch)
+    time.sleep(0.5)
+    assert not acked and stream.dropped_total > 0
+    kept = 1000 - stream.dropped_total
+    assert len(stream._held_acks) == 64  # bounded: the oldest forgotten, none called early
+    device.mode = StreamTarget(device.url, device.key)
+    lines = wait_for(lambda: (ls := device.lines()) and any(SUPPRESSED.match(r["message"]) for r in ls)
+                     and ls, "the Suppressed line")
+    assert _numbers(lines) == list(range(kept))
+    assert int(SUPPRESSED.match(lines[-1]["message"])[1]) == 1000 - kept
+    forgotten = (1000 - kept) // 5 - 64 + (1 if kept % 5 else 0)
+    expected = [n for n in range(4, 1000, 5) if n < kept] + list(range(4, 1000, 5))[-64:]
+    wait_for(lambda: acked == expected, "the acks in order", context=lambda: (acked, forgotten))
+    stream.log(_line(1000, _ack=lambda: acked.append(1000)))
+    wait_for(lambda: acked[-1:] == [1000], "a line after the gap acked after it")
 
 
 def test_settings_scale_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -158,3 +158,37 @@ def test_the_local_stream_renders_a_batch_with_names_first_and_no_private_keys()
 ])
 def test_system_message_composition(human: str, fields: dict[str, Any], text: str, is_error: bool) -> None:
     assert compose(human, fields) == (text, is_error)
+
+
+def test_cloud_acks_keep_positions_exact_when_it_holds_drops_or_is_off() -> None:
+    """hub.py's ack rule with the real cloud backend and a real tracker: while the stream holds lines
+    (not provisioned) and drops past its budget, the position does not move (a restart re-reads what
+    is pending, skips nothing); switched off, everything is discarded and acknowledged in order, and
+    the position counts every line (a restart repeats nothing)."""
+    import time
+
+    from supervisor.logs.cloud import OFF, WAIT, CloudLogStream, StreamSettings
+
+    mode = [WAIT]
+    stream = CloudLogStream(lambda: mode[0], settings=StreamSettings(max_pending_bytes=2048,
+                                                                     off_check_s=0.05, idle_wake_s=0.05))
+    hub = LogHub()
+    hub.add_backend(stream)
+    tracker = Tracker(since_ms=1000, margin_ms=10_000)
+    stream.start()
+    try:
+        for b in range(40):  # 40 batches of 5 lines, 1 ms apart: far past the 2 KiB budget
+            stamps = array("q", range(1000 + b * 5, 1005 + b * 5))
+            batch = [{"message": f"line {t}", "timestamp": t, "serviceId": 21, "isStdErr": False}
+                     for t in stamps]
+            hub.publish_many(batch, lambda s=stamps: tracker.add(s))
+        time.sleep(0.3)
+        assert stream.dropped_total > 0
+        assert tracker.position() == (1000, 0)  # nothing acknowledged: all is re-read after a restart
+        mode[0] = OFF
+        deadline = time.monotonic() + 5
+        while tracker.position() != (1000, 200) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tracker.position() == (1000, 200)
+    finally:
+        stream.stop()

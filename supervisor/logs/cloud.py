@@ -30,13 +30,18 @@ Where it loses lines it need not, this does better (docs/API.md, "Cloud log stre
 Lines are lost without a count only when a connection breaks with no answer (the server dies, the
 network cuts it): what the server had not read yet.
 
-Every message may carry ``_ack``, a zero-argument callable (supervisor/logs/hub.py): it is called
-once, in the order the messages came, after the message's bytes were written and sync-flushed on a
-connection that has stood its grace, or when the message is not for the cloud (local mode, logging
-off, no ``serviceId``). It is not called for a message still pending at stop, nor for one dropped
-under load (an ack then would move the source past lines still pending; the next delivered line's
-ack moves it on), so a source that resumes from acknowledged positions re-reads exactly those after
-a restart. Keys beginning with ``_`` are never sent; only the §8.2 fields are.
+Every message may carry ``_ack``, a zero-argument callable; the rule is the hub's
+(supervisor/logs/hub.py ``LogBackend``): each ack is called once, in the order the messages came.
+A line sent: once its bytes were written and sync-flushed on a connection that has stood its grace.
+A line dropped under load: held (at most ``max_held_acks``) and called when the ``Suppressed`` line
+that counts it is sent, which is queued behind every line accepted before the gap and ahead of every
+line after it; an earlier ack would move the source past lines still pending. A line not for the
+cloud (no ``serviceId``): with the line queued before it. Off (local mode, logging off): what is
+queued is discarded and acknowledged within ``off_check_s``. Not provisioned yet: held, and
+acknowledged once sent. Never called for a line still pending (or dropped but not announced) at
+stop: a source resuming from acknowledged positions re-reads exactly those after a restart, and
+the lines lost are exactly the ``Suppressed`` counts that reached the cloud.
+Keys beginning with ``_`` are never sent; only the §8.2 fields are.
 
 ``http.client`` rather than ``requests``: the body is written piece by piece as lines arrive, each
 piece sync-flushed on its own schedule, while the socket is watched for an early answer; ``requests``
@@ -113,6 +118,9 @@ class StreamSettings:
     off_check_s: float = 0.25
     #: The longest the thread sleeps with nothing to do.
     idle_wake_s: float = 0.5
+    #: Acks of dropped batches held for their Suppressed line (one a batch, a few hundred bytes each);
+    #: past this the oldest are forgotten, never called early (an outage of many seconds at full rate).
+    max_held_acks: int = 4096
     compress_level: int = 6
 
     def scaled(self, factor: float) -> StreamSettings:
@@ -290,6 +298,9 @@ class CloudLogStream(Subsystem):
         self._pending_bytes = 0
         self._dropped = 0  # since the last announcement
         self._dropping = False  # overflowed; stays so until the buffer has drained to half
+        #: The acks of the lines dropped since the last announcement: called when it is sent.
+        self._held_acks: collections.deque[Callable[[], None]] = collections.deque(
+            maxlen=self.settings.max_held_acks)
         self._mode: StreamTarget | str = WAIT
         self._mode_at = 0.0
         self._conn: _Connection | None = None
@@ -312,39 +323,49 @@ class CloudLogStream(Subsystem):
         """Queue a batch in order under one lock (the hub's fast path, supervisor/logs/hub.py)."""
         # Queued even while the stream is off: the thread decides with the mode it reads just before
         # writing (a cached "off" here would drop lines logged right after logging was turned on).
-        entries: list[_Entry] = []
+        entries: list[_Entry | Callable[[], None]] = []  # a bare callable: the ack of a line not sent
         for message in messages:
             ack = message.get("_ack")
             record = to_record(message)
-            if record is None:  # never for the cloud: acknowledged with the entry before it
+            if record is None:  # never for the cloud: acknowledged with the line before it
                 if callable(ack):
-                    if entries:
-                        payload, acks, size, count = entries[-1]
-                        entries[-1] = (payload, (*acks, ack), size, count)
-                    else:
-                        _settle((ack,))
+                    entries.append(ack)
                 continue
             size = len(record["message"]) + RECORD_OVERHEAD
             entries.append((record, (ack,) if callable(ack) else (), size, 1))
         if not entries:
             return
         dropped = 0
+        now: list[Callable[[], None]] = []  # nothing queued ahead of them: called at once
         limit = self.settings.max_pending_bytes
         with self._cond:
-            if not self._pending:
+            pending = self._pending
+            if not pending:
                 self._cond.notify()
             for entry in entries:
+                if not isinstance(entry, tuple):  # the ack of a line not for the cloud
+                    if self._dropping:
+                        self._held_acks.append(entry)
+                    elif pending:
+                        payload, acks, size, count = pending[-1]
+                        pending[-1] = (payload, (*acks, entry), size, count)
+                    else:
+                        now.append(entry)
+                    continue
                 if self._dropping or self._pending_bytes + entry[2] > limit:
-                    # Dropped and counted; its ack is NOT called: acks go in order, and an ack now
-                    # would move the source past lines still pending. A later line's ack moves it on.
+                    # Dropped and counted; its ack waits for the Suppressed line (hub.py LogBackend).
                     self._dropping = True
                     dropped += 1
+                    if entry[1]:
+                        self._held_acks.extend(entry[1])
                     continue
-                self._pending.append(entry)
+                pending.append(entry)
                 self._pending_bytes += entry[2]
             if dropped:
                 self._dropped += dropped
                 self.dropped_total += dropped
+        if now:
+            _settle(now)
         if dropped and self.metrics is not None:
             self.metrics.inc("log_lines_dropped", dropped, "cloud")
 
@@ -445,8 +466,11 @@ class CloudLogStream(Subsystem):
             self._pending_bytes = 0
             self._dropped = 0
             self._dropping = False
+            held = list(self._held_acks)  # behind every pending line
+            self._held_acks.clear()
         for _payload, acks, _size, _count in entries:
             _settle(acks)
+        _settle(held)
 
     # ------------------------------------------------------------------------------ connection
     def _ssl_context(self) -> ssl.SSLContext:
@@ -565,7 +589,10 @@ class CloudLogStream(Subsystem):
                 if self._dropped:
                     warning = _suppressed(self._dropped)
                     self._dropped = 0
-                    self._pending.append((warning, (), len(warning["message"]) + RECORD_OVERHEAD, 1))
+                    # The gap's place in the order: the dropped lines' acks go with their count.
+                    held = tuple(self._held_acks)
+                    self._held_acks.clear()
+                    self._pending.append((warning, held, len(warning["message"]) + RECORD_OVERHEAD, 1))
                     self._pending_bytes += self._pending[-1][2]
         self.sent += lines
         if self.metrics is not None:

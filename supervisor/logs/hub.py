@@ -33,13 +33,29 @@ class LogBackend(Protocol):
     container or one system message; the backend may keep the list), and is called instead of
     ``log`` for each message when the backend has it.
 
-    Delivery acknowledgement (the engine log source's resume positions): a backend with the
-    attribute ``acknowledges = True`` calls the zero-argument callable under the key ``"_ack"`` of
-    a message once that message's bytes were written to its connection and sync-flushed, or once
-    it decided not to send it (dropped under load and counted, or not for the cloud at all: local
-    mode, logging off, device not provisioned); in the order the messages came. Only the last
-    message of a batch carries ``_ack``, and it stands for the whole batch. Keys starting with
-    ``_`` are never sent anywhere. With no such backend, publishing counts as delivery.
+    Delivery acknowledgement (the sources' resume positions, supervisor/logs/positions.py): a
+    backend with the attribute ``acknowledges = True`` calls the zero-argument callable under the
+    key ``"_ack"`` of a message exactly once, and every backend calls them in the order the
+    messages came (a position counts the lines acknowledged within its margin, so an ack that comes
+    early, late out of order, or never, makes a restart skip or repeat lines). Only the last
+    message of a batch carries ``_ack``; it stands for the whole batch. When:
+
+    * sent: once the message's bytes were written to the connection and sync-flushed (for the
+      cloud, on a connection that stood its grace);
+    * dropped under load (counted): when the ``Suppressed <N>`` line that counts it is sent, which
+      comes after every line accepted before the gap and before every line after it; never at the
+      drop (the source would move past lines still pending, and a restart then skips them);
+    * not for this backend (a line without ``serviceId`` for the cloud): with the line before it;
+    * the backend switched off (local mode, ``SUPERVISOR_LOG_CONTROL`` off): what it holds is
+      discarded and acknowledged promptly (the cloud stream: within 0.25 s), so positions advance;
+    * held for later (a managed device not provisioned yet): once sent;
+    * still pending, or dropped and not yet announced, at stop: never (a restart re-reads it).
+
+    So no line is skipped by a restart while it was still pending, positions always advance once
+    the backend sends again or is off, and the lines lost are exactly the announced ``Suppressed``
+    counts. A backend may forget (never call early) the acks of a very long overflow beyond its
+    bound: the cost is a few repeated lines after a restart, never a skipped one. Keys starting
+    with ``_`` are never sent anywhere. With no acknowledging backend, publishing is delivery.
     """
 
     def log(self, message: Message) -> None: ...
