@@ -242,12 +242,14 @@ class Supervisor:
     def _init_log_pipeline(self) -> None:
         """The log monitor and the engine log source (supervisor/logs/, spec §8.1); positions in the
         runtime directory (tmpfs on a device: they live as long as the journal there does)."""
+        from .host.journal import is_balena_os
         from .logs.docker_source import DockerLogSource
         from .logs.engine_http import EngineAddress
-        from .logs.monitor import LogMonitor
+        from .logs.monitor import LazySource, LogMonitor
         from .logs.positions import PositionStore
 
         self.engine_logs: DockerLogSource | None = None
+        self.journald_logs: LazySource | None = None
         self.log_monitor: LogMonitor | None = None
         try:
             address = EngineAddress.from_env()
@@ -261,7 +263,18 @@ class Supervisor:
             self.logs.add_backend(FileSink(sink))
         positions = PositionStore(self.paths.runtime_dir / "log-positions.json")
         self.engine_logs = DockerLogSource(self._publish_logs, engine=address, positions=positions)
-        self.log_monitor = LogMonitor(address, {"engine": self.engine_logs}, managed_apps=self.managed_apps,
+        # The journald driver's source (§8.1): one journalctl, spawned only for a container that logs
+        # with the journald driver, or at start on balenaOS (the host units' rows are system lines).
+        started_ms = int(time.time() * 1000)
+
+        def journald() -> Any:
+            from .logs.journald import JournaldLogSource
+
+            return JournaldLogSource(self._publish_logs, since_ms=started_ms)
+
+        self.journald_logs = LazySource(journald, eager=is_balena_os(self.paths))
+        self.log_monitor = LogMonitor(address, {"engine": self.engine_logs, "journald": self.journald_logs},
+                                      managed_apps=self.managed_apps,
                                       system_log=self.system_message, on_containers=positions.retain,
                                       image_name=self._image_name)
 
@@ -297,6 +310,8 @@ class Supervisor:
         self.system_message("Supervisor starting")
         if self.engine_logs is not None:
             self.engine_logs.start()
+        if self.journald_logs is not None:
+            self.journald_logs.start()
         for subsystem in self.subsystems:
             subsystem.start()
         self.server.start()
@@ -359,6 +374,8 @@ class Supervisor:
                 stopped = False
         if self.engine_logs is not None:
             self.engine_logs.stop()  # after the monitor: its last positions are written
+        if self.journald_logs is not None:
+            self.journald_logs.stop()
         if not stopped:
             return False
         engine = self.reconciler.engine

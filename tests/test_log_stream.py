@@ -478,6 +478,8 @@ def test_runtime_target_follows_mode_provisioning_and_log_control(tmp_path: Path
     sup = Supervisor(Settings(root=str(root), port=0, host="127.0.0.1", led="none"))
     try:
         assert sup.cloud_logs is not None and sup.subsystems[0] is sup.cloud_logs
+        # not balenaOS, no journald container yet: the journald source is not made (no journalctl)
+        assert sup.journald_logs is not None and sup.journald_logs.made is None
         assert sup._log_stream_target() == WAIT  # not registered yet
         sup.config.json.set(registered_at=1, deviceId=5)
         target = sup._log_stream_target()

@@ -192,3 +192,60 @@ def test_cloud_acks_keep_positions_exact_when_it_holds_drops_or_is_off() -> None
         assert tracker.position() == (1000, 200)
     finally:
         stream.stop()
+
+
+class Recording:
+    """A LogSource that records what the monitor asks of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def start(self) -> None:
+        self.calls.append(("start",))
+
+    def stop(self) -> None:
+        self.calls.append(("stop",))
+
+    def attach(self, container_id: str, service_id: int, log_level: str, **extra: Any) -> None:
+        self.calls.append(("attach", container_id, service_id, log_level))
+
+    def detach(self, container_id: str) -> None:
+        self.calls.append(("detach", container_id))
+
+
+class Inspected:
+    """The engine's answers to ``GET /containers/<id>/json``, as recorded data."""
+
+    def __init__(self, *containers: dict[str, Any]) -> None:
+        self.containers = {c["Id"]: c for c in containers}
+
+    def get_json(self, path: str) -> dict[str, Any]:
+        return self.containers[path.split("/")[2]]
+
+
+def test_a_journald_container_goes_to_the_journald_source_made_only_then() -> None:
+    """§8.1 routing by driver through the monitor: a json-file container is read by the engine source
+    and makes no journald source (no journalctl on an idle dev board); the first journald-driver
+    container makes it, started, and attaches to it; destroy detaches it. Eager (balenaOS): made at
+    start."""
+    from supervisor.logs.monitor import LazySource, LogMonitor
+
+    plain = {**inspect("json-file"), "Id": "a" * 64}
+    journal = {**inspect("journald", env=["BALENA_LOGS_LEVEL=error"]), "Id": "b" * 64}
+    engine, made = Recording(), []
+    lazy = LazySource(lambda: made.append(Recording()) or made[-1])
+    monitor = LogMonitor(Inspected(plain, journal), {"engine": engine, "journald": lazy})  # type: ignore[arg-type]
+    lazy.start()
+    monitor._attach("a" * 64, at_start=True)
+    assert engine.calls[0][:4] == ("attach", "a" * 64, 21, "all") and lazy.made is None
+    monitor._attach("b" * 64, at_start=True)
+    assert len(made) == 1 and made[0].calls == [("start",), ("attach", "b" * 64, 21, "err")]
+    monitor._event({"Action": "destroy", "Actor": {"ID": "b" * 64, "Attributes": {
+        "io.balena.supervised": "true", "io.balena.app-id": "7"}}})
+    assert made[0].calls[-1] == ("detach", "b" * 64) and len(engine.calls) == 1
+    lazy.stop()
+    assert made[0].calls[-1] == ("stop",)
+
+    eager = LazySource(lambda: made.append(Recording()) or made[-1], eager=True)
+    eager.start()
+    assert eager.made is made[-1] and made[-1].calls == [("start",)]

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ContainerInfo",
+    "LazySource",
     "LogMonitor",
     "LogLevel",
     "LogSource",
@@ -116,6 +117,45 @@ class Route:
     source: Literal["engine", "journald"] | None
     level: LogLevel = "all"
     reason: str = ""
+
+
+class LazySource:
+    """A :class:`LogSource` made by ``make()`` only when first needed: at the first ``attach`` (a
+    container that logs with this driver), or at ``start`` when ``eager`` (balenaOS: the journald
+    source also carries the host units' rows). An idle device whose containers all log with
+    ``json-file`` never spawns ``journalctl`` (footprint). ``made`` is the source, once made."""
+
+    def __init__(self, make: Callable[[], Any], *, eager: bool = False) -> None:
+        self._make = make
+        self._eager = eager
+        self._started = False
+        self.made: Any = None
+
+    def _source(self) -> Any:
+        if self.made is None:
+            self.made = self._make()
+            if self._started:
+                self.made.start()
+        return self.made
+
+    def start(self) -> None:
+        self._started = True
+        if self.made is not None:
+            self.made.start()
+        elif self._eager:
+            self._source()
+
+    def stop(self) -> None:
+        self._started = False
+        if self.made is not None:
+            self.made.stop()
+
+    def attach(self, container_id: str, service_id: int, log_level: LogLevel, **extra: Any) -> None:
+        self._source().attach(container_id, service_id, log_level, **extra)
+
+    def detach(self, container_id: str) -> None:
+        if self.made is not None:
+            self.made.detach(container_id)
 
 
 def log_level(env: Mapping[str, str]) -> LogLevel | None:
