@@ -466,3 +466,100 @@ def test_unmanaged_device_has_no_binder(tmp_path: Path) -> None:
         assert sup.binder is None and all(s.name != "cloud" for s in sup.subsystems)
     finally:
         sup.config.db.close()
+
+
+#: Numbered lines on stdout and stderr while /tmp/go exists; the number carries on across restarts.
+SEQ_SCRIPT = r"""#!/bin/sh
+touch /tmp/go
+n=$(cat /tmp/n 2>/dev/null || echo 0)
+while true; do
+  if [ ! -e /tmp/go ]; then sleep 0.05; continue; fi
+  echo "seq out $n ünï€"
+  echo "seq err $n" >&2
+  n=$((n + 1))
+  echo $n > /tmp/n
+  sleep 0.02
+done
+"""
+
+
+def test_service_lines_reach_the_cloud_once_in_order_across_a_kill(
+    cloud_fleet: Fleet, start_supervisor, make_image
+) -> None:
+    """§8.3 end to end (#14): a managed device's service lines, stdout and stderr, arrive at the fake
+    cloud's log stream exactly once and in order per stream, with the service's ``serviceId`` and
+    ``isStdErr`` and no ``serviceName``; a supervisor kill -9 (settled) and restart neither loses nor
+    repeats a line (positions advance only on the cloud's acknowledgements, hub.py LogBackend)."""
+    fl = cloud_fleet
+    local = f"pysupervisor-test/cloud-seq-{uuid.uuid4().hex[:8]}:latest"
+    make_image(local, files={"run.sh": SEQ_SCRIPT}, cmd=["sh", "/run.sh"])
+    ref = fl.registry.push(local, f"cloud{fl.app_id}/seq")
+    fl.images["seq"] = next(d for d in fl.client.api.inspect_image(ref)["RepoDigests"]
+                            if d.startswith(fl.registry.host))
+    fl.client.api.remove_image(ref)
+    release = fl.api.create_release(fl.app["id"], {"seq": {
+        "image": fl.images["seq"], "labels": {TEST_LABEL: "1"},
+        "composition": {"stop_grace_period": "0s", "tty": False}}})
+    scale = {"PYSUPERVISOR_LOG_STREAM_TIME_SCALE": "0.2"}  # 1 s grace before lines count as delivered
+    fresh_device(fl.root, fl.api, fl.app, uuid=fl.uuid, deviceApiKey=fl.key)
+
+    def start() -> SupervisorProcess:
+        return start_supervisor(fl.root, "--apps", str(fl.app_id), "--no-host-setup", engine=True,
+                                env=env(**scale))
+
+    sup = start()
+    wait_for(lambda: fl.runs(release["commit"], ("seq",)), "the release running", sup, timeout=120)
+    container = fl.client.api.inspect_container(fl.containers()["seq"]["id"])
+    cid, service_id = container["Id"], int(container["Config"]["Labels"]["io.balena.service-id"])
+
+    def cloud_lines() -> list[dict[str, Any]]:
+        return [r for r in fl.api.logs(fl.uuid) if not r.get("isSystem")]
+
+    def engine_lines() -> dict[bool, list[str]]:
+        out: dict[bool, list[str]] = {}
+        for flag in (False, True):
+            raw = fl.client.api.logs(cid, stdout=not flag, stderr=flag).decode()
+            out[flag] = [line for line in raw.split("\n") if line]
+        return out
+
+    def per_stream(lines: list[dict[str, Any]]) -> dict[bool, list[str]]:
+        return {flag: [r["message"] for r in lines if r["isStdErr"] is flag] for flag in (False, True)}
+
+    def exec_in(*cmd: str) -> None:
+        fl.client.api.exec_start(fl.client.api.exec_create(cid, list(cmd)))
+
+    def settle(what: str, proc: SupervisorProcess) -> list[dict[str, Any]]:
+        exec_in("rm", "-f", "/tmp/go")
+        return wait_for(lambda: (ls := cloud_lines()) and per_stream(ls) == engine_lines() and ls,
+                        f"every line at the cloud {what}", proc, timeout=90,
+                        context=lambda: ({k: len(v) for k, v in per_stream(cloud_lines()).items()},
+                                         {k: len(v) for k, v in engine_lines().items()}))
+
+    wait_for(lambda: len(cloud_lines()) > 100, "service lines at the cloud", sup, timeout=60)
+    first = settle("before the kill", sup)
+    assert all(r["serviceId"] == service_id and "serviceName" not in r for r in first)
+    numbers = [int(r["message"].split()[2]) for r in first if not r["isStdErr"]]
+    assert numbers == list(range(len(numbers))) and "ünï€" in first[0]["message"]
+    assert [r["message"] for r in first if r["isStdErr"]] == [f"seq err {n}" for n in numbers]
+
+    positions = fl.root / "tmp/balena-supervisor/log-positions.json"
+    seen: list[tuple[float, str]] = []
+
+    def position_settled() -> bool:
+        text = positions.read_text() if positions.exists() else ""
+        if not seen or seen[-1][1] != text:
+            seen.append((time.monotonic(), text))
+        return cid in text and time.monotonic() - seen[-1][0] > 2.0
+
+    wait_for(position_settled, "the stream's position stored", sup, timeout=30)
+    sup.stop(signal.SIGKILL)
+    exec_in("touch", "/tmp/go")  # lines the engine keeps while no supervisor reads them
+    before = len(engine_lines()[False])
+    wait_for(lambda: len(engine_lines()[False]) > before + 40, "lines while no supervisor runs")
+    sup = start()
+    wait_for(lambda: len(cloud_lines()) > len(first) + 200, "lines of the second run", sup, timeout=60)
+    after = settle("after the restart", sup)
+    got = per_stream(after)
+    assert got == engine_lines()  # once each, in order: nothing lost, nothing repeated
+    assert [int(m.split()[2]) for m in got[False]] == list(range(len(got[False])))
+    assert all(r["serviceId"] == service_id and "serviceName" not in r for r in after)
