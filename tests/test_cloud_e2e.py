@@ -539,7 +539,7 @@ def test_service_lines_reach_the_cloud_once_in_order_across_a_kill(
     first = settle("before the kill", sup)
     assert all(r["serviceId"] == service_id and "serviceName" not in r for r in first)
     numbers = [int(r["message"].split()[2]) for r in first if not r["isStdErr"]]
-    assert numbers == list(range(len(numbers))) and "ünï€" in first[0]["message"]
+    assert numbers == list(range(len(numbers))) and "ünï€" in per_stream(first)[False][0]
     assert [r["message"] for r in first if r["isStdErr"]] == [f"seq err {n}" for n in numbers]
 
     positions = fl.root / "tmp/balena-supervisor/log-positions.json"
