@@ -123,14 +123,19 @@ class ApiServer:
         except OSError as err:  # bind() failed: say where, in one line (the CLI exits 2)
             raise _listen_error(host, port, err) from None
         self._thread: threading.Thread | None = None
+        self._pool_lock = threading.Lock()
+        self._stopped = False
 
     @property
     def port(self) -> int:
         return int(self._server.effective_port)  # type: ignore[attr-defined]  # waitress may give a str
 
     def set_threads(self, count: int) -> None:
-        """Grow or shrink the worker pool (an idle worker ends when the pool shrinks)."""
-        self._server.task_dispatcher.set_thread_count(count)  # type: ignore[attr-defined]
+        """Grow or shrink the worker pool (an idle worker ends when the pool shrinks). Nothing once
+        stopped: a stream ending after :meth:`stop` would otherwise start a new pool nobody ends."""
+        with self._pool_lock:
+            if not self._stopped:
+                self._server.task_dispatcher.set_thread_count(count)  # type: ignore[attr-defined]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
@@ -169,6 +174,8 @@ class ApiServer:
         from waitress import wasyncore
 
         server = self._server
+        with self._pool_lock:
+            self._stopped = True
         if self._thread is None or not self._thread.is_alive():
             server.close()
             return
