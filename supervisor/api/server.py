@@ -182,8 +182,16 @@ class ApiServer:
         # Run the close inside the loop thread: closing sockets from here would race its poll.
         try:
             server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # type: ignore[attr-defined]
-        except OSError as err:  # the trigger is gone: the loop cannot be woken, close from here
+        except OSError as err:  # the trigger is gone: the loop cannot be woken by it
             log.warning("API server trigger unusable (%s): closing its sockets directly", err)
-            wasyncore.close_all(server._map)  # type: ignore[attr-defined]
+            self._thread.join(timeout)  # the loop may be closing the broken trigger itself
+            if self._thread.is_alive():
+                # Socket objects only: their close is idempotent. The trigger's raw fd numbers are
+                # left to the loop, which closes them once (closing them here too could hit reused
+                # numbers).
+                trigger = server.trigger  # type: ignore[attr-defined]
+                for channel in list(server._map.values()):  # type: ignore[attr-defined]
+                    if channel is not trigger:
+                        channel.close()
         self._thread.join(timeout)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)  # type: ignore[attr-defined]
