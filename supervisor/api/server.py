@@ -123,14 +123,19 @@ class ApiServer:
         except OSError as err:  # bind() failed: say where, in one line (the CLI exits 2)
             raise _listen_error(host, port, err) from None
         self._thread: threading.Thread | None = None
+        self._pool_lock = threading.Lock()
+        self._stopped = False
 
     @property
     def port(self) -> int:
         return int(self._server.effective_port)  # type: ignore[attr-defined]  # waitress may give a str
 
     def set_threads(self, count: int) -> None:
-        """Grow or shrink the worker pool (an idle worker ends when the pool shrinks)."""
-        self._server.task_dispatcher.set_thread_count(count)  # type: ignore[attr-defined]
+        """Grow or shrink the worker pool (an idle worker ends when the pool shrinks). Nothing once
+        stopped: a stream ending after :meth:`stop` would otherwise start a new pool nobody ends."""
+        with self._pool_lock:
+            if not self._stopped:
+                self._server.task_dispatcher.set_thread_count(count)  # type: ignore[attr-defined]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
@@ -169,14 +174,24 @@ class ApiServer:
         from waitress import wasyncore
 
         server = self._server
+        with self._pool_lock:
+            self._stopped = True
         if self._thread is None or not self._thread.is_alive():
             server.close()
             return
         # Run the close inside the loop thread: closing sockets from here would race its poll.
         try:
             server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # type: ignore[attr-defined]
-        except OSError as err:  # the trigger is gone: the loop cannot be woken, close from here
+        except OSError as err:  # the trigger is gone: the loop cannot be woken by it
             log.warning("API server trigger unusable (%s): closing its sockets directly", err)
-            wasyncore.close_all(server._map)  # type: ignore[attr-defined]
+            self._thread.join(timeout)  # the loop may be closing the broken trigger itself
+            if self._thread.is_alive():
+                # Socket objects only: their close is idempotent. The trigger's raw fd numbers are
+                # left to the loop, which closes them once (closing them here too could hit reused
+                # numbers).
+                trigger = server.trigger  # type: ignore[attr-defined]
+                for channel in list(server._map.values()):  # type: ignore[attr-defined]
+                    if channel is not trigger:
+                        channel.close()
         self._thread.join(timeout)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)  # type: ignore[attr-defined]

@@ -134,6 +134,8 @@ class DockerLogSource:
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
+        else:  # never started: nothing else will release the selector and the wake pipe
+            self._release()
 
     def attach(self, container_id: str, service_id: int, log_level: LogLevel, *, tty: bool = False,
                started_ms: int = 0) -> None:
@@ -156,8 +158,21 @@ class DockerLogSource:
         self._wake()
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        # Under the lock, and only while the pipe is open: once closed, its number may already be
+        # another file's (the kernel hands out the lowest free one), which a write would corrupt.
+        with self._lock, contextlib.suppress(BlockingIOError, OSError):
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+
+    def _release(self) -> None:
+        """Close the selector and the wake pipe, once."""
+        with self._lock:
+            fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+            if fds[0] < 0:
+                return
+            self._selector.close()
+            for fd in fds:
+                os.close(fd)
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
@@ -186,9 +201,7 @@ class DockerLogSource:
             for st in list(self._streams.values()):
                 self._close(st)
             self._positions.flush(force=True)
-            self._selector.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._release()
 
     def _next_timeout(self) -> float:
         timeout = self._positions.interval_s
