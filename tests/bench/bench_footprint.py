@@ -350,7 +350,7 @@ def keep_reconciling(sup: Supervisor, target: int, stop: threading.Event) -> Non
 
 
 def soak(client: docker.DockerClient, run: str, total: int, updates: int, log_lines: int,
-         workers: int, rounds_target: int) -> dict[str, Any]:
+         workers: int, rounds_target: int, keep_log: Path | None = None) -> dict[str, Any]:
     app_id = random.randint(10**6, 10**9)
     images = make_images(client, run, 2, lines=log_lines // (2 * (updates + 1)))
     with tempfile.TemporaryDirectory(prefix="footprint-soak-") as tmp:
@@ -399,6 +399,8 @@ def soak(client: docker.DockerClient, run: str, total: int, updates: int, log_li
             final = sup.status()
         finally:
             sup.stop()
+            if keep_log is not None:  # the run's directory goes: keep the supervisor's log
+                keep_log.write_bytes(sup.log_path.read_bytes())
             remove_run(client, [app_id], run)
     return {"samples": samples, "errors": load.errors, "rounds": rounds, "updates": release,
             "seconds": time.monotonic() - started, "final": final}
@@ -416,6 +418,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10_000, help="reconcile rounds of the soak")
     parser.add_argument("--log-lines", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=4, help="client threads of the soak")
+    parser.add_argument("--keep-log", type=Path, default=None,
+                        help="copy the soak supervisor's log (stdout+stderr) to this file at the end")
     parser.add_argument("--arenas", default=ARENAS,
                         help="MALLOC_ARENA_MAX of the runs ('' for glibc's default; default 2, as the unit)")
     args = parser.parse_args()
@@ -432,7 +436,8 @@ def main() -> int:
     if args.soak:
         print(f"soak: {args.requests} requests, {args.rounds} reconcile rounds, {args.updates} release "
               f"updates, {args.log_lines} log lines")
-        result = soak(client, run, args.requests, args.updates, args.log_lines, args.workers, args.rounds)
+        result = soak(client, run, args.requests, args.updates, args.log_lines, args.workers, args.rounds,
+                      args.keep_log)
         ten = next(rss for mark, _, rss in result["samples"] if mark == 10)
         end = result["samples"][-1][2]
         growth = (end - ten) / 1024
