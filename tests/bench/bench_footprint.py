@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:  # tests.*, when run as a script
     sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.device import free_port  # noqa: E402
-from tests.fixtures.docker import TEST_LABEL, build_image_archive, build_layer  # noqa: E402
+from tests.fixtures.docker import TEST_LABEL, _Session, build_image_archive, build_layer  # noqa: E402
 
 RUN_LABEL = "io.pysupervisor.bench.run"
 IDLE_TARGET_MB, MANAGED_TARGET_MB, PING_TARGET_S, SOAK_GROWTH_MB = 30.0, 38.0, 1.0, 2.0
@@ -429,6 +429,16 @@ def main() -> int:
     compileall.compile_dir(str(ROOT / "supervisor"), quiet=1)  # bytecode, as installed on a device
     compileall.compile_dir(str(ROOT / "hw"), quiet=1)
     client = docker.from_env()
+    # Registered as a live test session: a pytest run starting meanwhile then leaves the labelled
+    # images of this run alone (its sweep removes every labelled image when no other session lives).
+    session = _Session()
+    try:
+        return _run(args, client)
+    finally:
+        session.close()
+
+
+def _run(args: argparse.Namespace, client: docker.DockerClient) -> int:
     run = uuid.uuid4().hex[:10]
     base = baseline_kb()
     print(f"interpreter baseline (python -S, nothing imported): {base / 1024:.1f} MB; "
