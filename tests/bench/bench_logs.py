@@ -50,7 +50,12 @@ from tests.cloud_helpers import fleet, fresh_device  # noqa: E402
 from tests.fakecloud.client import FakeCloud  # noqa: E402
 from tests.fixtures.apps import remove_app  # noqa: E402
 from tests.fixtures.device import SupervisorProcess, free_port  # noqa: E402
-from tests.fixtures.docker import TEST_LABEL, build_image_archive, build_layer  # noqa: E402
+from tests.fixtures.docker import build_image_archive, build_layer  # noqa: E402
+
+#: The bench's own label on its image and containers, not ``TEST_LABEL``: a pytest session of someone
+#: else on the shared engine sweeps every ``TEST_LABEL`` container and image at its end (which once
+#: stopped the 4 services mid-run). Removed by the script itself (``remove_app``, the image at exit).
+BENCH_LABEL = "io.pysupervisor.bench.logs"
 
 SERVICES = 4
 TICK_S = 0.1
@@ -208,6 +213,18 @@ class CloudCounter:
                 self.first = self.first if self.first is not None else now
                 self.last = now
 
+    def repeats(self, limit: int = 3) -> list[dict[str, Any]]:
+        """A few numbers stored twice, read from the fake's SQLite file (what tells an engine repeat,
+        the same ``stream``, from a resend after a reconnect, another ``stream``)."""
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.cloud.db)) as conn:
+            rows = conn.execute(
+                "SELECT message, group_concat(stream), group_concat(timestamp), group_concat(id) "
+                "FROM device_log WHERE is_system = 0 GROUP BY service_id, message HAVING count(*) > 1 "
+                "LIMIT ?", (limit,)).fetchall()
+        return [{"line": r[0][:12], "streams": r[1], "timestamps": r[2], "ids": r[3]} for r in rows]
+
     @property
     def progress(self) -> int:
         return self.lines
@@ -230,6 +247,8 @@ class CloudCounter:
                                    f"expected 1..{per}")
             missing += per - s["distinct"]
             repeated += s["lines"] - s["distinct"]
+        if repeated:
+            self.errors.append(f"repeats: {self.repeats()}")
         span = (max((s["lastAt"] for s in services), default=0)
                 - min((s["firstAt"] for s in services), default=0))
         return {"delivered": lines, "lost": missing, "repeated": repeated, "suppressed": counts["suppressed"],
@@ -238,7 +257,7 @@ class CloudCounter:
 
 def services_of(image: str, rate: int, seconds: int) -> dict[str, dict[str, Any]]:
     """The 4 services, by name: ``s<n>`` printing ``rate`` lines/s for ``seconds`` s."""
-    return {f"s{n}": {"image": image, "labels": {TEST_LABEL: "1"},
+    return {f"s{n}": {"image": image, "labels": {BENCH_LABEL: "1"},
                       "environment": {"NAME": f"s{n}", "RATE": str(rate), "SECONDS": str(seconds)}}
             for n in range(SERVICES)}
 
@@ -354,7 +373,7 @@ def main() -> int:
     arch = client.version().get("Arch", "amd64")
     image = f"pysupervisor-test/bench-logs-{uuid.uuid4().hex[:8]}:latest"
     _, archive = build_image_archive(image, build_layer({"run.sh": SCRIPT}), arch=arch, cmd=["sh", "/run.sh"],
-                                     labels={TEST_LABEL: "1"}, env={}, workdir=None)
+                                     labels={BENCH_LABEL: "1"}, env={}, workdir=None)
     for line in client.api.load_image(archive, quiet=True):
         if "error" in line:
             raise RuntimeError(line["error"])
