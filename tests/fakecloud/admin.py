@@ -213,6 +213,42 @@ class Admin:
                     line["serviceId"] = r["service_id"]
                 out.append(line)
             raise json_reply(200, out)
+        if route == "GET /log-counts":
+            # A summary of the stored service lines (§5.1) after id ``after``, for benchmarks that
+            # would not fetch every line: per ``serviceId`` the count, and over ``seq`` (the second
+            # word of the message as an integer: lines the test printed as ``<name> <n> ...``) the
+            # distinct count, min and max; the ``receivedAt`` range; the system lines and the sum of
+            # their ``Warning: Suppressed <N> message(s)`` counts; ``lastId`` to resume from.
+            after, uuid = int(req.query.get("after", 0)), req.query.get("uuid")
+            top = s.one("SELECT max(id) AS last FROM device_log")  # one bound: rows keep coming in
+            last = max(after, top["last"] or 0) if top else after
+            where = "id > ? AND id <= ? AND (? IS NULL OR uuid = ?)"
+            rows = s.query(
+                "SELECT service_id, count(*) AS n, count(DISTINCT seq) AS d, min(seq) AS lo, max(seq) AS hi, "
+                "min(received_at) AS t0, max(received_at) AS t1 FROM (SELECT service_id, received_at, "
+                "CAST(substr(message, instr(message, ' ') + 1) AS INTEGER) AS seq FROM device_log "
+                f"WHERE {where} AND is_system = 0) GROUP BY service_id",
+                (after, last, uuid, uuid),
+            )
+            system = s.one(
+                "SELECT count(*) AS n, sum(CASE WHEN message LIKE 'Warning: Suppressed %' "
+                "THEN CAST(substr(message, 21) AS INTEGER) ELSE 0 END) AS suppressed FROM device_log "
+                f"WHERE {where} AND is_system = 1",
+                (after, last, uuid, uuid),
+            )
+            raise json_reply(
+                200,
+                {
+                    "services": [
+                        {"serviceId": r["service_id"], "lines": r["n"], "distinct": r["d"], "min": r["lo"],
+                         "max": r["hi"], "firstAt": r["t0"], "lastAt": r["t1"]}
+                        for r in rows
+                    ],
+                    "system": system["n"] if system else 0,
+                    "suppressed": (system["suppressed"] or 0) if system else 0,
+                    "lastId": last,
+                },
+            )
         if route == "GET /log-streams":
             streams = self.log_streams
             if streams is None:

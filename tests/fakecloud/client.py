@@ -159,6 +159,15 @@ class FakeCloud:
             params["uuid"] = uuid
         return self._call("GET", "/logs", **params)
 
+    def log_counts(self, uuid: str | None = None, after: int = 0) -> dict[str, Any]:
+        """Per-service counts of the stored lines after id ``after`` (``GET /_fake/log-counts``):
+        ``services`` [{serviceId, lines, distinct, min, max, firstAt, lastAt}], ``system``,
+        ``suppressed``, ``lastId``."""
+        params: dict[str, Any] = {"after": after}
+        if uuid:
+            params["uuid"] = uuid
+        return self._call("GET", "/log-counts", **params)
+
     def log_streams(self) -> dict[str, int]:
         """``open``: log-stream requests open now; ``opened``: since this server process started."""
         return self._call("GET", "/log-streams")
