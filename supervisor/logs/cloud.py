@@ -476,9 +476,11 @@ class CloudLogStream(Subsystem):
     def _ssl_context(self) -> ssl.SSLContext:
         if self._context is None:
             try:
-                import certifi  # the CA bundle requests uses, so both cloud paths trust the same roots
+                # The CA bundle requests uses (its certifi), so both cloud paths trust the same roots;
+                # through requests, whose package already brings certifi on the device.
+                from requests.certs import where
 
-                self._context = ssl.create_default_context(cafile=certifi.where())
+                self._context = ssl.create_default_context(cafile=where())
             except ImportError:
                 self._context = ssl.create_default_context()
         return self._context

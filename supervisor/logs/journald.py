@@ -41,7 +41,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ LogLevel = Literal["all", "err"]
 
 def format_since(ms: int) -> str:
     """``YYYY-MM-DD HH:MM:SS UTC`` of an epoch in ms (whole seconds, rounded down)."""
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+    return datetime.fromtimestamp(ms // 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") + " UTC"
 
 
 def journal_args(since_ms: int, units: Iterable[str] = (ENGINE_UNIT, *HOST_UNITS)) -> list[str]:
