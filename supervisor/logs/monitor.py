@@ -259,17 +259,21 @@ class LogMonitor(Subsystem):
                 return
 
     def _follow(self, events: Any) -> None:
+        """Handle the events as they come. It beats on every pass, not only when the stream is
+        quiet: the engine reports every container's events (the label filter is applied here), so
+        on a busy engine a quiet ``stuck_after / 4`` may never come while the thread works fine."""
         events.sock.settimeout(self.stuck_after / 4)
         buffer = events.body_start
         while not self.stopping:
+            self.beat()
             while b"\n" in buffer:
                 line, _, buffer = buffer.partition(b"\n")
                 if line.strip():
                     self._event(json.loads(line))
+                    self.beat()  # a chunk may hold many events, each maybe an inspect
             try:
                 chunk = events.sock.recv(65536)
             except TimeoutError:
-                self.beat()
                 continue
             if not chunk:
                 raise OSError("the engine closed the events stream")

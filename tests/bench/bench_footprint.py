@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:  # tests.*, when run as a script
     sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.device import free_port  # noqa: E402
-from tests.fixtures.docker import TEST_LABEL, build_image_archive, build_layer  # noqa: E402
+from tests.fixtures.docker import TEST_LABEL, _Session, build_image_archive, build_layer  # noqa: E402
 
 RUN_LABEL = "io.pysupervisor.bench.run"
 IDLE_TARGET_MB, MANAGED_TARGET_MB, PING_TARGET_S, SOAK_GROWTH_MB = 30.0, 38.0, 1.0, 2.0
@@ -350,7 +350,7 @@ def keep_reconciling(sup: Supervisor, target: int, stop: threading.Event) -> Non
 
 
 def soak(client: docker.DockerClient, run: str, total: int, updates: int, log_lines: int,
-         workers: int, rounds_target: int) -> dict[str, Any]:
+         workers: int, rounds_target: int, keep_log: Path | None = None) -> dict[str, Any]:
     app_id = random.randint(10**6, 10**9)
     images = make_images(client, run, 2, lines=log_lines // (2 * (updates + 1)))
     with tempfile.TemporaryDirectory(prefix="footprint-soak-") as tmp:
@@ -399,6 +399,8 @@ def soak(client: docker.DockerClient, run: str, total: int, updates: int, log_li
             final = sup.status()
         finally:
             sup.stop()
+            if keep_log is not None:  # the run's directory goes: keep the supervisor's log
+                keep_log.write_bytes(sup.log_path.read_bytes())
             remove_run(client, [app_id], run)
     return {"samples": samples, "errors": load.errors, "rounds": rounds, "updates": release,
             "seconds": time.monotonic() - started, "final": final}
@@ -416,6 +418,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10_000, help="reconcile rounds of the soak")
     parser.add_argument("--log-lines", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=4, help="client threads of the soak")
+    parser.add_argument("--keep-log", type=Path, default=None,
+                        help="copy the soak supervisor's log (stdout+stderr) to this file at the end")
     parser.add_argument("--arenas", default=ARENAS,
                         help="MALLOC_ARENA_MAX of the runs ('' for glibc's default; default 2, as the unit)")
     args = parser.parse_args()
@@ -425,6 +429,16 @@ def main() -> int:
     compileall.compile_dir(str(ROOT / "supervisor"), quiet=1)  # bytecode, as installed on a device
     compileall.compile_dir(str(ROOT / "hw"), quiet=1)
     client = docker.from_env()
+    # Registered as a live test session: a pytest run starting meanwhile then leaves the labelled
+    # images of this run alone (its sweep removes every labelled image when no other session lives).
+    session = _Session()
+    try:
+        return _run(args, client)
+    finally:
+        session.close()
+
+
+def _run(args: argparse.Namespace, client: docker.DockerClient) -> int:
     run = uuid.uuid4().hex[:10]
     base = baseline_kb()
     print(f"interpreter baseline (python -S, nothing imported): {base / 1024:.1f} MB; "
@@ -432,7 +446,8 @@ def main() -> int:
     if args.soak:
         print(f"soak: {args.requests} requests, {args.rounds} reconcile rounds, {args.updates} release "
               f"updates, {args.log_lines} log lines")
-        result = soak(client, run, args.requests, args.updates, args.log_lines, args.workers, args.rounds)
+        result = soak(client, run, args.requests, args.updates, args.log_lines, args.workers, args.rounds,
+                      args.keep_log)
         ten = next(rss for mark, _, rss in result["samples"] if mark == 10)
         end = result["samples"][-1][2]
         growth = (end - ten) / 1024
