@@ -262,7 +262,8 @@ class Supervisor:
 
             self.logs.add_backend(FileSink(sink))
         positions = PositionStore(self.paths.runtime_dir / "log-positions.json")
-        self.engine_logs = DockerLogSource(self._publish_logs, engine=address, positions=positions)
+        self.engine_logs = DockerLogSource(self._publish_logs, engine=address, positions=positions,
+                                           room=self.logs.wait_for_room)
         # The journald driver's source (§8.1): one journalctl, spawned only for a container that logs
         # with the journald driver, or at start on balenaOS (the host units' rows are system lines).
         started_ms = int(time.time() * 1000)

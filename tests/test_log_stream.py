@@ -343,12 +343,15 @@ def _rss_kib() -> int:
 
 
 def _produce(stream: CloudLogStream, rate: float, stop: threading.Event, count: list[int],
-             acked: list[int]) -> None:
+             acked: list[int], honour_room: bool = False) -> None:
     """Lines at ``rate`` per second, in batches of 10 (as the hub hands them on), the last of each
-    batch carrying the batch's ack."""
+    batch carrying the batch's ack; ``honour_room``: paused while the stream pushes back, as the
+    engine log source is (supervisor/logs/docker_source.py)."""
     started = time.monotonic()
     i = 0
     while not stop.is_set():
+        if honour_room and not stream.wait_for_room(0.1):
+            continue
         due = started + i / rate
         now = time.monotonic()
         if due > now:
@@ -361,14 +364,17 @@ def _produce(stream: CloudLogStream, rate: float, stop: threading.Event, count: 
     count.append(i)
 
 
-def test_outage_under_load_is_bounded_and_counted(device: Device, running, record_property) -> None:
+@pytest.mark.parametrize("honour_room", [False, True], ids=["plain", "backpressured"])
+def test_outage_under_load_is_bounded_and_counted(device: Device, running, record_property,
+                                                  honour_room: bool) -> None:
     """4000 lines/s; the cloud goes away for 4 s and comes back: pending memory stays at its
     budget, the lines missing are exactly those the Suppressed line counts, the stream resumes by
     itself, nothing is lost or repeated while the cloud is up, and acks come in order for exactly
-    the batches delivered."""
+    the batches delivered. A producer that honours ``wait_for_room`` is not held up by an outage
+    (the stream drops and counts then, as the reference does)."""
     stream = running()
     stop, count, acked = threading.Event(), [], []
-    producer = threading.Thread(target=_produce, args=(stream, 4000.0, stop, count, acked))
+    producer = threading.Thread(target=_produce, args=(stream, 4000.0, stop, count, acked, honour_room))
     rss_before = _rss_kib()
     producer.start()
     try:
@@ -415,6 +421,37 @@ def test_outage_under_load_is_bounded_and_counted(device: Device, running, recor
     print(f"\n{total} lines, {missing} suppressed during the outage, pending peak {peak_pending} B "
           f"(budget {budget}), RSS growth {peak_rss - rss_before} KiB")
     assert peak_rss - rss_before < 16 * 1024
+
+
+def test_a_slow_receiver_pushes_back_instead_of_dropping(device: Device, running) -> None:
+    """The cloud is up but stops reading for 3 s (the fake's ``stall``): with the buffer full the
+    stream pushes back (``wait_for_room`` False) and the producer, like the engine log source,
+    pauses; nothing is dropped, no Suppressed line, every line arrives once and in order."""
+    import os
+
+    settings = replace(FAST, max_pending_bytes=16 * 1024)
+    device.api.fault("stall", path="log-stream", delay=3.0, count=1)
+    stream = running(settings)
+    waits = 0
+    peak = 0
+    i = 0
+    pad = os.urandom(200).hex()  # 400 characters that gzip cannot shrink much
+    ends = time.monotonic() + 5.0
+    while time.monotonic() < ends:
+        if not stream.wait_for_room(0.1):
+            waits += 1
+            continue
+        stream.log_many([_line(n, message=f"line {n} {pad}") for n in range(i, i + 10)])
+        i += 10
+        peak = max(peak, stream.pending_bytes)
+    lines = wait_for(lambda: (ls := device.lines()) and _numbers(ls)[-1:] == [i - 1] and ls,
+                     "every line", timeout=30)
+    assert _numbers(lines) == list(range(i))
+    assert not [r for r in lines if SUPPRESSED.match(r["message"])]
+    assert stream.dropped_total == 0
+    assert waits > 0, "the stall never filled the buffer"
+    assert peak <= settings.max_backpressure_bytes
+    print(f"\n{i} lines, {waits} waits for room, pending peak {peak} B")
 
 
 def test_dropped_lines_are_acknowledged_with_their_suppressed_line(device: Device, running) -> None:
@@ -495,3 +532,27 @@ def test_runtime_target_follows_mode_provisioning_and_log_control(tmp_path: Path
         assert sup._log_stream_target() == OFF
     finally:
         sup.config.db.close()
+
+
+def test_codec_batches_go_as_they_are(device: Device, running) -> None:
+    """A batch of codec records (supervisor/logs/codec.py: message, isStdErr, timestamp, serviceId)
+    is sent without a per-line copy: the §8.2 fields only (the last line's ``_ack`` stripped, the
+    hub's record untouched), the batch acknowledged once; a batch with a line to cut goes the
+    per-line way and is cut to 10 000 characters."""
+    from supervisor.logs.codec import Demuxer
+
+    payload = b"".join(b"2026-01-01T00:00:00.%03dZ line %d\n" % (n, n) for n in range(20))
+    batch = Demuxer(7, multiplexed=False, timestamps=True).feed(payload)
+    acked: list[int] = []
+    batch[-1]["_ack"] = lambda: acked.append(19)
+    long = Demuxer(7, multiplexed=False, timestamps=True).feed(
+        b"2026-01-01T00:00:01.000Z line 20 " + b"x" * 20_000 + b"\n")
+    stream = running()
+    stream.log_many(batch)
+    stream.log_many(long)
+    lines = wait_for(lambda: (ls := device.lines()) and len(ls) == 21 and ls, "21 lines")
+    assert _numbers(lines) == list(range(21))
+    assert "_ack" in batch[-1]  # the hub's message is shared with the local streams: not changed
+    assert lines[0]["timestamp"] == 1767225600000 and lines[0]["serviceId"] == 7
+    assert len(lines[-1]["message"]) == 10_000 and lines[-1]["message"].endswith("[...]")
+    wait_for(lambda: acked == [19], "the batch acked once")

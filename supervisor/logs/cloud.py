@@ -63,6 +63,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -121,6 +122,10 @@ class StreamSettings:
     #: Acks of dropped batches held for their Suppressed line (one a batch, a few hundred bytes each);
     #: past this the oldest are forgotten, never called early (an outage of many seconds at full rate).
     max_held_acks: int = 4096
+    #: While the stream is healthy (no outage or backoff) a full buffer pauses the sources
+    #: (:meth:`CloudLogStream.wait_for_room`) instead of dropping; a batch already read when the
+    #: buffer filled still goes in, up to this bound. Past it (a source that does not pause) lines drop.
+    max_backpressure_bytes: int = 2 * 1024 * 1024
     compress_level: int = 6
 
     def scaled(self, factor: float) -> StreamSettings:
@@ -170,6 +175,43 @@ def to_record(message: Mapping[str, Any]) -> dict[str, Any] | None:
     if service_id is not None:
         record["serviceId"] = service_id
     return record
+
+
+#: The codec's records (supervisor/logs/codec.py, journald.py): already the §8.2 shape of a service line.
+_CODEC_KEYS: Final = ("message", "isStdErr", "timestamp", "serviceId")
+_CODEC_KEYS_ACK: Final = (*_CODEC_KEYS, "_ack")
+_message = itemgetter("message")
+_service = itemgetter("serviceId")
+
+
+def _batch_entry(messages: Sequence[Mapping[str, Any]]) -> _Entry | None:
+    """A whole batch as one pending entry when every message is a codec record of a service (the
+    engine and journald sources): sent as it is, without a :func:`to_record` copy per line; the
+    checks run in C loops. None for anything else (system messages, text to cut, other shapes)."""
+    last = messages[-1]
+    if type(last) is not dict:
+        return None
+    keys = tuple(last)
+    if keys == _CODEC_KEYS_ACK:
+        ack = last["_ack"]
+        if not callable(ack):
+            return None
+        body = list(messages)
+        body[-1] = {"message": last["message"], "isStdErr": last["isStdErr"],
+                    "timestamp": last["timestamp"], "serviceId": last["serviceId"]}
+        acks: tuple[Callable[[], None], ...] = (ack,)
+    elif keys == _CODEC_KEYS:
+        body, acks = list(messages), ()
+    else:
+        return None
+    if len(body) > 1 and not all(map(_CODEC_KEYS.__eq__, map(tuple, messages[:-1]))):
+        return None
+    if None in map(_service, body):
+        return None
+    texts = list(map(_message, body))
+    if not all(map(str.__instancecheck__, texts)) or max(map(len, texts)) > MAX_MESSAGE_CHARS:
+        return None
+    return (body, acks, sum(map(len, texts)) + RECORD_OVERHEAD * len(body), len(body))
 
 
 def _suppressed(count: int) -> dict[str, Any]:
@@ -303,6 +345,12 @@ class CloudLogStream(Subsystem):
             maxlen=self.settings.max_held_acks)
         self._mode: StreamTarget | str = WAIT
         self._mode_at = 0.0
+        #: The cloud is unreachable: from a failed connection until the next one is made. Only then
+        #: (or while waiting to be provisioned) does a full buffer drop; otherwise it pushes back.
+        self._outage = False
+        #: Set while the sources may publish; cleared while a healthy stream's buffer is full.
+        self._room = threading.Event()
+        self._room.set()
         self._conn: _Connection | None = None
         self._last_write = 0.0
         self._next_attempt = 0.0
@@ -323,8 +371,13 @@ class CloudLogStream(Subsystem):
         """Queue a batch in order under one lock (the hub's fast path, supervisor/logs/hub.py)."""
         # Queued even while the stream is off: the thread decides with the mode it reads just before
         # writing (a cached "off" here would drop lines logged right after logging was turned on).
+        if not messages:
+            return
+        batch = _batch_entry(messages)
         entries: list[_Entry | Callable[[], None]] = []  # a bare callable: the ack of a line not sent
-        for message in messages:
+        if batch is not None:
+            entries.append(batch)
+        for message in messages if batch is None else ():
             ack = message.get("_ack")
             record = to_record(message)
             if record is None:  # never for the cloud: acknowledged with the line before it
@@ -353,9 +406,16 @@ class CloudLogStream(Subsystem):
                         now.append(entry)
                     continue
                 if self._dropping or self._pending_bytes + entry[2] > limit:
+                    if (not self._dropping and not self._outage and isinstance(self._mode, StreamTarget)
+                            and self._pending_bytes + entry[2] <= self.settings.max_backpressure_bytes):
+                        # Healthy but behind: kept, and the sources pause until the buffer drains.
+                        pending.append(entry)
+                        self._pending_bytes += entry[2]
+                        self._room.clear()
+                        continue
                     # Dropped and counted; its ack waits for the Suppressed line (hub.py LogBackend).
                     self._dropping = True
-                    dropped += 1
+                    dropped += entry[3]
                     if entry[1]:
                         self._held_acks.extend(entry[1])
                     continue
@@ -368,6 +428,12 @@ class CloudLogStream(Subsystem):
             _settle(now)
         if dropped and self.metrics is not None:
             self.metrics.inc("log_lines_dropped", dropped, "cloud")
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """True once the sources may publish again, False after ``timeout`` seconds: a full buffer
+        on a healthy stream pushes back on the sources (the engine keeps the lines in its log) rather
+        than dropping them. Never waits while the cloud is unreachable, waiting or off."""
+        return self._room.wait(timeout)
 
     @property
     def pending_bytes(self) -> int:
@@ -382,6 +448,8 @@ class CloudLogStream(Subsystem):
             if now >= self._mode_at:
                 self._refresh_mode(now)
             mode = self._mode
+            if not isinstance(mode, StreamTarget):
+                self._room.set()
             if mode == OFF:  # what was written goes first, then the rest is acknowledged in order
                 self._teardown("logging to the cloud is off")
                 self._discard_pending()
@@ -433,6 +501,7 @@ class CloudLogStream(Subsystem):
             self._cond.wait(seconds)
 
     def on_stop(self) -> None:
+        self._room.set()
         with self._cond:
             self._cond.notify_all()
 
@@ -466,6 +535,7 @@ class CloudLogStream(Subsystem):
             self._pending_bytes = 0
             self._dropped = 0
             self._dropping = False
+            self._room.set()
             held = list(self._held_acks)  # behind every pending line
             self._held_acks.clear()
         for _payload, acks, _size, _count in entries:
@@ -494,6 +564,10 @@ class CloudLogStream(Subsystem):
             return None
         self._conn = conn
         self.connections += 1
+        if self._outage:  # the cloud is back: the gap is announced where it is, then no more drops
+            with self._cond:
+                self._outage = False
+                self._announce_gap()
         self._last_write = time.monotonic()
         log.debug("Log stream connected to %s", target.url)
         return conn
@@ -504,6 +578,8 @@ class CloudLogStream(Subsystem):
         front. Any other end (5xx, a close) may come after lines were stored: nothing is requeued."""
         conn = self._conn
         self._conn = None
+        self._outage = True
+        self._room.set()  # unreachable: the sources go on, and what does not fit is dropped and counted
         delay = self._backoff.next()
         self._next_attempt = time.monotonic() + delay
         log.warning("Cloud %s; reconnecting in %.1f s", reason, delay)
@@ -561,7 +637,9 @@ class CloudLogStream(Subsystem):
         acks: list[Callable[[], None]] = []
         lines = 0
         for payload, entry_acks, _size, count in batch:
-            if isinstance(payload, bytes):
+            if type(payload) is list:  # a codec batch (_batch_entry)
+                records.extend(payload)
+            elif isinstance(payload, bytes):
                 if records:
                     parts.append(encode_many(records))
                     records = []
@@ -587,15 +665,9 @@ class CloudLogStream(Subsystem):
                 size += self._pending.popleft()[2]
             self._pending_bytes -= size
             if self._dropping and self._pending_bytes <= self.settings.max_pending_bytes // 2:
-                self._dropping = False
-                if self._dropped:
-                    warning = _suppressed(self._dropped)
-                    self._dropped = 0
-                    # The gap's place in the order: the dropped lines' acks go with their count.
-                    held = tuple(self._held_acks)
-                    self._held_acks.clear()
-                    self._pending.append((warning, held, len(warning["message"]) + RECORD_OVERHEAD, 1))
-                    self._pending_bytes += self._pending[-1][2]
+                self._announce_gap()
+            if self._pending_bytes < self.settings.max_pending_bytes:
+                self._room.set()
         self.sent += lines
         if self.metrics is not None:
             self.metrics.inc("log_lines_sent", lines, "cloud")
@@ -606,6 +678,18 @@ class CloudLogStream(Subsystem):
         conn.unconfirmed_bytes += len(raw)
         while conn.unconfirmed_bytes > self.settings.max_unconfirmed_bytes and len(conn.unconfirmed) > 1:
             self._confirm(conn)
+
+    def _announce_gap(self) -> None:
+        """Stop dropping; queue the Suppressed line for what was dropped (under ``_cond``)."""
+        self._dropping = False
+        if self._dropped:
+            warning = _suppressed(self._dropped)
+            self._dropped = 0
+            # The gap's place in the order: the dropped lines' acks go with their count.
+            held = tuple(self._held_acks)
+            self._held_acks.clear()
+            self._pending.append((warning, held, len(warning["message"]) + RECORD_OVERHEAD, 1))
+            self._pending_bytes += self._pending[-1][2]
 
     def _final_flush(self) -> None:
         """At stop: what is pending goes out on a live connection, then the body ends; lines that

@@ -49,6 +49,8 @@ COALESCE_S = 0.025
 #: After a follow ended, the engine is given this long to finish writing the log before the
 #: catch-up read (see ``_end``).
 CATCH_UP_DELAY_S = 0.2
+#: While the backends push back, how long the thread waits before it looks at its commands again.
+PAUSE_CHECK_S = 0.1
 RETRY_MAX_S = 30.0
 _stamp = itemgetter("timestamp")
 _is_err = itemgetter("isStdErr")
@@ -103,8 +105,12 @@ class DockerLogSource:
         codec: str | None = None,
         coalesce_s: float = COALESCE_S,
         max_line: int = 65536,
+        room: Callable[[float], bool] | None = None,
     ) -> None:
         self._publish = publish
+        #: Backpressure (LogHub.wait_for_room): while it says no, no stream is read; the lines wait
+        #: in the engine's log, so pausing loses nothing (the cloud stream drops only in an outage).
+        self._room = room
         self._engine = engine
         self._positions = positions
         self._codec = load_codec(codec)  # the twin with codec="python" (tests/bench/bench_logs.py)
@@ -179,6 +185,10 @@ class DockerLogSource:
         try:
             while not self._stopping.is_set():
                 self._run_commands()
+                if self._room is not None and not self._room(0.0):
+                    self._room(PAUSE_CHECK_S)  # bounded: commands and stop are seen meanwhile
+                    self._positions.flush()
+                    continue
                 timeout = self._next_timeout()
                 ready = self._selector.select(timeout)
                 got_data = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,6 +57,11 @@ class LogBackend(Protocol):
     counts. A backend may forget (never call early) the acks of a very long overflow beyond its
     bound: the cost is a few repeated lines after a restart, never a skipped one. Keys starting
     with ``_`` are never sent anywhere. With no acknowledging backend, publishing is delivery.
+
+    Optional, backpressure: ``wait_for_room(timeout) -> bool``, True once the backend can take more
+    (waiting at most ``timeout`` seconds). The cloud stream says False while its buffer is full and
+    the cloud reachable (supervisor/logs/cloud.py), so a source that can re-read pauses instead of
+    the backend dropping; see :meth:`LogHub.wait_for_room`.
     """
 
     def log(self, message: Message) -> None: ...
@@ -200,6 +206,18 @@ class LogHub:
                 metrics.inc("log_lines_sent", sent, "local")
             if dropped:
                 metrics.inc("log_lines_dropped", dropped, "local")
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """True once every backend can take more, False after about ``timeout`` seconds. For
+        sources whose lines stay readable where they come from (the engine's log): they pause while
+        this is False rather than have the cloud backend drop. The local streams never push back
+        (their queues stay bounded and lossy, docs/API.md)."""
+        deadline = time.monotonic() + timeout
+        for backend in self._backends:
+            wait = getattr(backend, "wait_for_room", None)
+            if wait is not None and not wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
 
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
