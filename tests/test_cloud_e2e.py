@@ -20,7 +20,13 @@ import pytest
 from tests.cloud_helpers import config_json, env, fleet, fresh_device, set_db_config
 from tests.fakecloud.client import FakeCloud
 from tests.fixtures.apps import remove_app
-from tests.fixtures.device import SupervisorProcess, free_port, global_api_key, wait_for
+from tests.fixtures.device import (
+    SupervisorProcess,
+    free_port,
+    global_api_key,
+    log_position_settled,
+    wait_for,
+)
 from tests.fixtures.docker import TEST_LABEL
 
 pytestmark = pytest.mark.docker
@@ -543,15 +549,7 @@ def test_service_lines_reach_the_cloud_once_in_order_across_a_kill(
     assert [r["message"] for r in first if r["isStdErr"]] == [f"seq err {n}" for n in numbers]
 
     positions = fl.root / "tmp/balena-supervisor/log-positions.json"
-    seen: list[tuple[float, str]] = []
-
-    def position_settled() -> bool:
-        text = positions.read_text() if positions.exists() else ""
-        if not seen or seen[-1][1] != text:
-            seen.append((time.monotonic(), text))
-        return cid in text and time.monotonic() - seen[-1][0] > 2.0
-
-    wait_for(position_settled, "the stream's position stored", sup, timeout=30)
+    wait_for(log_position_settled(positions, cid), "the stream's position stored", sup, timeout=30)
     sup.stop(signal.SIGKILL)
     exec_in("touch", "/tmp/go")  # lines the engine keeps while no supervisor reads them
     before = len(engine_lines()[False])

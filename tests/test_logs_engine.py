@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.device import SupervisorProcess, wait_for
+from tests.fixtures.device import SupervisorProcess, log_position_settled, wait_for
 from tests.fixtures.docker import TEST_LABEL
 from tests.test_reconcile import OWNER_LABEL, SETTLED, remove_app, start_local
 
@@ -285,16 +285,7 @@ def test_a_killed_supervisor_resumes_every_stream_where_it_was(start_supervisor,
     # Quiet, everything delivered and its position stored: then kill -9.
     pause()
     wait_for(delivered_all, "every line in the sink", sup)
-    seen: list[tuple[float, str]] = []
-
-    def position_settled() -> bool:
-        """The stored position has not changed for 2 s (it is written within 1 s of a change)."""
-        text = positions.read_text() if positions.exists() else ""
-        if not seen or seen[-1][1] != text:
-            seen.append((time.monotonic(), text))
-        return cid in text and time.monotonic() - seen[-1][0] > 2.0
-
-    wait_for(position_settled, "the stream's position to be stored", sup)
+    wait_for(log_position_settled(positions, cid), "the stream's position to be stored", sup)
     sup.stop(signal.SIGKILL)
     resume()  # lines the engine keeps while no supervisor reads them
     count = len(engine_lines(docker_client, cid))
