@@ -42,11 +42,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
+
+from ..atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINE_UNIT", "HOST_UNITS", "JournaldLogSource", "format_since", "journal_args", "message_text"]
+__all__ = ["ENGINE_UNIT", "HOST_UNITS", "POSITION_FILE", "JournaldLogSource", "format_since", "journal_args",
+           "message_text"]
 
 ENGINE_UNIT = "balena.service"
 #: Host units whose rows are system messages (§8.1).
@@ -64,6 +68,14 @@ READ_SIZE = 256 * 1024
 #: Longest row kept while waiting for its newline (journald's own limit on a field is 64 KiB by
 #: default, its JSON form up to ~6x that); a longer one is dropped whole.
 MAX_ROW = 4 * 1024 * 1024
+#: The stored resume position's name in the runtime directory (next to the engine's log-positions.json).
+POSITION_FILE = "journald-position.json"
+#: How often the position is written at most (only when it changed; and once at stop).
+POSITION_INTERVAL_S = 1.0
+#: While the backends push back, how long the thread waits before it looks at stop again.
+PAUSE_CHECK_S = 0.1
+#: How long the thread waits for journalctl's output before it looks at stop and the position again.
+SELECT_S = 0.5
 
 LogLevel = Literal["all", "err"]
 
@@ -88,14 +100,23 @@ def message_text(value: Any) -> str | None:
     return None
 
 
+#: A resume position: the realtime (µs) of the newest row up to which everything is delivered, and the
+#: ``__CURSOR`` of every row read at that instant (rows can share a microsecond).
+Position = tuple[int, tuple[str, ...]]
+Attached = dict[str, tuple[int, LogLevel]]
+
+
 class JournaldLogSource:
     """Follows the journal with one ``journalctl`` and publishes attached containers' rows and the host
     units' rows (see the module doc).
 
     ``publish(messages, delivered)`` takes one batch (one container's rows, or system rows, in order);
-    ``delivered`` is called once the batch counts as delivered (the hub's acknowledgement), which
-    moves :attr:`delivered_ms`. ``since_ms``: where the first ``journalctl`` begins (the supervisor
-    container's ``State.FinishedAt`` or the process start, §8.1; default now).
+    ``delivered`` is called once the batch counts as delivered (the hub's acknowledgement, in order),
+    which moves :attr:`delivered_ms` and the stored position. ``since_ms``: where the first
+    ``journalctl`` begins when there is no stored position (the supervisor container's
+    ``State.FinishedAt`` or the process start, §8.1; default now). ``room(timeout) -> bool``:
+    ``LogHub.wait_for_room``, no reading while it says False. ``position_path``: the stored
+    position (None: kept in memory only).
     """
 
     def __init__(
@@ -108,6 +129,9 @@ class JournaldLogSource:
         units: Sequence[str] = (ENGINE_UNIT, *HOST_UNITS),
         respawn_min_s: float = RESPAWN_MIN_S,
         respawn_max_s: float = RESPAWN_MAX_S,
+        room: Callable[[float], bool] | None = None,
+        position_path: Path | None = None,
+        position_interval_s: float = POSITION_INTERVAL_S,
     ) -> None:
         self._publish = publish
         self._journalctl = journalctl
@@ -116,9 +140,12 @@ class JournaldLogSource:
         self._host_units = frozenset(u for u in self._units if u != ENGINE_UNIT)
         self._respawn_min_s = respawn_min_s
         self._respawn_max_s = respawn_max_s
+        #: Backpressure (LogHub.wait_for_room): while it says no, journalctl's output is not read; it
+        #: then blocks on the full pipe and the rows wait in the journal, so pausing loses nothing.
+        self._room = room
         self._since_ms = int(time.time() * 1000) if since_ms is None else since_ms
         self._lock = threading.Lock()
-        self._attached: dict[str, tuple[int, LogLevel]] = {}
+        self._attached: Attached = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -132,6 +159,30 @@ class JournaldLogSource:
         self.delivered_ms: int | None = None
         #: journalctl processes started (tests watch a respawn through it).
         self.spawns = 0
+        # Delivery positions (under _pos_lock): after the rows read so far, and after the rows delivered;
+        # _outstanding counts the batches published and not acknowledged yet.
+        self._pos_lock = threading.Lock()
+        self._read_pos: Position = (self._since_ms * 1000, ())
+        self._delivered_pos: Position = self._read_pos
+        self._outstanding = 0
+        # The stored position (under _flush_lock): the text last written, and when.
+        self._position_path = position_path
+        self._position_interval_s = position_interval_s
+        self._flush_lock = threading.Lock()
+        self._written: str | None = None
+        self._last_write = 0.0
+        self._write_failed = False
+        #: Position files written (tests check that an unchanged position is not written again).
+        self.position_writes = 0
+        # The previous run's attachments, for the rows it had not delivered (read before the monitor
+        # attaches the containers again): used for rows older than since_ms only.
+        self._restored: Attached = {}
+        stored = self._load()
+        if stored is not None:
+            position, self._restored = stored
+            self._last_us, self._last_cursors = position[0], set(position[1])
+            self._resume_us, self._resume_cursors = position[0], frozenset(position[1])
+            self._read_pos = self._delivered_pos = position
 
     # ------------------------------------------------------------------ LogSource
     def start(self) -> None:
@@ -141,6 +192,8 @@ class JournaldLogSource:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """End the thread and journalctl, then store the position of what was delivered (acks that
+        came while the thread ended included)."""
         self._stopping.set()
         proc = self._proc
         if proc is not None and proc.poll() is None:
@@ -148,6 +201,7 @@ class JournaldLogSource:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._flush(force=True)
 
     def attach(self, container_id: str, service_id: int, log_level: LogLevel = "all", **_: Any) -> None:
         """Publish the container's rows from now on (again: only ``service_id``/``log_level`` change)."""
@@ -157,6 +211,7 @@ class JournaldLogSource:
     def detach(self, container_id: str) -> None:
         with self._lock:
             self._attached.pop(container_id, None)
+            self._restored.pop(container_id, None)
 
     @property
     def pid(self) -> int | None:
@@ -165,10 +220,75 @@ class JournaldLogSource:
         return proc.pid if proc is not None and proc.poll() is None else None
 
     def args(self) -> list[str]:
-        """The command line of the next ``journalctl``: from the last row read, else ``since_ms``."""
+        """The command line of the next ``journalctl``: from the last row read (or the stored
+        position), else ``since_ms``."""
         since = self._since_ms if self._last_us is None else self._last_us // 1000
         binary = self._journalctl or shutil.which("journalctl") or "journalctl"
         return [binary, *self._extra_args, *journal_args(since, self._units)]
+
+    # ------------------------------------------------------------------ the stored position
+    def _load(self) -> tuple[Position, Attached] | None:
+        """The position a previous run stored; None when there is none or it is unreadable (one
+        warning: the source then starts at ``since_ms``)."""
+        path = self._position_path
+        if path is None:
+            return None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as err:
+            log.warning("Could not read the journal position in %s (%s): reading the journal from %s",
+                        path, err, format_since(self._since_ms))
+            return None
+        try:
+            raw = json.loads(text)
+            realtime, cursors, attached = raw["realtime_us"], raw["cursors"], raw["attached"]
+            if type(realtime) is not int or realtime < 0:
+                raise ValueError(f"realtime_us {realtime!r}")
+            if not isinstance(cursors, list) or not all(isinstance(c, str) for c in cursors):
+                raise ValueError(f"cursors {cursors!r:.80}")
+            restored: Attached = {}
+            for cid, (service_id, level) in attached.items():
+                if type(service_id) is not int or level not in ("all", "err"):
+                    raise ValueError(f"attached {cid!r:.20}")
+                restored[str(cid)] = (service_id, level)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            log.warning("The journal position in %s is unreadable (%s): reading the journal from %s",
+                        path, err, format_since(self._since_ms))
+            return None
+        self._written = text
+        return (realtime, tuple(cursors)), restored
+
+    def _flush(self, force: bool = False) -> None:
+        """Store the delivered position if it changed, at most once per interval (or ``force``).
+        Shape: ``{"realtime_us": int, "cursors": [str, ...], "attached": {cid: [serviceId, level]}}``."""
+        path = self._position_path
+        if path is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_write < self._position_interval_s:
+            return
+        with self._flush_lock:
+            with self._pos_lock:
+                realtime, cursors = self._delivered_pos
+            with self._lock:
+                attached = {**self._restored, **self._attached}
+            text = json.dumps({"realtime_us": realtime, "cursors": list(cursors),
+                               "attached": {cid: list(v) for cid, v in sorted(attached.items())}},
+                              separators=(",", ":"))
+            if text == self._written:
+                return
+            self._last_write = now
+            try:
+                if write_atomic(path, text):
+                    self.position_writes += 1
+            except OSError as err:
+                if not self._write_failed:
+                    log.warning("Could not store the journal position in %s: %s", path, err)
+                self._write_failed = True
+                return
+            self._written, self._write_failed = text, False
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
@@ -181,7 +301,7 @@ class JournaldLogSource:
                 delay = min(self._respawn_min_s * 2 ** attempts, self._respawn_max_s)
                 attempts += 1
                 log.warning("Could not start journalctl (%s); trying again in %.0f s", exc, delay)
-                self._stopping.wait(delay)
+                self._wait(delay)
                 continue
             attempts = 0  # the pipeline started (§8.1)
             if self._last_us is not None:
@@ -197,7 +317,17 @@ class JournaldLogSource:
             if not self._stopping.is_set():
                 log.info("journalctl exited (%s); following again in %.0f s", proc.returncode,
                          self._respawn_min_s)
-                self._stopping.wait(self._respawn_min_s)
+                self._wait(self._respawn_min_s)
+
+    def _wait(self, seconds: float) -> None:
+        """Wait ``seconds`` or until stop, storing the position meanwhile (acks still come)."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stopping.wait(min(left, self._position_interval_s))
+            self._flush()
 
     def _kill(self) -> None:
         proc = self._proc
@@ -214,8 +344,17 @@ class JournaldLogSource:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         partial = b""
+        room = self._room
         while not self._stopping.is_set():
-            readable, _, _ = select.select([fd], [], [], 0.5)
+            self._flush()
+            if room is not None and not room(0.0):
+                # Pushed back: journalctl blocks on the full pipe, the rows wait in the journal.
+                # Bounded, so stop is seen within PAUSE_CHECK_S (also when room() does not wait).
+                began = time.monotonic()
+                if not room(PAUSE_CHECK_S):
+                    self._stopping.wait(max(0.0, PAUSE_CHECK_S - (time.monotonic() - began)))
+                continue
+            readable, _, _ = select.select([fd], [], [], SELECT_S)
             if not readable:
                 continue
             try:
@@ -231,9 +370,13 @@ class JournaldLogSource:
             self._handle(rows)
 
     def _handle(self, rows: list[bytes]) -> None:
-        """Turn rows into batches, per container and for the host units, in order, and publish them."""
+        """Turn rows into batches, per container and for the host units, in order, and publish them.
+        The position after these rows is delivered once the last batch is (acks come in order), or at
+        once when nothing is outstanding."""
         with self._lock:
             attached = dict(self._attached)
+            restored = dict(self._restored) if self._restored else None
+        restored_until = self._since_ms * 1000
         batches: dict[str | None, list[dict[str, Any]]] = {}
         for raw in rows:
             if not raw.strip():
@@ -250,16 +393,30 @@ class JournaldLogSource:
                 continue
             if not self._new(realtime, str(row.get("__CURSOR", ""))):
                 continue
-            message = self._message(row, realtime, attached)
+            message = self._message(row, realtime, attached,
+                                    restored if restored and realtime < restored_until else None)
             if message is None:
                 continue
             key = row.get("CONTAINER_ID_FULL") if "serviceId" in message else None
             batches.setdefault(key, []).append(message)
-        for batch in batches.values():
-            self._publish(batch, self._delivered(max(m["timestamp"] for m in batch)))
+        position = None if self._last_us is None else (self._last_us, tuple(sorted(self._last_cursors)))
+        if restored and position is not None and position[0] >= restored_until:
+            with self._lock:  # the rows of the previous run's time are read: the monitor's attachments rule
+                self._restored.clear()
+        todo = list(batches.values())
+        with self._pos_lock:
+            if position is not None:
+                self._read_pos = position
+            self._outstanding += len(todo)
+            if not self._outstanding:
+                self._delivered_pos = self._read_pos
+        for i, batch in enumerate(todo):
+            after = position if i == len(todo) - 1 else None
+            self._publish(batch, self._delivered(max(m["timestamp"] for m in batch), after))
 
     def _new(self, realtime: int, cursor: str) -> bool:
-        """Whether a row was not read before (a restarted journalctl re-reads the last second)."""
+        """Whether a row was not read before (a restarted journalctl, or a resumed run, re-reads the
+        second of its position)."""
         resume = self._resume_us
         if resume is not None:
             if realtime < resume or (realtime == resume and cursor in self._resume_cursors):
@@ -274,8 +431,8 @@ class JournaldLogSource:
             self._last_cursors.add(cursor)
         return True
 
-    def _message(self, row: dict[str, Any], realtime: int, attached: dict[str, tuple[int, LogLevel]]
-                 ) -> dict[str, Any] | None:
+    def _message(self, row: dict[str, Any], realtime: int, attached: Attached,
+                 restored: Attached | None = None) -> dict[str, Any] | None:
         text = message_text(row.get("MESSAGE"))
         if text is None:
             return None
@@ -289,6 +446,8 @@ class JournaldLogSource:
             if row.get("CONTAINER_NAME") in SUPERVISOR_CONTAINERS:
                 return None
             found = attached.get(container)
+            if found is None and restored is not None:
+                found = restored.get(container)
             if found is None:
                 return None
             service_id, level = found
@@ -299,9 +458,17 @@ class JournaldLogSource:
             return {"message": text, "isSystem": True, "isStdErr": stderr, "timestamp": timestamp}
         return None
 
-    def _delivered(self, timestamp_ms: int) -> Callable[[], None]:
+    def _delivered(self, timestamp_ms: int, position: Position | None) -> Callable[[], None]:
+        """A batch's acknowledgement; ``position`` is the one after its rows when it is the last batch
+        of its read (earlier batches of that read only count down)."""
         def delivered() -> None:
-            if self.delivered_ms is None or timestamp_ms > self.delivered_ms:
-                self.delivered_ms = timestamp_ms
+            with self._pos_lock:
+                if self.delivered_ms is None or timestamp_ms > self.delivered_ms:
+                    self.delivered_ms = timestamp_ms
+                self._outstanding = max(0, self._outstanding - 1)
+                if not self._outstanding:
+                    self._delivered_pos = self._read_pos
+                elif position is not None:
+                    self._delivered_pos = position
 
         return delivered
