@@ -266,12 +266,14 @@ class Supervisor:
                                            room=self.logs.wait_for_room)
         # The journald driver's source (§8.1): one journalctl, spawned only for a container that logs
         # with the journald driver, or at start on balenaOS (the host units' rows are system lines).
+        # It resumes from its stored position (what the last run delivered), else from this start.
         started_ms = int(time.time() * 1000)
 
         def journald() -> Any:
-            from .logs.journald import JournaldLogSource
+            from .logs.journald import POSITION_FILE, JournaldLogSource
 
-            return JournaldLogSource(self._publish_logs, since_ms=started_ms)
+            return JournaldLogSource(self._publish_logs, since_ms=started_ms, room=self.logs.wait_for_room,
+                                     position_path=self.paths.runtime_dir / POSITION_FILE)
 
         self.journald_logs = LazySource(journald, eager=is_balena_os(self.paths))
         self.log_monitor = LogMonitor(address, {"engine": self.engine_logs, "journald": self.journald_logs},
