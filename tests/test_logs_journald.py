@@ -6,12 +6,14 @@ format, followed by the real ``journalctl``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import stat
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -263,3 +265,293 @@ def test_journal_logs_reads_a_real_journal(journal: Journal, device_root: Path, 
 
 def test_host_units_are_the_reference_list() -> None:
     assert ENGINE_UNIT == "balena.service" and len(HOST_UNITS) == 5
+
+
+# --------------------------------------------------------------------------- stored position, push-back
+REPO = Path(__file__).resolve().parents[1]
+
+#: A supervisor stand-in for the kill -9 test: follows the journal with a stored position; every
+#: published message goes to a file as a JSON line; batches are acknowledged until a message starting
+#: with "hold" comes (those and all later ones stay unacknowledged, as in a backend that had not sent
+#: them yet). Each pass of the reader's loop (where it stores the position, at most once a second) asks
+#: for room: the number of passes goes to a file, for the test to know that a store was due.
+KILLED_SOURCE = r'''
+import json, sys, threading
+from pathlib import Path
+from supervisor.logs.journald import JournaldLogSource
+
+journalctl, journal_dir, position, out, since_ms, container, passes = sys.argv[1:8]
+lock = threading.Lock()
+holding = []
+count = [0]
+
+def room(timeout):
+    count[0] += 1
+    Path(passes).write_text(str(count[0]))
+    return True
+
+def publish(messages, delivered=None):
+    with lock, open(out, "a", encoding="utf-8") as fh:
+        for message in messages:
+            fh.write(json.dumps(message) + "\n")
+            if message["message"].startswith("hold"):
+                holding.append(True)
+    if delivered is not None and not holding:
+        delivered()
+
+source = JournaldLogSource(publish, since_ms=int(since_ms), journalctl=journalctl,
+                           extra_args=["-D", journal_dir], respawn_min_s=0.2, position_path=Path(position),
+                           room=room)
+source.attach(container, 7, "all")
+source.start()
+threading.Event().wait()
+'''
+
+
+def _position(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _at(path: Path, realtime: int, cursors: int) -> bool:
+    """Whether the stored position is after ``cursors`` rows of the instant ``realtime`` (µs)."""
+    position = _position(path)
+    return bool(position) and position["realtime_us"] == realtime and len(position["cursors"]) == cursors
+
+
+def test_resume_after_stop_delivers_the_rows_of_the_downtime_once(journal: Journal, source_factory,
+                                                                  tmp_path: Path) -> None:
+    """A stopped source stores the position of the last delivered row; the next one (same runtime
+    directory, a later ``since_ms``) starts at that row's second and publishes exactly the rows the
+    journal got meanwhile: three rows shared the last delivered microsecond, two more with that very
+    microsecond and one more of that second come while it is down, and none is published twice."""
+    second = (_now_us() // 1_000_000) * 1_000_000
+    instant = second + 300_000
+    path = tmp_path / "run" / "journald-position.json"
+    journal.append([(second - 60_000_000, container_row(A, "long ago"))])
+    first = Published()
+    source = source_factory(first, since_ms=second // 1000, position_path=path)
+    source.attach(A, 1, "all")
+    source.start()
+    wait_for(lambda: source.pid, "journalctl running")
+    journal.append([(second + 100_000 + i, container_row(A, f"p{i}")) for i in range(3)]
+                   + [(instant, container_row(A, f"q{i}")) for i in range(3)])
+    wait_for(lambda: len(first.messages) == 6, "the first rows", context=first.texts)
+    source.stop()
+    assert _at(path, instant, 3), _position(path)
+    assert first.texts() == ["p0", "p1", "p2", "q0", "q1", "q2"]
+
+    # While no supervisor runs: rows of the same microsecond, the same second, the next second.
+    journal.append([(instant, container_row(A, "r0")), (instant, container_row(A, "r1")),
+                    (second + 400_000, {"MESSAGE": "r2", "PRIORITY": "6",
+                                        "_SYSTEMD_UNIT": "os-update.service"}),
+                    (second + 400_001, container_row(C, "not attached")),
+                    (second + 1_500_000, container_row(A, "r3"))])
+    second_run = Published()
+    resumed = source_factory(second_run, since_ms=second // 1000 + 10_000, position_path=path)
+    assert resumed.args()[-11:-7] == ["--follow", "-S", format_since(instant // 1000), "-o"]
+    resumed.attach(A, 1, "all")
+    resumed.start()
+    wait_for(lambda: "r3" in second_run.texts(), "the rows of the downtime", context=second_run.texts)
+    assert second_run.texts() == ["r0", "r1", "r2", "r3"]
+    assert [m.get("isSystem", False) for m in second_run.messages] == [False, False, True, False]
+    wait_for(lambda: _at(path, second + 1_500_000, 1), "the new position stored",
+             context=lambda: _position(path))
+    resumed.stop()
+
+
+def test_resume_after_kill_9_repeats_only_unacknowledged_rows(journal: Journal, source_factory,
+                                                               tmp_path: Path) -> None:
+    """A supervisor killed with SIGKILL (its process group: journalctl too) after its position was
+    stored: the next run publishes the rows it had read but not got acknowledged (at least once) and
+    the rows of the downtime, each once, and none it had acknowledged. The acknowledged and the
+    unacknowledged rows share one microsecond. The containers the killed run had attached are
+    attached for the rows of the downtime, before the monitor attaches them again."""
+    second = (_now_us() // 1_000_000) * 1_000_000
+    instant = second + 300_000
+    path = tmp_path / "run" / "journald-position.json"
+    out = tmp_path / "published.jsonl"
+    out.touch()
+    passes = tmp_path / "passes"
+    passes.write_text("0")
+    journal.append([(second - 60_000_000, container_row(A, "long ago"))])
+
+    def published_texts() -> list[str]:
+        return [json.loads(line)["message"] for line in out.read_text(encoding="utf-8").splitlines()]
+
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SOURCE, JOURNALCTL, str(journal.dir), str(path), str(out),
+         str(second // 1000), A, str(passes)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def running_journalctl() -> bool:
+            found = subprocess.run(["pgrep", "-g", str(killed.pid), "-x", "journalctl"], capture_output=True)
+            return found.returncode == 0
+
+        wait_for(running_journalctl, "the killed run's journalctl")
+        journal.append([(second + 100_000, container_row(A, "k0"))]
+                       + [(instant, container_row(A, f"k{i}")) for i in range(1, 3)])
+        wait_for(lambda: _at(path, instant, 2), "the position of k2 stored", context=lambda: _position(path))
+        journal.append([(instant, container_row(A, "hold0")), (second + 350_000, container_row(A, "hold1"))])
+        wait_for(lambda: "hold1" in published_texts(), "the unacknowledged rows read",
+                 context=published_texts)
+        # A row that publishes nothing (not attached) behind the unacknowledged ones, then passes
+        # of the loop for over two seconds: position stores were due, and must not have moved.
+        journal.append([(second + 355_000, container_row(C, "not attached"))])
+        passed = int(passes.read_text() or 0)
+        wait_for(lambda: int(passes.read_text() or 0) >= passed + 5, "the killed run's loop to go round")
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(10)
+    assert published_texts() == ["k0", "k1", "k2", "hold0", "hold1"]
+    assert _at(path, instant, 2), _position(path)
+
+    journal.append([(second + 350_000, container_row(A, "d0")),
+                    (second + 360_000, container_row(B, "d1 of a container not attached before")),
+                    (second + 1_200_000, container_row(A, "d2"))])
+    later = second // 1000 + 10_000
+    resumed_run = Published()
+    resumed = source_factory(resumed_run, since_ms=later, position_path=path)
+    resumed.start()  # nothing attached yet: the monitor has not seen the containers
+    wait_for(lambda: "d2" in resumed_run.texts(), "the rows of the downtime", context=resumed_run.texts)
+    assert resumed_run.texts() == ["hold0", "hold1", "d0", "d2"]
+    assert {m["serviceId"] for m in resumed_run.messages} == {7}
+    # Rows from this run's start on follow the monitor's attachments.
+    resumed.attach(B, 8, "all")
+    journal.append([(later * 1000 + 1000, container_row(A, "after the start, A not attached")),
+                    (later * 1000 + 2000, container_row(B, "b after the start"))])
+    wait_for(lambda: "b after the start" in resumed_run.texts(), "a row after the start",
+             context=resumed_run.texts)
+    assert resumed_run.texts() == ["hold0", "hold1", "d0", "d2", "b after the start"]
+
+
+@pytest.mark.parametrize("content", [
+    b"{not json", b"", b"\xff\xfe", b"[]",
+    b'{"realtime_us": "x", "cursors": [], "attached": {}}',
+    b'{"realtime_us": 5, "cursors": [1], "attached": {}}',
+    b'{"realtime_us": 5, "cursors": [], "attached": {"a": [1, "some"]}}',
+])
+def test_corrupt_position_file_starts_from_since(journal: Journal, source_factory, tmp_path: Path,
+                                                 content: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """An unreadable position: one warning, the journal is read from ``since_ms`` as without one,
+    and the position is stored anew."""
+    second = (_now_us() // 1_000_000) * 1_000_000
+    path = tmp_path / "journald-position.json"
+    path.write_bytes(content)
+    journal.append([(second - 60_000_000, container_row(A, "long ago")),
+                    (second - 1_000, container_row(A, "before since"))])
+    published = Published()
+    with caplog.at_level(logging.WARNING, logger="supervisor.logs.journald"):
+        source = source_factory(published, since_ms=second // 1000, position_path=path)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "unreadable" in warnings[0].getMessage()
+    assert source.args()[-11:-7] == ["--follow", "-S", format_since(second // 1000), "-o"]
+    source.attach(A, 1, "all")
+    source.start()
+    wait_for(lambda: source.pid, "journalctl running")
+    journal.append([(second + 5_000, container_row(A, "after since"))])
+    wait_for(lambda: published.texts() == ["after since"], "the row after since", context=published.texts)
+    wait_for(lambda: _at(path, second + 5_000, 1), "a new position stored", context=lambda: _position(path))
+
+
+def test_push_back_holds_reading_then_delivers_every_row_once(journal: Journal, source_factory) -> None:
+    """While ``room`` says no, nothing is read: journalctl stays (blocked on its pipe once it fills),
+    the source keeps asking; once there is room every row arrives once, in order."""
+    second = (_now_us() // 1_000_000) * 1_000_000
+    journal.append([(second - 60_000_000, container_row(A, "long ago"))])
+    open_ = threading.Event()
+    asked = [0]
+
+    def room(timeout: float) -> bool:
+        asked[0] += 1
+        return open_.wait(timeout)
+
+    published = Published()
+    source = source_factory(published, since_ms=second // 1000, room=room)
+    source.attach(A, 1, "all")
+    source.start()
+    wait_for(lambda: source.pid, "journalctl running")
+    pid = source.pid
+    count = 1500  # ~1 MB of JSON: far beyond the pipe's 64 KiB
+    journal.append([(second + 1000 + i, container_row(A, f"row {i:04d} " + "x" * 200)) for i in range(count)])
+    asked_then = asked[0]
+    wait_for(lambda: asked[0] >= asked_then + 20, "the source to keep asking for room (~2 s)")
+    assert published.messages == [] and source.pid == pid and source.spawns == 1
+    open_.set()
+    wait_for(lambda: len(published.messages) >= count, "every row", context=lambda: len(published.messages))
+    journal.append([(second + 10_000_000, container_row(A, "last"))])
+    wait_for(lambda: "last" in published.texts(), "the last row")
+    assert [t[:8] for t in published.texts()] == [f"row {i:04d}" for i in range(count)] + ["last"]
+    assert source.spawns == 1
+
+
+def test_position_file_is_replaced_atomically_and_only_when_changed(journal: Journal, source_factory,
+                                                                    tmp_path: Path) -> None:
+    """The position is written by rename (a new inode, never a torn file: a reader polling all along
+    always reads whole JSON), at most once per interval, and not at all while it does not change."""
+    second = (_now_us() // 1_000_000) * 1_000_000
+    path = tmp_path / "run" / "journald-position.json"
+    journal.append([(second - 60_000_000, container_row(A, "long ago"))])
+    ticks = [0]
+
+    def room(_timeout: float) -> bool:
+        ticks[0] += 1  # a probe: the reader's loop (and its position check) went round
+        return True
+
+    published = Published()
+    source = source_factory(published, since_ms=second // 1000, room=room, position_path=path)
+    source.attach(A, 1, "all")
+    source.start()
+    wait_for(lambda: source.pid, "journalctl running")
+
+    reads, torn, stop = [0], [], threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            reads[0] += 1
+            try:
+                json.loads(text)["realtime_us"]
+            except (ValueError, KeyError) as err:
+                torn.append((text, err))
+
+    watcher = threading.Thread(target=reader, daemon=True)
+    watcher.start()
+    began = time.monotonic()
+    try:
+        for n in range(12):
+            journal.append([(second + 100_000 * (n + 1), container_row(A, f"n{n}"))])
+            wait_for(lambda n=n: f"n{n}" in published.texts(), f"row n{n}")
+        wait_for(lambda: _at(path, second + 1_200_000, 1), "the last position",
+                 context=lambda: _position(path))
+    finally:
+        stop.set()
+        watcher.join(5)
+    elapsed = time.monotonic() - began
+    assert not torn and reads[0] > 0
+    assert 1 <= source.position_writes <= elapsed / 1.0 + 2
+    assert not list(path.parent.glob(".journald-position.json.*.tmp"))
+
+    # Unchanged: not written again (same inode and mtime) while the reader goes round for seconds.
+    before, writes = path.stat(), source.position_writes
+    ticks_then = ticks[0]
+    wait_for(lambda: ticks[0] >= ticks_then + 6, "the reader's loop to go round (~3 s)")
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert source.position_writes == writes
+    source.stop()  # the stop-time write: unchanged, so none
+    assert path.stat().st_ino == before.st_ino and source.position_writes == writes
+
+    # Changed: a new file renamed over the old one.
+    resumed = source_factory(Published(), since_ms=second // 1000, position_path=path)
+    resumed.attach(B, 2, "all")
+    resumed.stop()
+    assert path.stat().st_ino != before.st_ino and resumed.position_writes == 1
+    stored = _position(path)
+    assert stored is not None and stored["realtime_us"] == second + 1_200_000
+    assert stored["attached"] == {A: [1, "all"], B: [2, "all"]}

@@ -234,14 +234,15 @@ class JournaldLogSource:
         if path is None:
             return None
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as err:
+        except OSError as err:
             log.warning("Could not read the journal position in %s (%s): reading the journal from %s",
                         path, err, format_since(self._since_ms))
             return None
         try:
+            text = data.decode("utf-8")
             raw = json.loads(text)
             realtime, cursors, attached = raw["realtime_us"], raw["cursors"], raw["attached"]
             if type(realtime) is not int or realtime < 0:
