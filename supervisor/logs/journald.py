@@ -21,6 +21,26 @@ goes back to 0 once a process is running, and grows only while it cannot be star
 already read (same ``__REALTIME_TIMESTAMP`` and ``__CURSOR``) and older ones are skipped, so nothing is
 published twice.
 
+Positions across a supervisor restart: the position of the last *delivered* row (acknowledged through the
+hub's ``delivered`` callback, supervisor/logs/hub.py) is stored in ``position_path``
+(``<runtime dir>/journald-position.json``, next to the engine source's ``log-positions.json``; tmpfs on
+balenaOS, as the journal there) with :func:`supervisor.atomic.write_atomic`, at most once per
+``position_interval_s`` (1 s) and only when it changed, and once at stop. Shape::
+
+    {"realtime_us": <__REALTIME_TIMESTAMP, µs>, "cursors": [<__CURSOR of each row read at that µs>],
+     "attached": {"<container id>": [<serviceId>, "all" | "err"]}}
+
+A read's position counts as delivered when its last batch is acknowledged (acks come in order), or at once
+when nothing is pending. A new source resumes from it exactly as a respawned ``journalctl`` does: ``-S`` at
+that second, older rows and the stored cursors skipped. The previous run's attachments apply to rows older
+than ``since_ms`` (read before the monitor attaches the containers again). No file: ``since_ms``; an
+unreadable one: ``since_ms`` and one warning. After a kill -9, rows read but not acknowledged, and rows
+acknowledged after the last write, are published again; none is skipped (docs/ARCHITECTURE.md).
+
+Push-back: ``room`` (``LogHub.wait_for_room``) False stops reading ``journalctl``'s stdout (looking at stop
+every 0.1 s); ``journalctl`` blocks on the full pipe and the rows wait in the journal, as the engine
+source's lines wait in the engine's log.
+
 ``since`` is given as UTC with an explicit zone (``YYYY-MM-DD HH:MM:SS UTC``): the reference's bare form
 is read in the host's local zone, which is UTC on balenaOS but not on every dev board.
 
