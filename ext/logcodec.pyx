@@ -14,7 +14,8 @@ only add a second pass over valid input.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_Next
+from cpython cimport array
+from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_Size
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -24,6 +25,7 @@ from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from supervisor.logs._codec_py import LogStreamError  # one exception class for both twins
 
+import array as _array_module
 import json
 
 cdef extern from "Python.h":
@@ -40,7 +42,7 @@ cdef extern from "Python.h":
     PyObject* Py_False
     PyObject* Py_None
 
-__all__ = ["Demuxer", "LogStreamError", "encode", "encode_many", "parse_timestamp"]
+__all__ = ["Demuxer", "LogStreamError", "RepeatFilter", "encode", "encode_batch", "encode_many", "parse_timestamp"]
 
 cdef enum:
     MAX_TS_LEN = 35  # "YYYY-MM-DDTHH:MM:SS.nnnnnnnnn+HH:MM"
@@ -696,3 +698,167 @@ def encode_many(records) -> bytes:
         return PyBytes_FromStringAndSize(w.data, w.length)
     finally:
         PyMem_Free(w.data)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Demuxer's records on their way out: the engine's repeats dropped, the cloud's NDJSON
+# ---------------------------------------------------------------------------------------------
+
+cdef str K_MESSAGE = "message"
+cdef str K_IS_STDERR = "isStdErr"
+cdef str K_TIMESTAMP = "timestamp"
+cdef str K_SERVICE_ID = "serviceId"
+cdef str K_ACK = "_ack"
+cdef array.array STAMPS_TEMPLATE = _array_module.array("q")
+cdef bytes B_MESSAGE = b'{"message":'
+cdef bytes B_STDERR = b',"isStdErr":true,"timestamp":'
+cdef bytes B_STDOUT = b',"isStdErr":false,"timestamp":'
+cdef bytes B_SERVICE_ID = b',"serviceId":'
+
+
+cdef inline int _put(Writer* w, bytes text) except -1:
+    return _write(w, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+
+
+cdef inline bint _is_key(PyObject* key, str expected):
+    return key == <PyObject*>expected or (PyUnicode_CheckExact(<object>key) and <str>key == expected)
+
+
+def encode_batch(list records, Py_ssize_t max_chars):
+    """The cloud log stream's NDJSON for a batch of the Demuxer's own records and the total length
+    of their messages, or None; the twin's docstring gives the shape it accepts."""
+    cdef Writer w
+    cdef Py_ssize_t i, n = len(records), pos, size, chars = 0, length
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef PyObject* message
+    cdef PyObject* is_err
+    cdef PyObject* timestamp
+    cdef PyObject* service_id
+    cdef object record
+    cdef int k
+    w.length = 0
+    w.cap = min(160 * n + 256, 1 << 20)
+    w.data = <char*>PyMem_Malloc(w.cap)
+    if w.data == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            record = records[i]
+            if not PyDict_CheckExact(record):
+                return None
+            size = PyDict_Size(record)
+            if size != 4 and (size != 5 or i != n - 1):
+                return None
+            pos = 0
+            k = 0
+            message = is_err = timestamp = service_id = NULL
+            while PyDict_Next(record, &pos, &key, &value):
+                if k == 0 and _is_key(key, K_MESSAGE):
+                    message = value
+                elif k == 1 and _is_key(key, K_IS_STDERR):
+                    is_err = value
+                elif k == 2 and _is_key(key, K_TIMESTAMP):
+                    timestamp = value
+                elif k == 3 and _is_key(key, K_SERVICE_ID):
+                    service_id = value
+                elif k != 4 or not _is_key(key, K_ACK):
+                    return None
+                k += 1
+            if not PyUnicode_CheckExact(<object>message) or not PyLong_CheckExact(<object>timestamp):
+                return None
+            if not PyLong_CheckExact(<object>service_id) or (is_err != Py_True and is_err != Py_False):
+                return None
+            length = PyUnicode_GET_LENGTH(<object>message)
+            if length > max_chars:
+                return None
+            chars += length
+            _put(&w, B_MESSAGE)
+            _write_str(&w, <str>message)
+            _put(&w, B_STDERR if is_err == Py_True else B_STDOUT)
+            _write_int(&w, <object>timestamp)
+            _put(&w, B_SERVICE_ID)
+            _write_int(&w, <object>service_id)
+            _write(&w, b"}\n", 2)
+        return PyBytes_FromStringAndSize(w.data, w.length), chars
+    finally:
+        PyMem_Free(w.data)
+
+
+cdef class RepeatFilter:
+    """Drops the engine's repeats from ONE container's records; the twin's docstring gives the
+    rule. One pass in C over the records, whatever their order."""
+
+    cdef readonly int64_t window_ms
+    cdef int64_t _last[2]
+    cdef int64_t _at_last[2]
+    cdef int64_t _repeat[2]
+
+    def __init__(self, window_ms=1000):
+        self.window_ms = window_ms
+        self._last[0] = self._last[1] = -1
+        self._at_last[0] = self._at_last[1] = 0
+        self._repeat[0] = self._repeat[1] = -1
+
+    @property
+    def last(self):
+        return [self._last[0], self._last[1]]
+
+    @property
+    def at_last(self):
+        return [self._at_last[0], self._at_last[1]]
+
+    @property
+    def repeat(self):
+        return [self._repeat[0], self._repeat[1]]
+
+    def filter(self, list records):
+        """``(kept records, array('q') of their timestamps)``; records are the Demuxer's."""
+        cdef Py_ssize_t i, n = len(records), kept = 0
+        cdef array.array stamps = array.clone(STAMPS_TEMPLATE, n, False)
+        cdef long long* out = stamps.data.as_longlongs
+        cdef list result = None
+        cdef object record
+        cdef PyObject* value
+        cdef int s, overflow = 0
+        cdef long long t
+        cdef bint drop
+        for i in range(n):
+            record = records[i]
+            if not PyDict_CheckExact(record):
+                raise TypeError(f"a record is a dict, not {type(record).__name__}")
+            value = PyDict_GetItem(record, K_IS_STDERR)
+            if value == NULL:
+                raise KeyError(K_IS_STDERR)
+            s = 1 if (<object>value) else 0
+            value = PyDict_GetItem(record, K_TIMESTAMP)
+            if value == NULL:
+                raise KeyError(K_TIMESTAMP)
+            t = PyLong_AsLongLongAndOverflow(<object>value, &overflow)
+            if overflow:
+                raise OverflowError("a record's timestamp does not fit 64 bits")
+            drop = False
+            if t > self._last[s]:
+                self._last[s] = t
+                self._at_last[s] = 1
+                self._repeat[s] = -1
+            elif t == self._last[s]:
+                if self._repeat[s] > 0:
+                    self._repeat[s] -= 1
+                    drop = True
+                else:
+                    self._at_last[s] += 1
+            elif self._last[s] - t <= self.window_ms:
+                self._repeat[s] = self._at_last[s]
+                drop = True
+            if drop:
+                if result is None:
+                    result = records[:i]
+            else:
+                if result is not None:
+                    result.append(record)
+                out[kept] = t
+                kept += 1
+        if kept != n:
+            array.resize(stamps, kept)
+        return (records if result is None else result), stamps

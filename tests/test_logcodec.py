@@ -333,6 +333,133 @@ def test_encode_matches_json(records):
 
 
 # ---------------------------------------------------------------------------------------------
+# encode_batch (the cloud log stream's lines) and RepeatFilter (the engine's repeats)
+# ---------------------------------------------------------------------------------------------
+
+RECORD_KEYS = ["message", "isStdErr", "timestamp", "serviceId"]
+MAX_CHARS = 30
+
+
+def codec_record(message="m", is_err=False, timestamp=1, service_id=SERVICE) -> dict:
+    return {"message": message, "isStdErr": is_err, "timestamp": timestamp, "serviceId": service_id}
+
+
+@st.composite
+def batch_records(draw) -> list[dict]:
+    """Mostly the Demuxer's own records, some bent the ways a caller could bend them."""
+    records = []
+    for _ in range(draw(st.integers(0, 6))):
+        record = codec_record(draw(st.lists(any_char, max_size=MAX_CHARS + 2).map("".join)), draw(st.booleans()),
+                              draw(st.integers(-(2**64), 2**64)), draw(st.integers(-5, 2**63)))
+        bend = draw(st.sampled_from(["none"] * 6 + ["ack", "order", "extra", "missing", "type", "ack-mid"]))
+        if bend in ("ack", "ack-mid"):
+            record["_ack"] = print
+        elif bend == "order":
+            record = dict(reversed(list(record.items())))
+        elif bend == "extra":
+            record["isSystem"] = True
+        elif bend == "missing":
+            del record[draw(st.sampled_from(RECORD_KEYS))]
+        elif bend == "type":
+            record[draw(st.sampled_from(RECORD_KEYS))] = draw(st.one_of(json_values, st.just(1.5)))
+        records.append(record)
+    return records
+
+
+def oracle_batch(records: list[dict]) -> tuple[bytes, int] | None:
+    """What encode_batch must return, from the rule in its docstring."""
+    out, chars = b"", 0
+    for i, record in enumerate(records):
+        keys = list(record)
+        if keys != RECORD_KEYS and not (i == len(records) - 1 and keys == [*RECORD_KEYS, "_ack"]):
+            return None
+        message, is_err, stamp, service = (record[k] for k in RECORD_KEYS)
+        if not (type(message) is str and len(message) <= MAX_CHARS and type(is_err) is bool
+                and type(stamp) is int and type(service) is int):
+            return None
+        chars += len(message)
+        out += reference_line({k: record[k] for k in RECORD_KEYS})
+    return out, chars
+
+
+@FAST
+@given(records=batch_records())
+def test_encode_batch_matches_twin_and_oracle(records):
+    expected = oracle_batch(records)
+    assert _compiled().encode_batch(records, MAX_CHARS) == expected
+    assert twin.encode_batch(records, MAX_CHARS) == expected
+
+
+def test_encode_batch_examples(mod):
+    ack = codec_record("é", True, 7)
+    ack["_ack"] = print
+    assert mod.encode_batch([codec_record("a"), ack], 10) == (
+        b'{"message":"a","isStdErr":false,"timestamp":1,"serviceId":17}\n'
+        b'{"message":"\xc3\xa9","isStdErr":true,"timestamp":7,"serviceId":17}\n', 2)
+    assert mod.encode_batch([], 10) == (b"", 0)
+    assert mod.encode_batch([codec_record("x" * 11)], 10) is None  # to be cut: the general path
+    assert mod.encode_batch([codec_record(service_id=None)], 10) is None  # not a service's line
+    assert mod.encode_batch([ack, codec_record()], 10) is None  # an ack only on the last line
+    assert mod.encode_batch([codec_record(is_err=1)], 10) is None
+
+
+def oracle_unrepeated(state: dict, records: list[dict], window: int) -> list[dict]:
+    """The rule of RepeatFilter's docstring, line by line."""
+    out = []
+    for record in records:
+        s = 1 if record["isStdErr"] else 0
+        t = record["timestamp"]
+        if t > state["last"][s]:
+            state["last"][s], state["at_last"][s], state["repeat"][s] = t, 1, -1
+        elif t == state["last"][s]:
+            if state["repeat"][s] > 0:
+                state["repeat"][s] -= 1
+                continue
+            state["at_last"][s] += 1
+        elif state["last"][s] - t <= window:
+            state["repeat"][s] = state["at_last"][s]
+            continue
+        out.append(record)
+    return out
+
+
+@FAST
+@given(batches=st.lists(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=12), max_size=8),
+       window=st.integers(0, 20), ordered=st.booleans())
+def test_repeat_filter_matches_twin_and_oracle(batches, window, ordered):
+    """Batches in stream order, often a repeat of an earlier stretch (as the engine sends at a
+    rotation): the same records kept (the same objects), the same stamps and state, batch by batch."""
+    compiled, python = _compiled().RepeatFilter(window), twin.RepeatFilter(window)
+    state = {"last": [-1, -1], "at_last": [0, 0], "repeat": [-1, -1]}
+    base = 0
+    for batch in batches:
+        if ordered:  # newer than everything before: the twin's fast path
+            batch = sorted((err, base + t) for err, t in batch)
+            base = max((t for _, t in batch), default=base) + 1
+        records = [codec_record(str(i), err, t) for i, (err, t) in enumerate(batch)]
+        expected = oracle_unrepeated(state, records, window)
+        for module_filter in (compiled, python):
+            kept, stamps = module_filter.filter(records)
+            assert [id(r) for r in kept] == [id(r) for r in expected]
+            assert stamps.typecode == "q" and list(stamps) == [r["timestamp"] for r in expected]
+        assert compiled.last == python.last == state["last"]
+        assert compiled.at_last == python.at_last == state["at_last"]
+        assert compiled.repeat == python.repeat == state["repeat"]
+
+
+def test_repeat_filter_drops_a_rotation_repeat(mod):
+    """The engine sends lines 3-5 again after line 6 (a json-file rotation): dropped, then line 7
+    and a stderr line of the same millisecond as line 5 go through."""
+    filt = mod.RepeatFilter(1000)
+    first = [codec_record(str(n), False, 100 + n) for n in range(1, 7)]
+    kept, stamps = filt.filter(first)
+    assert kept is first and list(stamps) == [101, 102, 103, 104, 105, 106]
+    again = [codec_record(str(n), False, 100 + n) for n in (3, 4, 5, 6, 7)] + [codec_record("e", True, 105)]
+    kept, stamps = filt.filter(again)
+    assert [r["message"] for r in kept] == ["7", "e"] and list(stamps) == [107, 105]
+
+
+# ---------------------------------------------------------------------------------------------
 # Examples
 # ---------------------------------------------------------------------------------------------
 
@@ -344,6 +471,7 @@ def test_package_uses_compiled_module():
     assert codec.IMPLEMENTATION == "compiled"
     assert codec.Demuxer is compiled.Demuxer
     assert codec.encode_many is compiled.encode_many
+    assert codec.encode_batch is compiled.encode_batch and codec.RepeatFilter is compiled.RepeatFilter
     assert compiled.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
     assert compiled.LogStreamError is twin.LogStreamError
 

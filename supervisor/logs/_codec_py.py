@@ -31,9 +31,13 @@ import functools
 import json
 import re
 import time
+from array import array
 from collections.abc import Callable, Iterable
+from itertools import compress
+from operator import itemgetter, le, not_
 
-__all__ = ["Demuxer", "LogStreamError", "encode", "encode_many", "parse_timestamp"]
+__all__ = ["Demuxer", "LogStreamError", "RepeatFilter", "encode", "encode_batch", "encode_many",
+           "parse_timestamp"]
 
 _MAX_TS_LEN = 35  # "YYYY-MM-DDTHH:MM:SS.nnnnnnnnn+HH:MM"
 _TS_RE = re.compile(rb"(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d\d):(\d\d))")
@@ -330,3 +334,114 @@ def encode_many(records: Iterable[dict]) -> bytes:
         return b""
     parts.append("")
     return "\n".join(parts).encode("utf-8", "replace")
+
+
+#: The keys of the Demuxer's records, in their order: the §8.2 fields of a service line.
+_RECORD_KEYS = ("message", "isStdErr", "timestamp", "serviceId")
+_RECORD_KEYS_ACK = (*_RECORD_KEYS, "_ack")
+_stamp = itemgetter("timestamp")
+_is_err = itemgetter("isStdErr")
+
+
+def encode_batch(records: list[dict], max_chars: int) -> tuple[bytes, int] | None:
+    """The cloud log stream's NDJSON for a batch of the Demuxer's own records, and the total length
+    (characters) of their messages; None when any record is not exactly that shape, so the caller
+    takes its general path (supervisor/logs/cloud.py ``to_record``).
+
+    That shape: a dict whose keys are exactly ``message``, ``isStdErr``, ``timestamp``,
+    ``serviceId`` in this order (the last record may have ``_ack`` after them, the hub's
+    acknowledgement, which is not sent), with a ``str`` message of at most ``max_chars``
+    characters, a ``bool`` isStdErr and ``int`` timestamp and serviceId. Each line is
+    ``{"message":..,"isStdErr":..,"timestamp":..,"serviceId":..}`` as :func:`encode` writes it.
+    """
+    if not records:
+        return b"", 0
+    lines = []
+    chars = 0
+    last = len(records) - 1
+    for i, record in enumerate(records):
+        if type(record) is not dict:
+            return None
+        keys = tuple(record)
+        if keys != _RECORD_KEYS and (i != last or keys != _RECORD_KEYS_ACK):
+            return None
+        message, is_err = record["message"], record["isStdErr"]
+        timestamp, service_id = record["timestamp"], record["serviceId"]
+        if (type(message) is not str or len(message) > max_chars or type(is_err) is not bool
+                or type(timestamp) is not int or type(service_id) is not int):
+            return None
+        chars += len(message)
+        lines.append(_json_encode({"message": message, "isStdErr": is_err, "timestamp": timestamp,
+                                   "serviceId": service_id}))
+    lines.append("")
+    return "\n".join(lines).encode("utf-8", "replace"), chars
+
+
+class RepeatFilter:
+    """Drops the engine's repeats from ONE container's records, in the order they are read; keeps
+    the timestamps of what it lets through.
+
+    Following a ``json-file`` log across its rotation (``max-size``) while behind the writer, the
+    engine (seen with 20.10) sends again the lines of the new file it had sent already (10-200
+    lines). Each stream's stamps never go back (the engine stamps a stream's lines in order; a long
+    line's pieces are one record), so a record stamped before the newest of its stream (by at most
+    ``window_ms``: more is a clock set back, taken as new) is a repeat, and so are as many of the
+    following records stamped with that newest millisecond as were let through with it. A repeat
+    that starts within the newest millisecond cannot be told from new lines by the stamps and is let
+    through again (docs/ARCHITECTURE.md).
+
+    ``last``, ``at_last``, ``repeat``: per stream (stdout, stderr), the newest stamp let through,
+    how many records carried it, and how many of those a repeat still has to bring (-1: none).
+    """
+
+    __slots__ = ("window_ms", "last", "at_last", "repeat")
+
+    def __init__(self, window_ms: int = 1000) -> None:
+        self.window_ms = int(window_ms)
+        self.last = [-1, -1]
+        self.at_last = [0, 0]
+        self.repeat = [-1, -1]
+
+    def filter(self, records: list[dict]) -> tuple[list[dict], array]:
+        """``(kept records, array('q') of their timestamps)``; records are the Demuxer's."""
+        if not records:
+            return records, array("q")
+        stamps = array("q", map(_stamp, records))
+        # A batch newer than everything let through and in order per stream has no repeat: checked
+        # with builtins (C loops), and only each stream's newest stamp is kept.
+        last = self.last
+        errs = list(map(_is_err, records))
+        ordered = min(stamps) > max(last)
+        newest = []
+        for flags in (map(not_, errs), errs):
+            mine = array("q", compress(stamps, flags)) if ordered else None
+            if mine and not all(map(le, mine, mine[1:])):
+                ordered = False
+            newest.append(mine)
+        if ordered:
+            for s, mine in enumerate(newest):
+                if mine:
+                    top = mine[-1]
+                    last[s], self.at_last[s], self.repeat[s] = top, mine.count(top), -1
+            return records, stamps
+        kept = self._line_by_line(records)
+        return kept, array("q", map(_stamp, kept))
+
+    def _line_by_line(self, records: list[dict]) -> list[dict]:
+        out = []
+        last, at_last, repeat, window = self.last, self.at_last, self.repeat, self.window_ms
+        for record in records:
+            s = 1 if record["isStdErr"] else 0
+            t = record["timestamp"]
+            if t > last[s]:
+                last[s], at_last[s], repeat[s] = t, 1, -1
+            elif t == last[s]:
+                if repeat[s] > 0:
+                    repeat[s] -= 1
+                    continue
+                at_last[s] += 1
+            elif last[s] - t <= window:
+                repeat[s] = at_last[s]
+                continue
+            out.append(record)
+        return out

@@ -63,13 +63,12 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from ..cloud.backoff import Backoff
 from ..subsystem import Subsystem
-from .codec import encode_many
+from .codec import load as load_codec
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -177,43 +176,6 @@ def to_record(message: Mapping[str, Any]) -> dict[str, Any] | None:
     return record
 
 
-#: The codec's records (supervisor/logs/codec.py, journald.py): already the §8.2 shape of a service line.
-_CODEC_KEYS: Final = ("message", "isStdErr", "timestamp", "serviceId")
-_CODEC_KEYS_ACK: Final = (*_CODEC_KEYS, "_ack")
-_message = itemgetter("message")
-_service = itemgetter("serviceId")
-
-
-def _batch_entry(messages: Sequence[Mapping[str, Any]]) -> _Entry | None:
-    """A whole batch as one pending entry when every message is a codec record of a service (the
-    engine and journald sources): sent as it is, without a :func:`to_record` copy per line; the
-    checks run in C loops. None for anything else (system messages, text to cut, other shapes)."""
-    last = messages[-1]
-    if type(last) is not dict:
-        return None
-    keys = tuple(last)
-    if keys == _CODEC_KEYS_ACK:
-        ack = last["_ack"]
-        if not callable(ack):
-            return None
-        body = list(messages)
-        body[-1] = {"message": last["message"], "isStdErr": last["isStdErr"],
-                    "timestamp": last["timestamp"], "serviceId": last["serviceId"]}
-        acks: tuple[Callable[[], None], ...] = (ack,)
-    elif keys == _CODEC_KEYS:
-        body, acks = list(messages), ()
-    else:
-        return None
-    if len(body) > 1 and not all(map(_CODEC_KEYS.__eq__, map(tuple, messages[:-1]))):
-        return None
-    if None in map(_service, body):
-        return None
-    texts = list(map(_message, body))
-    if not all(map(str.__instancecheck__, texts)) or max(map(len, texts)) > MAX_MESSAGE_CHARS:
-        return None
-    return (body, acks, sum(map(len, texts)) + RECORD_OVERHEAD * len(body), len(body))
-
-
 def _suppressed(count: int) -> dict[str, Any]:
     return {
         "message": f"Warning: Suppressed {count} message(s) due to high load",
@@ -235,8 +197,8 @@ class StreamClosed(Exception):  # noqa: N818 - a state, not an error
     """The server answered or closed the connection (a healthy stream never hears anything)."""
 
 
-# A pending entry: (a record, or NDJSON bytes requeued from a failed connection; its acks; its
-# cost in the budget; how many lines it holds).
+# A pending entry: (a record, or NDJSON bytes: a codec batch or what a failed connection had written;
+# its acks; its cost in the budget; how many lines it holds).
 _Entry = tuple[Any, tuple[Callable[[], None], ...], int, int]
 
 
@@ -335,6 +297,8 @@ class CloudLogStream(Subsystem):
         self.settings = settings or StreamSettings()
         self.user_agent = user_agent
         self.metrics = metrics
+        #: The codec that encodes the lines (the twin with SUPERVISOR_LOG_CODEC=python, for the benchmark).
+        self._codec = load_codec()
         self._cond = threading.Condition(threading.Lock())
         self._pending: collections.deque[_Entry] = collections.deque()
         self._pending_bytes = 0
@@ -373,7 +337,7 @@ class CloudLogStream(Subsystem):
         # writing (a cached "off" here would drop lines logged right after logging was turned on).
         if not messages:
             return
-        batch = _batch_entry(messages)
+        batch = self._batch_entry(messages)
         entries: list[_Entry | Callable[[], None]] = []  # a bare callable: the ack of a line not sent
         if batch is not None:
             entries.append(batch)
@@ -428,6 +392,23 @@ class CloudLogStream(Subsystem):
             _settle(now)
         if dropped and self.metrics is not None:
             self.metrics.inc("log_lines_dropped", dropped, "cloud")
+
+    def _batch_entry(self, messages: Sequence[Mapping[str, Any]]) -> _Entry | None:
+        """A whole batch as one pending entry of NDJSON bytes when every message is a codec record of
+        a service (the engine and journald sources): encoded and checked in one pass by the codec
+        (``encode_batch``), no :func:`to_record` copy per line. None for anything else (system
+        messages, text to cut, other shapes), which takes the general path."""
+        last = messages[-1]
+        ack = last.get("_ack") if type(last) is dict else None
+        if ack is not None and not callable(ack):
+            return None
+        encoded = self._codec.encode_batch(messages if type(messages) is list else list(messages),
+                                           MAX_MESSAGE_CHARS)
+        if encoded is None:
+            return None
+        raw, chars = encoded
+        count = len(messages)
+        return (raw, (ack,) if ack is not None else (), chars + RECORD_OVERHEAD * count, count)
 
     def wait_for_room(self, timeout: float) -> bool:
         """True once the sources may publish again, False after ``timeout`` seconds: a full buffer
@@ -636,10 +617,9 @@ class CloudLogStream(Subsystem):
         records: list[dict[str, Any]] = []
         acks: list[Callable[[], None]] = []
         lines = 0
+        encode_many = self._codec.encode_many
         for payload, entry_acks, _size, count in batch:
-            if type(payload) is list:  # a codec batch (_batch_entry)
-                records.extend(payload)
-            elif isinstance(payload, bytes):
+            if isinstance(payload, bytes):  # a codec batch (_batch_entry), or requeued
                 if records:
                     parts.append(encode_many(records))
                     records = []

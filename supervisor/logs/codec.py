@@ -1,4 +1,5 @@
-"""Docker log stream codec: demux + line split + NDJSON encode (public entry point).
+"""Docker log stream codec: demux + line split, the engine's repeats dropped, NDJSON encode (public
+entry point). Every per-line step of the engine log path runs here, so the rest works per batch.
 
 It uses the compiled ``supervisor._logcodec``. The pure-Python twin is used only when the
 extension is not installed at all, for example in a source checkout that was never built.
@@ -13,7 +14,15 @@ import os
 from types import ModuleType
 
 try:
-    from supervisor._logcodec import Demuxer, LogStreamError, encode, encode_many, parse_timestamp
+    from supervisor._logcodec import (
+        Demuxer,
+        LogStreamError,
+        RepeatFilter,
+        encode,
+        encode_batch,
+        encode_many,
+        parse_timestamp,
+    )
 
     IMPLEMENTATION = "compiled"
 except ModuleNotFoundError as exc:
@@ -22,7 +31,9 @@ except ModuleNotFoundError as exc:
     from supervisor.logs._codec_py import (
         Demuxer,
         LogStreamError,
+        RepeatFilter,
         encode,
+        encode_batch,
         encode_many,
         parse_timestamp,
     )
@@ -53,7 +64,9 @@ __all__ = [
     "load",
     "Demuxer",
     "LogStreamError",
+    "RepeatFilter",
     "encode",
+    "encode_batch",
     "encode_many",
     "parse_timestamp",
 ]

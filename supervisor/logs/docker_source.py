@@ -27,8 +27,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import itemgetter, le, not_
+from operator import itemgetter
 from typing import Any, Protocol
 
 from .codec import load as load_codec
@@ -53,9 +52,8 @@ CATCH_UP_DELAY_S = 0.2
 PAUSE_CHECK_S = 0.1
 RETRY_MAX_S = 30.0
 _stamp = itemgetter("timestamp")
-_is_err = itemgetter("isStdErr")
 #: A line stamped this much before the newest of its stream is taken as new, not a repeat (a clock
-#: set back): the engine's repeats (see _unrepeated) go back milliseconds.
+#: set back): the engine's repeats (the codec's RepeatFilter) go back milliseconds.
 REPEAT_WINDOW_MS = 1000
 
 
@@ -86,11 +84,8 @@ class _Stream:
     retry_at: float = 0.0
     failures: int = 0
     pending: list[bytes] = field(default_factory=list)
-    # the engine's repeats (see _unrepeated): per stream (stdout, stderr), the newest stamp delivered,
-    # how many lines carried it, and how many of those a repeat still has to bring (-1: none)
-    last: list[int] = field(default_factory=lambda: [-1, -1])
-    at_last: list[int] = field(default_factory=lambda: [0, 0])
-    repeat: list[int] = field(default_factory=lambda: [-1, -1])
+    #: The codec's RepeatFilter: drops the engine's repeats of lines delivered already (see _deliver).
+    repeats: Any = None
 
 
 class DockerLogSource:
@@ -251,7 +246,8 @@ class DockerLogSource:
             since, skip = saved if saved is not None else (args["started_ms"], 0)
             st = _Stream(cid, args["service_id"], args["level"], args["tty"], since, skip, False,
                          published=Tracker(since, skip, self._positions.margin_ms),
-                         delivered=self._positions.track(cid, since, skip))
+                         delivered=self._positions.track(cid, since, skip),
+                         repeats=self._codec.RepeatFilter(REPEAT_WINDOW_MS))
             with self._lock:
                 self._streams[cid] = st
             self._open(st)
@@ -417,27 +413,10 @@ class DockerLogSource:
             records = records[n:]
             if not records:
                 return
-        stamps = array("q", map(_stamp, records))
-        # Each stream's stamps, in C loops: a batch newer than everything delivered and in order
-        # per stream has no repeat; only each stream's newest stamp is kept.
-        errs = list(map(_is_err, records))
-        ordered = min(stamps) > max(st.last)
-        newest = []
-        for flags in (map(not_, errs), errs):
-            mine = array("q", compress(stamps, flags)) if ordered else None
-            if mine and not all(map(le, mine, mine[1:])):
-                ordered = False
-            newest.append(mine)
-        if ordered:
-            for s, mine in enumerate(newest):
-                if mine:
-                    top = mine[-1]
-                    st.last[s], st.at_last[s], st.repeat[s] = top, mine.count(top), -1
-        else:
-            records = _unrepeated(st, records)  # line by line, rarely: see _unrepeated
-            if not records:
-                return
-            stamps = array("q", map(_stamp, records))
+        # The engine's repeats out, in the codec (one C pass); the stamps of what is left.
+        records, stamps = st.repeats.filter(records)
+        if not records:
+            return
         st.published.add(stamps)
         if st.level == "err":
             records = [r for r in records if r["isStdErr"]]
@@ -447,30 +426,3 @@ class DockerLogSource:
         else:
             delivered.add(stamps)
 
-
-def _unrepeated(st: _Stream, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records without the engine's repeats. Following a ``json-file`` log across its rotation
-    (``max-size``) while behind the writer, the engine (seen with 20.10) sends again the lines of
-    the new file it had sent already (10-200 lines). Each stream's stamps never go back (the engine
-    stamps a stream's lines in order; a long line's pieces are one record), so a line stamped before
-    the newest of its stream is a repeat, and so are as many of the following lines stamped with
-    that newest millisecond as were delivered with it. A repeat that starts within the newest
-    millisecond cannot be told from new lines by the stamps and is delivered again (docs/ARCHITECTURE.md).
-    Only a batch that is not newer than everything delivered, or not in order, comes here."""
-    out = []
-    last, at_last, repeat = st.last, st.at_last, st.repeat
-    for record in records:
-        s = 1 if record["isStdErr"] else 0
-        t = record["timestamp"]
-        if t > last[s]:
-            last[s], at_last[s], repeat[s] = t, 1, -1
-        elif t == last[s]:
-            if repeat[s] > 0:
-                repeat[s] -= 1
-                continue
-            at_last[s] += 1
-        elif last[s] - t <= REPEAT_WINDOW_MS:
-            repeat[s] = at_last[s]
-            continue
-        out.append(record)
-    return out
