@@ -349,8 +349,9 @@ def batch_records(draw) -> list[dict]:
     """Mostly the Demuxer's own records, some bent the ways a caller could bend them."""
     records = []
     for _ in range(draw(st.integers(0, 6))):
-        record = codec_record(draw(st.lists(any_char, max_size=MAX_CHARS + 2).map("".join)), draw(st.booleans()),
-                              draw(st.integers(-(2**64), 2**64)), draw(st.integers(-5, 2**63)))
+        message = draw(st.lists(any_char, max_size=MAX_CHARS + 2).map("".join))
+        record = codec_record(message, draw(st.booleans()), draw(st.integers(-(2**64), 2**64)),
+                              draw(st.integers(-5, 2**63)))
         bend = draw(st.sampled_from(["none"] * 6 + ["ack", "order", "extra", "missing", "type", "ack-mid"]))
         if bend in ("ack", "ack-mid"):
             record["_ack"] = print
