@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -48,10 +49,18 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
     return True
 
 
-def remove_orphans(path: str | os.PathLike[str]) -> int:
+#: Paths whose orphans this process has looked for already: orphans come only from a writer that died,
+#: so after the first write of a path in a process there are none of its own to find (issue #17).
+_CHECKED: set[Path] = set()
+
+
+def remove_orphans(path: str | os.PathLike[str], *, again: bool = False) -> int:
     """Delete the temp files of writes of ``path`` cut short by a kill (their writer is gone); the
-    number deleted."""
+    number deleted. Looks once per path in a process unless ``again``."""
     target = Path(path)
+    if target in _CHECKED and not again:
+        return 0
+    _CHECKED.add(target)
     prefix = f".{target.name}."
     removed = 0
     try:
@@ -93,3 +102,30 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+#: Filesystems held in RAM: nothing written there reaches flash, and it is gone at a reboot.
+RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+def filesystem_type(path: str | os.PathLike[str], mounts: str = "/proc/self/mounts") -> str | None:
+    """The type (``ext4``, ``tmpfs``, ...) of the filesystem ``path`` is (or would be created) on: the
+    longest mount point above it in ``mounts``; None when that cannot be read."""
+    wanted = existing = Path(os.path.abspath(path))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    target = existing.resolve() / wanted.relative_to(existing)  # symlinks followed where they exist
+    best, kind = -1, None
+    try:
+        with open(mounts, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                # Spaces, tabs, newlines and backslashes in a mount point are octal escapes (fstab(5)).
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])
+                if (target == Path(point) or Path(point) in target.parents) and len(point) >= best:
+                    best, kind = len(point), fields[2]
+    except OSError:
+        return None
+    return kind

@@ -4,6 +4,8 @@ the hub's batches and acknowledgements, the local stream's rendering, system mes
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from array import array
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,11 @@ from typing import Any
 import pytest
 
 from supervisor.api.streams import LogLines
+from supervisor.atomic import RAM_FILESYSTEMS, filesystem_type
+from supervisor.logs import codec
 from supervisor.logs.hub import LogHub
 from supervisor.logs.monitor import ContainerInfo, Route, log_level, route
-from supervisor.logs.positions import PositionStore, Tracker
+from supervisor.logs.positions import DEFAULT_INTERVAL_S, PositionStore, Tracker
 from supervisor.logs.system import compose
 
 
@@ -249,3 +253,56 @@ def test_a_journald_container_goes_to_the_journald_source_made_only_then() -> No
     eager = LazySource(lambda: made.append(Recording()) or made[-1], eager=True)
     eager.start()
     assert eager.made is made[-1] and made[-1].calls == [("start",)]
+
+
+def test_filesystem_type_is_the_longest_mount_above_a_path(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\n"
+                      "tmpfs /tmp tmpfs rw 0 0\n"
+                      "/dev/vdb /tmp/a\\040b ext4 rw 0 0\n"
+                      "tmpfs /tmpx tmpfs rw 0 0\n")
+    assert filesystem_type("/tmp/balena-supervisor/x", str(mounts)) == "tmpfs"
+    assert filesystem_type("/tmp/a b/c", str(mounts)) == "ext4"  # the escaped space
+    assert filesystem_type("/tmpy/z", str(mounts)) == "ext4"  # a prefix of a name is not a parent
+    assert filesystem_type("/x", str(tmp_path / "missing")) is None
+    # The machine's own: /dev/shm is a tmpfs on every Linux host and container.
+    assert filesystem_type("/dev/shm/not-yet/made") == "tmpfs"
+
+
+def test_positions_on_a_ram_filesystem_are_written_at_each_change(tmp_path: Path) -> None:
+    ram = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="pysupervisor-test-"))
+    try:
+        assert PositionStore(ram / "log-positions.json").interval_s == 0
+        if filesystem_type(tmp_path) not in RAM_FILESYSTEMS:
+            assert PositionStore(tmp_path / "log-positions.json").interval_s == DEFAULT_INTERVAL_S
+    finally:
+        shutil.rmtree(ram)
+
+
+@pytest.mark.parametrize("interval", [0.0, 60.0])
+def test_an_acknowledged_batch_moves_the_stored_position_at_once(tmp_path: Path, interval: float) -> None:
+    """The engine source stores a batch's position when the backend acknowledges it, not at its next
+    round: a kill -9 after the acknowledgement repeats nothing. A disk's interval holds it back."""
+    from supervisor.logs.docker_source import REPEAT_WINDOW_MS, DockerLogSource, _Stream
+    from supervisor.logs.engine_http import EngineAddress
+
+    path = tmp_path / "log-positions.json"
+    store = PositionStore(path, interval_s=interval, margin_ms=0)
+    acks: list[Any] = []
+    source = DockerLogSource(lambda records, delivered=None: acks.append(delivered),
+                             engine=EngineAddress(unix_path="/nonexistent.sock"), positions=store)
+    cid = "c" * 64
+    st = _Stream(cid, 7, "all", False, 0, 0, False, published=Tracker(0, 0), delivered=store.track(cid, 0, 0),
+                 repeats=codec.RepeatFilter(REPEAT_WINDOW_MS))
+    store.flush(force=True)
+    before = path.read_text()
+    for stamp in (1000, 2000):
+        source._deliver(st, [{"message": "x", "isStdErr": False, "timestamp": stamp, "serviceId": 7}])
+    assert path.read_text() == before  # published, not acknowledged
+    acks[0]()
+    if interval:
+        assert path.read_text() == before  # within the interval: written at a later flush
+    else:
+        assert json.loads(path.read_text()) == {cid: [1000, 1]}
+        acks[1]()
+        assert json.loads(path.read_text()) == {cid: [2000, 1]}

@@ -48,6 +48,8 @@ COALESCE_S = 0.025
 #: After a follow ended, the engine is given this long to finish writing the log before the
 #: catch-up read (see ``_end``).
 CATCH_UP_DELAY_S = 0.2
+#: The longest the thread sleeps with nothing to read (positions throttled on a disk are written then).
+IDLE_WAKE_S = 1.0
 #: While the backends push back, how long the thread waits before it looks at its commands again.
 PAUSE_CHECK_S = 0.1
 RETRY_MAX_S = 30.0
@@ -209,7 +211,7 @@ class DockerLogSource:
             self._release()
 
     def _next_timeout(self) -> float:
-        timeout = self._positions.interval_s
+        timeout = max(self._positions.interval_s, IDLE_WAKE_S)
         now = time.monotonic()
         for st in self._streams.values():
             if st.sock is None and st.retry_at:
@@ -420,9 +422,14 @@ class DockerLogSource:
         st.published.add(stamps)
         if st.level == "err":
             records = [r for r in records if r["isStdErr"]]
-        delivered = st.delivered
-        if records:
-            self._publish(records, lambda: delivered.add(stamps))
-        else:
+        delivered, positions = st.delivered, self._positions
+
+        def acknowledged() -> None:
             delivered.add(stamps)
+            positions.flush()  # at once (at most every interval_s): what a kill -9 repeats
+
+        if records:
+            self._publish(records, acknowledged)
+        else:
+            acknowledged()
 

@@ -16,7 +16,12 @@ longer than that, e.g. a 16 KiB piece whose end comes many seconds later, can be
 
 :class:`Tracker` keeps the stamps of the lines within the margin (8 bytes a line, batches as
 ``array('q')``), and :class:`PositionStore` writes the positions of every container, atomically
-(supervisor/atomic.py), at most once per ``interval_s`` and only when one changed.
+(supervisor/atomic.py), at most once per ``interval_s`` and only when one changed. The source calls
+:meth:`PositionStore.flush` as each batch is acknowledged, so what a kill -9 makes the next run send
+again is what was acknowledged within the last ``interval_s``: nothing on a RAM filesystem (balenaOS's
+``/tmp``, where the runtime directory is), where the interval is 0 (a write there costs a few
+microseconds and no flash), and up to a second of lines on a disk, where writing at every batch would
+wear an SD card (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -29,14 +34,20 @@ import time
 from array import array
 from pathlib import Path
 
-from ..atomic import write_atomic
+from ..atomic import RAM_FILESYSTEMS, filesystem_type, write_atomic
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MARGIN_MS", "PositionStore", "Tracker"]
 
 DEFAULT_MARGIN_MS = 2000
+#: Between two writes of the positions file on a disk; on a RAM filesystem every change is written.
 DEFAULT_INTERVAL_S = 1.0
+
+
+def default_interval(path: Path) -> float:
+    """0 when ``path`` is on a RAM filesystem (tmpfs, ramfs), else :data:`DEFAULT_INTERVAL_S`."""
+    return 0.0 if filesystem_type(path) in RAM_FILESYSTEMS else DEFAULT_INTERVAL_S
 
 
 class Tracker:
@@ -91,10 +102,11 @@ class Tracker:
 class PositionStore:
     """The acknowledged position of each followed container, in one JSON file."""
 
-    def __init__(self, path: Path, interval_s: float = DEFAULT_INTERVAL_S,
+    def __init__(self, path: Path, interval_s: float | None = None,
                  margin_ms: int = DEFAULT_MARGIN_MS) -> None:
+        """``interval_s``: the least time between two writes (None: :func:`default_interval`)."""
         self.path = path
-        self.interval_s = interval_s
+        self.interval_s = default_interval(path) if interval_s is None else interval_s
         self.margin_ms = margin_ms
         self.existed = path.exists()
         self._trackers: dict[str, Tracker] = {}
@@ -102,6 +114,9 @@ class PositionStore:
         self._written = ""
         self._last_write = 0.0
         self._lock = threading.Lock()
+        #: One flush at a time (the source's thread and the backend's acknowledgements): two writers
+        #: could otherwise rename an older text over a newer one.
+        self._flush_lock = threading.Lock()
         if self.existed:
             try:
                 raw = json.loads(path.read_text(encoding="utf-8"))
@@ -137,10 +152,14 @@ class PositionStore:
                 del self._trackers[cid]
 
     def flush(self, force: bool = False) -> bool:
-        """Write the positions if one changed and ``interval_s`` has passed (or ``force``)."""
-        now = time.monotonic()
-        if not force and now - self._last_write < self.interval_s:
+        """Write the positions if one changed and ``interval_s`` has passed (or ``force``); any thread."""
+        if not force and time.monotonic() - self._last_write < self.interval_s:
             return False
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> bool:
+        now = time.monotonic()
         with self._lock:
             positions = dict(self._loaded)
             trackers = list(self._trackers.items())
