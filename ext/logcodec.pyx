@@ -19,7 +19,7 @@ from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_Size
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
@@ -32,6 +32,7 @@ cdef extern from "Python.h":
     # Declared here: Cython 0.29 (kirkstone's) has no cpython.long declaration of it.
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
     bint PyUnicode_CheckExact(object)
+    Py_ssize_t Py_SIZE(object)
     bint PyLong_CheckExact(object)
     bint PyDict_CheckExact(object)
     bint PyUnicode_IS_ASCII(object)
@@ -79,9 +80,11 @@ cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept n
     return era * 146097 + doe - 719468
 
 
-cdef bint _parse_ts(const uint8_t* p, Py_ssize_t n, int64_t* out) noexcept nogil:
-    """RFC 3339 (nano) -> epoch ms, rounded down; False if invalid. See the twin for the rules."""
+cdef bint _parse_ts(const uint8_t* p, Py_ssize_t n, int64_t* out, int32_t* sub=NULL) noexcept nogil:
+    """RFC 3339 (nano) -> epoch ms, rounded down, and into ``sub`` (unless NULL) the nanoseconds
+    within that millisecond; False if invalid. See the twin for the rules."""
     cdef int year, month, day, hour, minute, second, off_h, off_m, mdays, i, ndig, millis
+    cdef int32_t nanos = 0
     cdef int64_t secs
     cdef Py_ssize_t pos
     cdef uint8_t c
@@ -112,12 +115,16 @@ cdef bint _parse_ts(const uint8_t* p, Py_ssize_t n, int64_t* out) noexcept nogil
         while pos < n and p[pos] - 48 <= 9 and p[pos] >= 48:
             if ndig < 3:
                 millis = millis * 10 + (p[pos] - 48)
+            elif ndig < 9:
+                nanos = nanos * 10 + (p[pos] - 48)
             ndig += 1
             pos += 1
         if ndig == 0 or ndig > 9:
             return False
         for i in range(ndig, 3):
             millis *= 10
+        for i in range(ndig if ndig > 3 else 3, 9):
+            nanos *= 10
     if pos >= n:
         return False
     secs = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
@@ -139,6 +146,8 @@ cdef bint _parse_ts(const uint8_t* p, Py_ssize_t n, int64_t* out) noexcept nogil
     else:
         return False
     out[0] = secs * 1000 + millis
+    if sub != NULL:
+        sub[0] = nanos
     return True
 
 
@@ -186,6 +195,8 @@ cdef class Demuxer:
     cdef bint _cont[2]           # the next piece of this stream continues a line cut by max_line
     cdef object _cont_ts0
     cdef object _cont_ts1
+    cdef int32_t _cont_ns[2]      # the nanoseconds within the millisecond of a line cut by max_line
+    cdef array.array _nanos      # feed()'s ``nanos`` while it runs
     cdef bint _strip             # the current frame continues a line: drop its timestamp prefix
     cdef uint8_t _prefix[MAX_TS_LEN + 1]  # the start of such a frame, until its prefix is decided
     cdef int _plen
@@ -226,18 +237,35 @@ cdef class Demuxer:
         self._strip = False
         self._plen = 0
 
-    def feed(self, chunk) -> list:
-        """Consume one chunk; return a record for every line it completes."""
+    cdef int _take_nanos(self, object nanos) except -1:
+        if nanos is not None and not (type(nanos) is array.array and (<array.array>nanos).ob_descr.typecode == b"i"):
+            raise TypeError("nanos must be an array('i')")
+        self._nanos = nanos
+        return 0
+
+    def feed(self, chunk, nanos=None) -> list:
+        """Consume one chunk; return a record for every line it completes; ``nanos`` as in the twin."""
         cdef list out = []
-        if self._error is not None:
-            raise LogStreamError(self._error)
-        if type(chunk) is not bytes:
-            chunk = memoryview(chunk).tobytes()  # any bytes-like object, never an int
-        self._feed(<const uint8_t*>PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), out)
+        self._take_nanos(nanos)
+        try:
+            if self._error is not None:
+                raise LogStreamError(self._error)
+            if type(chunk) is not bytes:
+                chunk = memoryview(chunk).tobytes()  # any bytes-like object, never an int
+            self._feed(<const uint8_t*>PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), out)
+        finally:
+            self._nanos = None
         return out
 
-    def close(self) -> list:
+    def close(self, nanos=None) -> list:
         """Flush unterminated final lines (stdout first); drop an incomplete frame; reset."""
+        self._take_nanos(nanos)
+        try:
+            return self._close()
+        finally:
+            self._nanos = None
+
+    cdef list _close(self):
         cdef list out = []
         cdef int s
         if self._strip and self._plen:  # an undecided prefix of a cut frame is line data
@@ -412,12 +440,15 @@ cdef class Demuxer:
     cdef int _emit(self, int s, const char* p, Py_ssize_t n, bint final, list out) except -1:
         """Turn one line (or a max_line piece of one) into a record."""
         cdef int64_t ms
+        cdef int32_t nanos = 0
+        cdef Py_ssize_t count
         cdef Py_ssize_t space, limit
         cdef const char* sp
         if final and n and p[n - 1] == 13:
             n -= 1
         if self._cont[s]:
             ts = self._cont_ts0 if s == 0 else self._cont_ts1
+            nanos = self._cont_ns[s]
             if final:
                 self._cont[s] = False
         else:
@@ -427,7 +458,7 @@ cdef class Demuxer:
                 sp = <const char*>memchr(p, 32, limit)
                 if sp != NULL:
                     space = sp - p
-                    if _parse_ts(<const uint8_t*>p, space, &ms):
+                    if _parse_ts(<const uint8_t*>p, space, &ms, &nanos):
                         ts = ms
                         p += space + 1
                         n -= space + 1
@@ -435,10 +466,15 @@ cdef class Demuxer:
                 ts = _clock_ms() if self._now_ms is None else self._now_ms()
             if not final:
                 self._cont[s] = True
+                self._cont_ns[s] = nanos
                 if s == 0:
                     self._cont_ts0 = ts
                 else:
                     self._cont_ts1 = ts
+        if self._nanos is not None:
+            count = Py_SIZE(self._nanos)
+            array.resize_smart(self._nanos, count + 1)
+            self._nanos.data.as_ints[count] = nanos
         out.append({
             "message": PyUnicode_DecodeUTF8(p, n, "replace"),
             "isStdErr": s == 1,
@@ -790,19 +826,22 @@ cdef class RepeatFilter:
     rule. One pass in C over the records, whatever their order."""
 
     cdef readonly int64_t window_ms
-    cdef int64_t _last[2]
+    cdef int64_t _last_ms[2]     # the newest stamp let through per stream (INT64_MIN: none yet)...
+    cdef int32_t _last_ns[2]     # ... and its nanoseconds within the millisecond
     cdef int64_t _at_last[2]
     cdef int64_t _repeat[2]
 
     def __init__(self, window_ms=1000):
         self.window_ms = window_ms
-        self._last[0] = self._last[1] = -1
+        self._last_ms[0] = self._last_ms[1] = INT64_MIN
+        self._last_ns[0] = self._last_ns[1] = 0
         self._at_last[0] = self._at_last[1] = 0
         self._repeat[0] = self._repeat[1] = -1
 
     @property
     def last(self):
-        return [self._last[0], self._last[1]]
+        return [None if self._last_ms[s] == INT64_MIN else (self._last_ms[s], self._last_ns[s])
+                for s in range(2)]
 
     @property
     def at_last(self):
@@ -812,17 +851,27 @@ cdef class RepeatFilter:
     def repeat(self):
         return [self._repeat[0], self._repeat[1]]
 
-    def filter(self, list records):
-        """``(kept records, array('q') of their timestamps)``; records are the Demuxer's."""
+    def filter(self, list records, nanos=None):
+        """``(kept records, array('q') of their timestamps)``; records are the Demuxer's, ``nanos``
+        (an ``array('i')``, one a record) what it collected for them."""
         cdef Py_ssize_t i, n = len(records), kept = 0
         cdef array.array stamps = array.clone(STAMPS_TEMPLATE, n, False)
         cdef long long* out = stamps.data.as_longlongs
+        cdef int* ns = NULL
         cdef list result = None
         cdef object record
         cdef PyObject* value
         cdef int s, overflow = 0
         cdef long long t
+        cdef int32_t sub
+        cdef int64_t gap
         cdef bint drop
+        if nanos is not None:
+            if not (type(nanos) is array.array and (<array.array>nanos).ob_descr.typecode == b"i"):
+                raise TypeError("nanos must be an array('i')")
+            if Py_SIZE(nanos) != n:
+                raise ValueError("nanos must have one value a record")
+            ns = (<array.array>nanos).data.as_ints
         for i in range(n):
             record = records[i]
             if not PyDict_CheckExact(record):
@@ -835,22 +884,26 @@ cdef class RepeatFilter:
             if value == NULL:
                 raise KeyError(K_TIMESTAMP)
             t = PyLong_AsLongLongAndOverflow(<object>value, &overflow)
-            if overflow:
+            if overflow or t == INT64_MIN:
                 raise OverflowError("a record's timestamp does not fit 64 bits")
+            sub = ns[i] if ns != NULL else 0
             drop = False
-            if t > self._last[s]:
-                self._last[s] = t
+            if t > self._last_ms[s] or (t == self._last_ms[s] and sub > self._last_ns[s]):
+                self._last_ms[s] = t
+                self._last_ns[s] = sub
                 self._at_last[s] = 1
                 self._repeat[s] = -1
-            elif t == self._last[s]:
+            elif t == self._last_ms[s] and sub == self._last_ns[s]:
                 if self._repeat[s] > 0:
                     self._repeat[s] -= 1
                     drop = True
                 else:
                     self._at_last[s] += 1
-            elif self._last[s] - t <= self.window_ms:
-                self._repeat[s] = self._at_last[s]
-                drop = True
+            else:  # older than the newest: a repeat if within the window (in ns; no overflow)
+                gap = self._last_ms[s] - t
+                if gap <= self.window_ms + 1 and gap * 1000000 + self._last_ns[s] - sub <= self.window_ms * 1000000:
+                    self._repeat[s] = self._at_last[s]
+                    drop = True
             if drop:
                 if result is None:
                     result = records[:i]

@@ -8,6 +8,7 @@ import json
 import re
 import struct
 import time
+from array import array
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -38,13 +39,13 @@ def dumps_line(record) -> bytes:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def run(module, chunks, **kwargs) -> list[dict]:
+def run(module, chunks, nanos=None, **kwargs) -> list[dict]:
     kwargs.setdefault("now_ms", lambda: NOW)
     demuxer = module.Demuxer(SERVICE, **kwargs)
     records = []
     for chunk in chunks:
-        records += demuxer.feed(chunk)
-    return records + demuxer.close()
+        records += demuxer.feed(chunk, nanos)
+    return records + demuxer.close(nanos)
 
 
 def typed_items(records):
@@ -90,7 +91,15 @@ def oracle_ts(value: bytes) -> int | None:
     return (dt - _EPOCH) // timedelta(milliseconds=1) + shift
 
 
-def oracle(stream: bytes, *, multiplexed=True, timestamps=True, max_line=65536, close=True) -> list[dict]:
+def oracle_nanos(value: bytes) -> int:
+    """The nanoseconds within the millisecond of a valid timestamp: fraction digits 4 to 9."""
+    frac = (_ORACLE_TS.fullmatch(value).group(7) or b"").decode()
+    return int((frac + "0" * 9)[3:9])
+
+
+def oracle(stream: bytes, *, multiplexed=True, timestamps=True, max_line=65536, close=True,
+           nanos: list[int] | None = None) -> list[dict]:
+    """The records of ``stream``; ``nanos`` gets each one's nanoseconds within its millisecond."""
     segments = []
     if multiplexed:
         pos = 0
@@ -103,26 +112,30 @@ def oracle(stream: bytes, *, multiplexed=True, timestamps=True, max_line=65536, 
 
     records = []
     cont: list[int | None] = [None, None]
+    cont_ns = [0, 0]
 
     def emit(s: int, raw: bytes, final: bool) -> None:
         if final and raw.endswith(b"\r"):
             raw = raw[:-1]
         if cont[s] is not None:
-            ts = cont[s]
+            ts, ns = cont[s], cont_ns[s]
             if final:
                 cont[s] = None
         else:
-            ts = None
+            ts, ns = None, 0
             if timestamps:
                 prefix = raw.split(b" ", 1)[0]
                 if len(prefix) < len(raw) and len(prefix) <= 35:
                     ts = oracle_ts(prefix)
                     if ts is not None:
                         raw = raw[len(prefix) + 1 :]
+                        ns = oracle_nanos(prefix)
             if ts is None:
                 ts = NOW
             if not final:
-                cont[s] = ts
+                cont[s], cont_ns[s] = ts, ns
+        if nanos is not None:
+            nanos.append(ns)
         records.append(
             {
                 "message": raw.decode("utf-8", "replace"),
@@ -265,11 +278,13 @@ def test_demux_matches_twin_and_oracle(frames, multiplexed, with_ts, max_line, t
     chunks = split(stream, cuts, kinds)
     kwargs = {"multiplexed": multiplexed, "timestamps": with_ts, "max_line": max_line}
 
-    compiled = run(_compiled(), chunks, **kwargs)
-    python = run(twin, chunks, **kwargs)
-    expected = oracle(stream, **kwargs)
+    compiled_ns, python_ns, expected_ns = array("i"), array("i"), []
+    compiled = run(_compiled(), chunks, compiled_ns, **kwargs)
+    python = run(twin, chunks, python_ns, **kwargs)
+    expected = oracle(stream, nanos=expected_ns, **kwargs)
 
     assert typed_items(compiled) == typed_items(python) == typed_items(expected)
+    assert list(compiled_ns) == list(python_ns) == expected_ns
     encoded = b"".join(dumps_line(r) for r in expected)
     assert _compiled().encode_many(compiled) == twin.encode_many(python) == encoded
     assert b"".join(_compiled().encode(r) for r in compiled) == encoded
@@ -404,43 +419,47 @@ def test_encode_batch_examples(mod):
     assert mod.encode_batch([codec_record(is_err=1)], 10) is None
 
 
-def oracle_unrepeated(state: dict, records: list[dict], window: int) -> list[dict]:
-    """The rule of RepeatFilter's docstring, line by line."""
+def oracle_unrepeated(state: dict, records: list[dict], nanos: list[int], window: int) -> list[dict]:
+    """The rule of RepeatFilter's docstring, line by line, on (millisecond, nanoseconds) stamps."""
     out = []
-    for record in records:
+    for record, ns in zip(records, nanos, strict=True):
         s = 1 if record["isStdErr"] else 0
-        t = record["timestamp"]
-        if t > state["last"][s]:
-            state["last"][s], state["at_last"][s], state["repeat"][s] = t, 1, -1
-        elif t == state["last"][s]:
+        key, newest = (record["timestamp"], ns), state["last"][s]
+        if newest is None or key > newest:
+            state["last"][s], state["at_last"][s], state["repeat"][s] = key, 1, -1
+        elif key == newest:
             if state["repeat"][s] > 0:
                 state["repeat"][s] -= 1
                 continue
             state["at_last"][s] += 1
-        elif state["last"][s] - t <= window:
+        elif (newest[0] - key[0]) * 10**6 + newest[1] - key[1] <= window * 10**6:
             state["repeat"][s] = state["at_last"][s]
             continue
         out.append(record)
     return out
 
 
+stamp_parts = st.tuples(st.booleans(), st.integers(0, 40), st.sampled_from([0, 1, 500_000, 999_999]))
+
+
 @FAST
-@given(batches=st.lists(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=12), max_size=8),
-       window=st.integers(0, 20), ordered=st.booleans())
-def test_repeat_filter_matches_twin_and_oracle(batches, window, ordered):
+@given(batches=st.lists(st.lists(stamp_parts, max_size=12), max_size=8), window=st.integers(0, 20),
+       ordered=st.booleans(), with_nanos=st.booleans())
+def test_repeat_filter_matches_twin_and_oracle(batches, window, ordered, with_nanos):
     """Batches in stream order, often a repeat of an earlier stretch (as the engine sends at a
     rotation): the same records kept (the same objects), the same stamps and state, batch by batch."""
     compiled, python = _compiled().RepeatFilter(window), twin.RepeatFilter(window)
-    state = {"last": [-1, -1], "at_last": [0, 0], "repeat": [-1, -1]}
+    state: dict = {"last": [None, None], "at_last": [0, 0], "repeat": [-1, -1]}
     base = 0
     for batch in batches:
         if ordered:  # newer than everything before: the twin's fast path
-            batch = sorted((err, base + t) for err, t in batch)
-            base = max((t for _, t in batch), default=base) + 1
-        records = [codec_record(str(i), err, t) for i, (err, t) in enumerate(batch)]
-        expected = oracle_unrepeated(state, records, window)
+            batch = sorted((err, base + t, ns) for err, t, ns in batch)
+            base = max((t for _, t, _ in batch), default=base) + 1
+        records = [codec_record(str(i), err, t) for i, (err, t, _) in enumerate(batch)]
+        nanos = array("i", [ns if with_nanos else 0 for _, _, ns in batch])
+        expected = oracle_unrepeated(state, records, list(nanos), window)
         for module_filter in (compiled, python):
-            kept, stamps = module_filter.filter(records)
+            kept, stamps = module_filter.filter(records, nanos if with_nanos else None)
             assert [id(r) for r in kept] == [id(r) for r in expected]
             assert stamps.typecode == "q" and list(stamps) == [r["timestamp"] for r in expected]
         assert compiled.last == python.last == state["last"]
@@ -458,6 +477,36 @@ def test_repeat_filter_drops_a_rotation_repeat(mod):
     again = [codec_record(str(n), False, 100 + n) for n in (3, 4, 5, 6, 7)] + [codec_record("e", True, 105)]
     kept, stamps = filt.filter(again)
     assert [r["message"] for r in kept] == ["7", "e"] and list(stamps) == [107, 105]
+
+
+def test_a_repeat_within_one_millisecond_is_told_by_its_nanoseconds(mod):
+    """A burst of lines stamped within one millisecond, the engine's repeat starting inside it: the
+    stamps' nanoseconds (the Demuxer collects them) tell the repeat from new lines of that millisecond."""
+    stamp = b"2026-12-01T04:00:00.123%06dZ "
+    payload = b"".join(stamp % (n * 1000) + b"line %d\n" % n for n in range(10))
+    repeat = b"".join(stamp % (n * 1000) + b"line %d\n" % n for n in range(6, 10))
+    more = b"".join(stamp % (n * 1000) + b"line %d\n" % n for n in range(10, 12))
+    demuxer, filt = mod.Demuxer(SERVICE, multiplexed=False), mod.RepeatFilter(1000)
+    lines = []
+    for chunk in (payload, repeat + more):
+        nanos = array("i")
+        kept, stamps = filt.filter(demuxer.feed(chunk, nanos), nanos)
+        assert set(stamps) == {1796097600123}
+        lines += [r["message"] for r in kept]
+    assert lines == [f"line {n}" for n in range(12)]
+    # Without the nanoseconds the repeat cannot be told from new lines of that millisecond.
+    filt = mod.RepeatFilter(1000)
+    kept, _ = filt.filter(mod.Demuxer(SERVICE, multiplexed=False).feed(payload + repeat + more))
+    assert len(kept) == 16
+
+
+def test_nanos_must_be_an_int_array(mod):
+    with pytest.raises(TypeError):
+        mod.Demuxer(SERVICE).feed(b"", [])
+    with pytest.raises(TypeError):
+        mod.RepeatFilter().filter([codec_record()], array("q", [0]))
+    with pytest.raises(ValueError):
+        mod.RepeatFilter().filter([codec_record()], array("i"))
 
 
 # ---------------------------------------------------------------------------------------------

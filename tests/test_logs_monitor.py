@@ -297,7 +297,8 @@ def test_an_acknowledged_batch_moves_the_stored_position_at_once(tmp_path: Path,
     store.flush(force=True)
     before = path.read_text()
     for stamp in (1000, 2000):
-        source._deliver(st, [{"message": "x", "isStdErr": False, "timestamp": stamp, "serviceId": 7}])
+        record = {"message": "x", "isStdErr": False, "timestamp": stamp, "serviceId": 7}
+        source._deliver(st, [record], array("i", [0]))
     assert path.read_text() == before  # published, not acknowledged
     acks[0]()
     if interval:

@@ -58,6 +58,11 @@ class LogStreamError(ValueError):
         self.records: list[dict] = records if records is not None else []
 
 
+def _check_nanos(nanos: object) -> None:
+    if not (type(nanos) is array and nanos.typecode == "i"):
+        raise TypeError("nanos must be an array('i')")
+
+
 def _default_now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -94,6 +99,12 @@ def parse_timestamp(value: bytes) -> int | None:
 
     Returns None instead of raising: a line whose prefix is not a timestamp is still a valid line.
     """
+    parsed = _parse_stamp(value)
+    return None if parsed is None else parsed[0]
+
+
+def _parse_stamp(value: bytes) -> tuple[int, int] | None:
+    """:func:`parse_timestamp` and the nanoseconds within that millisecond (0-999,999)."""
     m = _TS_RE.fullmatch(value)
     if m is None:
         return None
@@ -106,8 +117,8 @@ def parse_timestamp(value: bytes) -> int | None:
             return None
         offset = off_h * 3600 + off_m * 60
         seconds -= offset if m[3] == b"+" else -offset
-    frac = m[2]
-    return seconds * 1000 + (int((frac + b"00")[:3]) if frac else 0)
+    frac = int((m[2] + b"00000000")[:9]) if m[2] else 0
+    return seconds * 1000 + frac // 1_000_000, frac % 1_000_000
 
 
 class Demuxer:
@@ -124,6 +135,8 @@ class Demuxer:
         "_stream",
         "_partial",
         "_cont_ts",
+        "_cont_ns",
+        "_nanos",
         "_strip",
         "_prefix",
         "_error",
@@ -150,12 +163,26 @@ class Demuxer:
         self._stream = 0  # 0 stdout, 1 stderr
         self._partial = (bytearray(), bytearray())  # unterminated line per stream, <= max_line
         self._cont_ts: list = [_LINE_START, _LINE_START]  # timestamp of a line cut by max_line
+        self._cont_ns = [0, 0]  # and its nanoseconds within the millisecond
+        self._nanos: array | None = None  # feed()'s ``nanos`` while it runs
         self._strip = False  # the current frame continues a line: drop its timestamp prefix
         self._prefix = bytearray()  # the start of such a frame, until its prefix is decided
         self._error: str | None = None
 
-    def feed(self, chunk: bytes) -> list[dict]:
-        """Consume one chunk; return a record for every line it completes."""
+    def feed(self, chunk: bytes, nanos: array | None = None) -> list[dict]:
+        """Consume one chunk; return a record for every line it completes. ``nanos``, an
+        ``array('i')``: gets the nanoseconds within its millisecond (0-999,999) of each record's
+        timestamp appended, in order (0 where the line had no timestamp: the clock's time), for the
+        :class:`RepeatFilter`."""
+        if nanos is not None:
+            _check_nanos(nanos)
+        self._nanos = nanos
+        try:
+            return self._feed(chunk)
+        finally:
+            self._nanos = None
+
+    def _feed(self, chunk: bytes) -> list[dict]:
         if self._error is not None:
             raise LogStreamError(self._error)
         out: list[dict] = []
@@ -231,8 +258,18 @@ class Demuxer:
             buf.clear()
         self._cont_ts[stream] = _LINE_START
 
-    def close(self) -> list[dict]:
-        """Flush unterminated final lines (stdout first); drop an incomplete frame; reset."""
+    def close(self, nanos: array | None = None) -> list[dict]:
+        """Flush unterminated final lines (stdout first); drop an incomplete frame; reset.
+        ``nanos`` as for :meth:`feed`."""
+        if nanos is not None:
+            _check_nanos(nanos)
+        self._nanos = nanos
+        try:
+            return self._close()
+        finally:
+            self._nanos = None
+
+    def _close(self) -> list[dict]:
         out: list[dict] = []
         if self._strip and self._prefix:  # an undecided prefix of a cut frame is line data
             self._consume(self._stream, bytes(self._prefix), out)
@@ -296,22 +333,23 @@ class Demuxer:
         if final and raw.endswith(b"\r"):
             raw = raw[:-1]
         timestamp = self._cont_ts[stream]
+        nanos = self._cont_ns[stream]
         if timestamp is _LINE_START:
-            timestamp = None
+            timestamp, nanos = None, 0
             if self._timestamps:
                 space = raw.find(b" ", 0, _MAX_TS_LEN + 1)
-                if space >= 0:
-                    timestamp = parse_timestamp(raw[:space])
-                if timestamp is not None:
+                parsed = _parse_stamp(raw[:space]) if space >= 0 else None
+                if parsed is not None:
+                    timestamp, nanos = parsed
                     raw = raw[space + 1 :]
-                else:
-                    timestamp = self._now_ms()
-            else:
+            if timestamp is None:
                 timestamp = self._now_ms()
             if not final:
-                self._cont_ts[stream] = timestamp
+                self._cont_ts[stream], self._cont_ns[stream] = timestamp, nanos
         elif final:
             self._cont_ts[stream] = _LINE_START
+        if self._nanos is not None:
+            self._nanos.append(nanos)
         out.append(
             {
                 "message": raw.decode("utf-8", "replace"),
@@ -383,38 +421,49 @@ class RepeatFilter:
 
     Following a ``json-file`` log across its rotation (``max-size``) while behind the writer, the
     engine (seen with 20.10) sends again the lines of the new file it had sent already (10-200
-    lines). Each stream's stamps never go back (the engine stamps a stream's lines in order; a long
-    line's pieces are one record), so a record stamped before the newest of its stream (by at most
-    ``window_ms``: more is a clock set back, taken as new) is a repeat, and so are as many of the
-    following records stamped with that newest millisecond as were let through with it. A repeat
-    that starts within the newest millisecond cannot be told from new lines by the stamps and is let
-    through again (docs/ARCHITECTURE.md).
+    lines), with the stamps they had. Each stream's stamps never go back (the engine stamps a
+    stream's lines in order, to the nanosecond; a long line's pieces are one record or share their
+    stamp), so a record stamped before the newest of its stream (by at most ``window_ms``: more is a
+    clock set back, taken as new) is a repeat, and so are as many of the following records stamped
+    with exactly that newest stamp as were let through with it.
 
-    ``last``, ``at_last``, ``repeat``: per stream (stdout, stderr), the newest stamp let through,
-    how many records carried it, and how many of those a repeat still has to bring (-1: none).
+    A stamp is ``(timestamp, nanos)``: the record's millisecond and, given ``nanos`` (what
+    :meth:`Demuxer.feed` collected), the nanoseconds within it, which tell apart the lines of one
+    millisecond (a program writing a burst of lines); without them a repeat that starts within the
+    newest millisecond cannot be told from new lines and is let through again.
+
+    ``last``, ``at_last``, ``repeat``: per stream (stdout, stderr), the newest stamp let through
+    (None before the first), how many records carried it, and how many of those a repeat still has
+    to bring (-1: none).
     """
 
     __slots__ = ("window_ms", "last", "at_last", "repeat")
 
     def __init__(self, window_ms: int = 1000) -> None:
         self.window_ms = int(window_ms)
-        self.last = [-1, -1]
+        self.last: list[tuple[int, int] | None] = [None, None]
         self.at_last = [0, 0]
         self.repeat = [-1, -1]
 
-    def filter(self, records: list[dict]) -> tuple[list[dict], array]:
-        """``(kept records, array('q') of their timestamps)``; records are the Demuxer's."""
+    def filter(self, records: list[dict], nanos: array | None = None) -> tuple[list[dict], array]:
+        """``(kept records, array('q') of their timestamps)``; records are the Demuxer's, ``nanos``
+        (one a record) what it collected for them."""
+        if nanos is not None:
+            _check_nanos(nanos)
+            if len(nanos) != len(records):
+                raise ValueError("nanos must have one value a record")
         if not records:
             return records, array("q")
         stamps = array("q", map(_stamp, records))
+        keys = list(zip(stamps, nanos, strict=True)) if nanos is not None else [(t, 0) for t in stamps]
         # A batch newer than everything let through and in order per stream has no repeat: checked
         # with builtins (C loops), and only each stream's newest stamp is kept.
         last = self.last
         errs = list(map(_is_err, records))
-        ordered = min(stamps) > max(last)
+        ordered = all(t is None or min(keys) > t for t in last)
         newest = []
         for flags in (map(not_, errs), errs):
-            mine = array("q", compress(stamps, flags)) if ordered else None
+            mine = list(compress(keys, flags)) if ordered else None
             if mine and not all(map(le, mine, mine[1:])):
                 ordered = False
             newest.append(mine)
@@ -424,23 +473,24 @@ class RepeatFilter:
                     top = mine[-1]
                     last[s], self.at_last[s], self.repeat[s] = top, mine.count(top), -1
             return records, stamps
-        kept = self._line_by_line(records)
+        kept = self._line_by_line(records, keys)
         return kept, array("q", map(_stamp, kept))
 
-    def _line_by_line(self, records: list[dict]) -> list[dict]:
+    def _line_by_line(self, records: list[dict], keys: list[tuple[int, int]]) -> list[dict]:
         out = []
-        last, at_last, repeat, window = self.last, self.at_last, self.repeat, self.window_ms
-        for record in records:
+        last, at_last, repeat = self.last, self.at_last, self.repeat
+        window = self.window_ms * 1_000_000
+        for record, key in zip(records, keys, strict=True):
             s = 1 if record["isStdErr"] else 0
-            t = record["timestamp"]
-            if t > last[s]:
-                last[s], at_last[s], repeat[s] = t, 1, -1
-            elif t == last[s]:
+            newest = last[s]
+            if newest is None or key > newest:
+                last[s], at_last[s], repeat[s] = key, 1, -1
+            elif key == newest:
                 if repeat[s] > 0:
                     repeat[s] -= 1
                     continue
                 at_last[s] += 1
-            elif last[s] - t <= window:
+            elif (newest[0] - key[0]) * 1_000_000 + newest[1] - key[1] <= window:
                 repeat[s] = at_last[s]
                 continue
             out.append(record)

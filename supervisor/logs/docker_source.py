@@ -375,7 +375,8 @@ class DockerLogSource:
     def _finish(self, st: _Stream) -> None:
         """An ended stream's unterminated last lines (a partial final line is a line too)."""
         if st.demuxer is not None:
-            self._deliver(st, st.demuxer.close())
+            nanos = array("i")
+            self._deliver(st, st.demuxer.close(nanos), nanos)
             st.demuxer = None
 
     def _publish_pending(self) -> None:
@@ -388,21 +389,23 @@ class DockerLogSource:
             st.pending.clear()
             return
         chunks, st.pending = st.pending, []
+        nanos = array("i")  # the stamps' nanoseconds, which tell the engine's repeats (RepeatFilter)
+        records: list[dict[str, Any]] = []
         try:
-            records = st.demuxer.feed(chunks[0])
-            for chunk in chunks[1:]:  # fed one by one: no joined copy (see READ_SIZE)
-                records += st.demuxer.feed(chunk)
+            for chunk in chunks:  # fed one by one: no joined copy (see READ_SIZE)
+                records += st.demuxer.feed(chunk, nanos)
         except self._codec.LogStreamError as err:
             log.error("Container %s: %s; following it again", st.container_id[:12], err)
-            self._deliver(st, err.records)
+            self._deliver(st, records + err.records, nanos)
             self._close(st)
             st.demuxer = None
             self._reopen(st)
             return
-        self._deliver(st, records)
+        self._deliver(st, records, nanos)
 
-    def _deliver(self, st: _Stream, records: list[dict[str, Any]]) -> None:
-        """Publish a batch of one stream: the replayed head skipped, stderr only for ``err``."""
+    def _deliver(self, st: _Stream, records: list[dict[str, Any]], nanos: array) -> None:
+        """Publish a batch of one stream (``nanos``: what the codec collected for it): the replayed
+        head skipped, the engine's repeats dropped, stderr only for ``err``."""
         if not records:
             return
         if st.skip:
@@ -412,11 +415,11 @@ class DockerLogSource:
                 stamps = array("q", map(_stamp, records[:n]))
                 st.published.add(stamps, replayed=True)
                 st.delivered.add(stamps, replayed=True)
-            records = records[n:]
+            records, nanos = records[n:], nanos[n:]
             if not records:
                 return
         # The engine's repeats out, in the codec (one C pass); the stamps of what is left.
-        records, stamps = st.repeats.filter(records)
+        records, stamps = st.repeats.filter(records, nanos)
         if not records:
             return
         st.published.add(stamps)
