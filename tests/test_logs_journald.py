@@ -14,6 +14,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -503,7 +504,8 @@ def test_position_file_is_replaced_atomically_and_only_when_changed(journal: Jou
         return True
 
     published = Published()
-    source = source_factory(published, since_ms=second // 1000, room=room, position_path=path)
+    source = source_factory(published, since_ms=second // 1000, room=room, position_path=path,
+                            position_interval_s=1.0)  # a disk's, whatever tmp_path is on
     source.attach(A, 1, "all")
     source.start()
     wait_for(lambda: source.pid, "journalctl running")
@@ -557,3 +559,34 @@ def test_position_file_is_replaced_atomically_and_only_when_changed(journal: Jou
     stored = _position(path)
     assert stored is not None and stored["realtime_us"] == second + 1_200_000
     assert stored["attached"] == {A: [1, "all"], B: [2, "all"]}
+
+
+def test_on_a_ram_filesystem_each_acknowledged_row_is_stored_at_once(journal: Journal,
+                                                                    source_factory) -> None:
+    """balenaOS keeps the runtime directory on a tmpfs: there the position is written in the
+    acknowledgement itself, so a kill -9 right after it repeats nothing (on a disk at most once a
+    second, tests above)."""
+    ram = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="pysupervisor-test-"))
+    path = ram / "journald-position.json"
+    seen: list[int | None] = []
+
+    class Storing(Published):
+        def __call__(self, messages: list[dict[str, Any]], delivered: Any = None) -> None:
+            super().__call__(messages, delivered)  # acknowledged at once
+            position = _position(path)
+            seen.append(position["realtime_us"] if position else None)
+
+    second = (_now_us() // 1_000_000) * 1_000_000
+    published = Storing()
+    source = source_factory(published, since_ms=second // 1000, position_path=path)
+    try:
+        source.attach(A, 1, "all")
+        source.start()
+        wait_for(lambda: source.pid, "journalctl running")
+        for n in range(3):
+            journal.append([(second + 100_000 * (n + 1), container_row(A, f"n{n}"))])
+            wait_for(lambda n=n: len(seen) == n + 1, f"row n{n}", context=published.texts)
+        assert seen == [second + 100_000, second + 200_000, second + 300_000]
+    finally:
+        source.stop()  # its last write first: then the directory can go
+        shutil.rmtree(ram)

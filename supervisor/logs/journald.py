@@ -25,7 +25,9 @@ Positions across a supervisor restart: the position of the last *delivered* row 
 hub's ``delivered`` callback, supervisor/logs/hub.py) is stored in ``position_path``
 (``<runtime dir>/journald-position.json``, next to the engine source's ``log-positions.json``; tmpfs on
 balenaOS, as the journal there) with :func:`supervisor.atomic.write_atomic`, at most once per
-``position_interval_s`` (1 s) and only when it changed, and once at stop. Shape::
+``position_interval_s`` and only when it changed, and once at stop; the interval is the engine source's
+(supervisor/logs/positions.py ``default_interval``): 0 on a RAM filesystem (balenaOS's ``/tmp``), where
+the position is written as each batch is acknowledged, 1 s on a disk. Shape::
 
     {"realtime_us": <__REALTIME_TIMESTAMP, µs>, "cursors": [<__CURSOR of each row read at that µs>],
      "attached": {"<container id>": [<serviceId>, "all" | "err"]}}
@@ -66,6 +68,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..atomic import write_atomic
+from .positions import default_interval
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,6 @@ READ_SIZE = 256 * 1024
 MAX_ROW = 4 * 1024 * 1024
 #: The stored resume position's name in the runtime directory (next to the engine's log-positions.json).
 POSITION_FILE = "journald-position.json"
-#: How often the position is written at most (only when it changed; and once at stop).
-POSITION_INTERVAL_S = 1.0
 #: While the backends push back, how long the thread waits before it looks at stop again.
 PAUSE_CHECK_S = 0.1
 #: How long the thread waits for journalctl's output before it looks at stop and the position again.
@@ -151,7 +152,7 @@ class JournaldLogSource:
         respawn_max_s: float = RESPAWN_MAX_S,
         room: Callable[[float], bool] | None = None,
         position_path: Path | None = None,
-        position_interval_s: float = POSITION_INTERVAL_S,
+        position_interval_s: float | None = None,
     ) -> None:
         self._publish = publish
         self._journalctl = journalctl
@@ -187,6 +188,8 @@ class JournaldLogSource:
         self._outstanding = 0
         # The stored position (under _flush_lock): the text last written, and when.
         self._position_path = position_path
+        if position_interval_s is None:
+            position_interval_s = default_interval(position_path) if position_path is not None else 1.0
         self._position_interval_s = position_interval_s
         self._flush_lock = threading.Lock()
         self._written: str | None = None
@@ -347,7 +350,7 @@ class JournaldLogSource:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self._stopping.wait(min(left, self._position_interval_s))
+            self._stopping.wait(min(left, max(self._position_interval_s, PAUSE_CHECK_S)))
             self._flush()
 
     def _kill(self) -> None:
@@ -491,5 +494,6 @@ class JournaldLogSource:
                     self._delivered_pos = self._read_pos
                 elif position is not None:
                     self._delivered_pos = position
+            self._flush()  # at once (at most every interval): what a kill -9 repeats
 
         return delivered
