@@ -17,8 +17,9 @@ from supervisor.atomic import RAM_FILESYSTEMS, filesystem_type
 from supervisor.logs import codec
 from supervisor.logs.hub import LogHub
 from supervisor.logs.monitor import ContainerInfo, Route, log_level, route
-from supervisor.logs.positions import DEFAULT_INTERVAL_S, PositionStore, Tracker
+from supervisor.logs.positions import DEFAULT_INTERVAL_S, RAM_INTERVAL_S, PositionStore, Tracker
 from supervisor.logs.system import compose
+from tests.fixtures.device import wait_for
 
 
 def inspect(driver: str = "json-file", env: list[str] | None = None, **labels: str) -> dict[str, Any]:
@@ -269,10 +270,10 @@ def test_filesystem_type_is_the_longest_mount_above_a_path(tmp_path: Path) -> No
     assert filesystem_type("/dev/shm/not-yet/made") == "tmpfs"
 
 
-def test_positions_on_a_ram_filesystem_are_written_at_each_change(tmp_path: Path) -> None:
+def test_positions_on_a_ram_filesystem_are_written_within_milliseconds(tmp_path: Path) -> None:
     ram = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="pysupervisor-test-"))
     try:
-        assert PositionStore(ram / "log-positions.json").interval_s == 0
+        assert PositionStore(ram / "log-positions.json").interval_s == RAM_INTERVAL_S
         if filesystem_type(tmp_path) not in RAM_FILESYSTEMS:
             assert PositionStore(tmp_path / "log-positions.json").interval_s == DEFAULT_INTERVAL_S
     finally:
@@ -307,3 +308,52 @@ def test_an_acknowledged_batch_moves_the_stored_position_at_once(tmp_path: Path,
         assert json.loads(path.read_text()) == {cid: [1000, 1]}
         acks[1]()
         assert json.loads(path.read_text()) == {cid: [2000, 1]}
+
+
+def test_a_change_held_back_by_the_interval_is_due_and_written_then(tmp_path: Path) -> None:
+    path = tmp_path / "log-positions.json"
+    store = PositionStore(path, interval_s=30.0, margin_ms=0)
+    assert store.due_in() is None and not store.flush()  # nothing to write
+    tracker = store.track("a" * 64, 0, 0)
+    assert store.due_in() == 0  # a new stream: its position is to be written
+    assert store.flush() and store.due_in() is None and not store.flush()  # nothing changed
+    tracker.add(array("q", [10]))
+    assert not store.flush()  # held back: written 30 s after the last write
+    assert 29.0 < store.due_in() <= 30.0
+    assert json.loads(path.read_text()) == {"a" * 64: [0, 0]}
+    assert store.flush(force=True) and json.loads(path.read_text()) == {"a" * 64: [10, 1]}
+    assert store.due_in() is None
+
+
+def test_an_acknowledgement_from_another_thread_wakes_the_source_to_write_what_is_held_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acks come on the cloud backend's thread; one held back by the interval is written when due by
+    the source's thread, which they wake (it would otherwise sleep IDLE_WAKE_S, made long here)."""
+    import threading
+
+    from supervisor.logs import docker_source
+    from supervisor.logs.docker_source import REPEAT_WINDOW_MS, DockerLogSource, _Stream
+    from supervisor.logs.engine_http import EngineAddress
+
+    monkeypatch.setattr(docker_source, "IDLE_WAKE_S", 60.0)
+    path = tmp_path / "log-positions.json"
+    store = PositionStore(path, interval_s=0.2, margin_ms=0)
+    acks: list[Any] = []
+    source = DockerLogSource(lambda records, delivered=None: acks.append(delivered),
+                             engine=EngineAddress(unix_path="/nonexistent.sock"), positions=store)
+    cid = "c" * 64
+    st = _Stream(cid, 7, "all", False, 0, 0, False, published=Tracker(0, 0), delivered=store.track(cid, 0, 0),
+                 repeats=codec.RepeatFilter(REPEAT_WINDOW_MS))
+    source.start()
+    try:
+        for stamp in (1000, 2000):
+            record = {"message": "x", "isStdErr": False, "timestamp": stamp, "serviceId": 7}
+            source._deliver(st, [record], array("i", [0]))
+        wait_for(lambda: path.exists(), "the first write (the new stream)")
+        acker = threading.Thread(target=lambda: [ack() for ack in acks])  # as the cloud's thread does
+        acker.start()
+        acker.join()
+        wait_for(lambda: json.loads(path.read_text()) == {cid: [2000, 1]}, "the held-back position",
+                 timeout=10.0, context=path.read_text)
+    finally:
+        source.stop()

@@ -48,7 +48,7 @@ COALESCE_S = 0.025
 #: After a follow ended, the engine is given this long to finish writing the log before the
 #: catch-up read (see ``_end``).
 CATCH_UP_DELAY_S = 0.2
-#: The longest the thread sleeps with nothing to read (positions throttled on a disk are written then).
+#: The longest the thread sleeps with nothing to read.
 IDLE_WAKE_S = 1.0
 #: While the backends push back, how long the thread waits before it looks at its commands again.
 PAUSE_CHECK_S = 0.1
@@ -211,7 +211,8 @@ class DockerLogSource:
             self._release()
 
     def _next_timeout(self) -> float:
-        timeout = max(self._positions.interval_s, IDLE_WAKE_S)
+        due = self._positions.due_in()
+        timeout = IDLE_WAKE_S if due is None else min(due, IDLE_WAKE_S)
         now = time.monotonic()
         for st in self._streams.values():
             if st.sock is None and st.retry_at:
@@ -425,11 +426,15 @@ class DockerLogSource:
         st.published.add(stamps)
         if st.level == "err":
             records = [r for r in records if r["isStdErr"]]
-        delivered, positions = st.delivered, self._positions
+        delivered, positions, thread = st.delivered, self._positions, self._thread
 
         def acknowledged() -> None:
             delivered.add(stamps)
-            positions.flush()  # at once (at most every interval_s): what a kill -9 repeats
+            # At once, what a kill -9 would repeat; held back by the interval (a burst of acks), the
+            # thread writes it when due: woken, since a backend's thread acknowledges, not ours.
+            held = not positions.flush() and positions.due_in() is not None
+            if held and threading.current_thread() is not thread:
+                self._wake()
 
         if records:
             self._publish(records, acknowledged)

@@ -17,11 +17,12 @@ longer than that, e.g. a 16 KiB piece whose end comes many seconds later, can be
 :class:`Tracker` keeps the stamps of the lines within the margin (8 bytes a line, batches as
 ``array('q')``), and :class:`PositionStore` writes the positions of every container, atomically
 (supervisor/atomic.py), at most once per ``interval_s`` and only when one changed. The source calls
-:meth:`PositionStore.flush` as each batch is acknowledged, so what a kill -9 makes the next run send
-again is what was acknowledged within the last ``interval_s``: nothing on a RAM filesystem (balenaOS's
-``/tmp``, where the runtime directory is), where the interval is 0 (a write there costs a few
-microseconds and no flash), and up to a second of lines on a disk, where writing at every batch would
-wear an SD card (docs/ARCHITECTURE.md).
+:meth:`PositionStore.flush` as each batch is acknowledged, and a change held back by the interval is
+written when it is due (:meth:`PositionStore.due_in`), so what a kill -9 makes the next run send again
+is what was acknowledged within the last ``interval_s``: on a RAM filesystem (balenaOS's ``/tmp``, where
+the runtime directory is) 5 ms, where a write costs microseconds and no flash (and a trickle of lines is
+written line by line); on a disk a second, where a write per batch would wear an SD card
+(docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import logging
 import threading
 import time
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import RAM_FILESYSTEMS, filesystem_type, write_atomic
@@ -41,13 +43,19 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_MARGIN_MS", "PositionStore", "Tracker"]
 
 DEFAULT_MARGIN_MS = 2000
-#: Between two writes of the positions file on a disk; on a RAM filesystem every change is written.
+#: Between two writes of the positions file on a disk (fsynced: an SD card's wear) ...
 DEFAULT_INTERVAL_S = 1.0
+#: ... and on a RAM filesystem (no flash): short, only so that a burst of acknowledgements (one a
+#: source batch, tens in one cloud write) costs one write, not tens.
+RAM_INTERVAL_S = 0.005
+#: After a failed write (a full or read-only disk), the next attempt.
+FAILED_RETRY_S = 1.0
 
 
 def default_interval(path: Path) -> float:
-    """0 when ``path`` is on a RAM filesystem (tmpfs, ramfs), else :data:`DEFAULT_INTERVAL_S`."""
-    return 0.0 if filesystem_type(path) in RAM_FILESYSTEMS else DEFAULT_INTERVAL_S
+    """:data:`RAM_INTERVAL_S` when ``path`` is on a RAM filesystem (tmpfs, ramfs), else
+    :data:`DEFAULT_INTERVAL_S`."""
+    return RAM_INTERVAL_S if filesystem_type(path) in RAM_FILESYSTEMS else DEFAULT_INTERVAL_S
 
 
 class Tracker:
@@ -55,9 +63,12 @@ class Tracker:
     ``since_ms`` having skipped ``carry`` lines not added yet (a resumed stream, until they are
     replayed and added with ``replayed=True``)."""
 
-    __slots__ = ("_since", "_carry", "_top", "_batches", "_lock", "_margin")
+    __slots__ = ("_since", "_carry", "_top", "_batches", "_lock", "_margin", "_changed")
 
-    def __init__(self, since_ms: int = 0, carry: int = 0, margin_ms: int = DEFAULT_MARGIN_MS) -> None:
+    def __init__(self, since_ms: int = 0, carry: int = 0, margin_ms: int = DEFAULT_MARGIN_MS,
+                 changed: Callable[[], None] | None = None) -> None:
+        """``changed``: called after each :meth:`add` (the store's, to know there is something to write)."""
+        self._changed = changed
         self._since = since_ms
         self._carry = carry
         self._top = since_ms
@@ -83,6 +94,8 @@ class Tracker:
                     self._since = max(self._since, floor)
                     while batches and batches[0][0] < self._since:
                         batches.popleft()
+        if self._changed is not None:
+            self._changed()
 
     def position(self) -> tuple[int, int]:
         """``(since_ms, skip)`` as of now; forgets stamps no longer needed."""
@@ -113,6 +126,10 @@ class PositionStore:
         self._loaded: dict[str, tuple[int, int]] = {}
         self._written = ""
         self._last_write = 0.0
+        #: A position changed since the last write (set without a lock: a flag, read and cleared by
+        #: the flush, which clears it before it reads the positions).
+        self._dirty = False
+        self._failing = False
         self._lock = threading.Lock()
         #: One flush at a time (the source's thread and the backend's acknowledgements): two writers
         #: could otherwise rename an older text over a newer one.
@@ -132,16 +149,21 @@ class PositionStore:
 
     def track(self, container_id: str, since_ms: int, carry: int) -> Tracker:
         """The tracker of acknowledged lines of a stream that starts now (replaces an older one)."""
-        tracker = Tracker(since_ms, carry, self.margin_ms)
+        tracker = Tracker(since_ms, carry, self.margin_ms, changed=self._changed)
         with self._lock:
             self._trackers[container_id] = tracker
             self._loaded.pop(container_id, None)
+        self._dirty = True
         return tracker
+
+    def _changed(self) -> None:
+        self._dirty = True
 
     def forget(self, container_id: str) -> None:
         with self._lock:
             self._trackers.pop(container_id, None)
             self._loaded.pop(container_id, None)
+        self._dirty = True
 
     def retain(self, container_ids: set[str]) -> None:
         """Drop the positions of containers that no longer exist."""
@@ -150,16 +172,26 @@ class PositionStore:
                 del self._loaded[cid]
             for cid in [c for c in self._trackers if c not in container_ids]:
                 del self._trackers[cid]
+        self._dirty = True
 
     def flush(self, force: bool = False) -> bool:
-        """Write the positions if one changed and ``interval_s`` has passed (or ``force``); any thread."""
-        if not force and time.monotonic() - self._last_write < self.interval_s:
+        """Write the positions if one changed and ``interval_s`` has passed (or ``force``); any thread.
+        False when nothing was written (unchanged, or held back: see :meth:`due_in`)."""
+        if not force and (not self._dirty or time.monotonic() - self._last_write < self.interval_s):
             return False
         with self._flush_lock:
             return self._flush()
 
+    def due_in(self) -> float | None:
+        """Seconds until a change held back by the interval is due to be written; None when there is
+        none (the caller's thread waits that long at most, then calls :meth:`flush`)."""
+        if not self._dirty:
+            return None
+        return max(0.0, self._last_write + self.interval_s - time.monotonic())
+
     def _flush(self) -> bool:
         now = time.monotonic()
+        self._dirty = False  # before the positions are read: a change from now on sets it again
         with self._lock:
             positions = dict(self._loaded)
             trackers = list(self._trackers.items())
@@ -172,7 +204,10 @@ class PositionStore:
         try:
             write_atomic(self.path, text)
         except OSError as err:
-            log.warning("Could not store log positions in %s: %s", self.path, err)
+            if not self._failing:  # once, not at every attempt
+                log.warning("Could not store log positions in %s: %s", self.path, err)
+            self._failing, self._dirty = True, True
+            self._last_write = now + max(0.0, FAILED_RETRY_S - self.interval_s)  # tried again then
             return False
-        self._written, self.existed = text, True
+        self._written, self.existed, self._failing = text, True, False
         return True
