@@ -233,11 +233,13 @@ def test_restart_and_recreation_lose_nothing_and_repeat_nothing(start_supervisor
         apply(sup, target(app_id, {31: service("main", image, 1, GEN="2")}))
         second = container_of(docker_client, app_id, "main")["Id"]
         assert second != first
-        system = reader.system()  # the update's system messages, composed as §8.2
+        # The update's system messages, composed as §8.2: the engine's (a service exited) come from
+        # its event stream, which may trail the apply's answer.
         for text in (f"Killing service 'main {image}'", f"Killed service 'main {image}'",
                      f"Installing service 'main {image}'", f"Started service 'main {image}'",
                      "Taking update locks", "Releasing update locks", f"Service exited 'main {image}'"):
-            assert text in system, (text, system)
+            wait_for(lambda text=text: text in reader.system(), f"the system message {text!r}", sup,
+                     context=reader.system)
         before = len(reader.service_lines("main"))
         wait_for(lambda: len(reader.service_lines("main")) > before + 20, "lines of the new container", sup)
         docker_client.api.stop(second, timeout=0)
