@@ -24,6 +24,7 @@ from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from supervisor.logs._codec_py import LogStreamError  # one exception class for both twins
+from supervisor.logs._codec_py import NANOS_CLOCK, NANOS_PIECE  # Demuxer.feed's nanos markers
 
 import array as _array_module
 import json
@@ -43,7 +44,12 @@ cdef extern from "Python.h":
     PyObject* Py_False
     PyObject* Py_None
 
-__all__ = ["Demuxer", "LogStreamError", "RepeatFilter", "encode", "encode_batch", "encode_many", "parse_timestamp"]
+__all__ = ["NANOS_CLOCK", "NANOS_PIECE", "Demuxer", "LogStreamError", "RepeatFilter", "encode",
+           "encode_batch", "encode_many", "parse_timestamp"]
+
+cdef enum:
+    C_NANOS_PIECE = -1  # NANOS_PIECE
+    C_NANOS_CLOCK = -2  # NANOS_CLOCK
 
 cdef enum:
     MAX_TS_LEN = 35  # "YYYY-MM-DDTHH:MM:SS.nnnnnnnnn+HH:MM"
@@ -195,7 +201,6 @@ cdef class Demuxer:
     cdef bint _cont[2]           # the next piece of this stream continues a line cut by max_line
     cdef object _cont_ts0
     cdef object _cont_ts1
-    cdef int32_t _cont_ns[2]      # the nanoseconds within the millisecond of a line cut by max_line
     cdef array.array _nanos      # feed()'s ``nanos`` while it runs
     cdef bint _strip             # the current frame continues a line: drop its timestamp prefix
     cdef uint8_t _prefix[MAX_TS_LEN + 1]  # the start of such a frame, until its prefix is decided
@@ -440,7 +445,7 @@ cdef class Demuxer:
     cdef int _emit(self, int s, const char* p, Py_ssize_t n, bint final, list out) except -1:
         """Turn one line (or a max_line piece of one) into a record."""
         cdef int64_t ms
-        cdef int32_t nanos = 0
+        cdef int32_t nanos = C_NANOS_PIECE
         cdef Py_ssize_t count
         cdef Py_ssize_t space, limit
         cdef const char* sp
@@ -448,11 +453,11 @@ cdef class Demuxer:
             n -= 1
         if self._cont[s]:
             ts = self._cont_ts0 if s == 0 else self._cont_ts1
-            nanos = self._cont_ns[s]
             if final:
                 self._cont[s] = False
         else:
             ts = None
+            nanos = C_NANOS_CLOCK
             if self._timestamps:
                 limit = n if n < MAX_TS_LEN + 1 else MAX_TS_LEN + 1
                 sp = <const char*>memchr(p, 32, limit)
@@ -466,7 +471,6 @@ cdef class Demuxer:
                 ts = _clock_ms() if self._now_ms is None else self._now_ms()
             if not final:
                 self._cont[s] = True
-                self._cont_ns[s] = nanos
                 if s == 0:
                     self._cont_ts0 = ts
                 else:
@@ -830,6 +834,7 @@ cdef class RepeatFilter:
     cdef int32_t _last_ns[2]     # ... and its nanoseconds within the millisecond
     cdef int64_t _at_last[2]
     cdef int64_t _repeat[2]
+    cdef bint _kept[2]           # where the stream's last line went (its next pieces go there too)
 
     def __init__(self, window_ms=1000):
         self.window_ms = window_ms
@@ -837,6 +842,7 @@ cdef class RepeatFilter:
         self._last_ns[0] = self._last_ns[1] = 0
         self._at_last[0] = self._at_last[1] = 0
         self._repeat[0] = self._repeat[1] = -1
+        self._kept[0] = self._kept[1] = True
 
     @property
     def last(self):
@@ -863,9 +869,9 @@ cdef class RepeatFilter:
         cdef PyObject* value
         cdef int s, overflow = 0
         cdef long long t
-        cdef int32_t sub
+        cdef int32_t sub, raw
         cdef int64_t gap
-        cdef bint drop
+        cdef bint keep
         if nanos is not None:
             if not (type(nanos) is array.array and (<array.array>nanos).ob_descr.typecode == b"i"):
                 raise TypeError("nanos must be an array('i')")
@@ -886,25 +892,32 @@ cdef class RepeatFilter:
             t = PyLong_AsLongLongAndOverflow(<object>value, &overflow)
             if overflow or t == INT64_MIN:
                 raise OverflowError("a record's timestamp does not fit 64 bits")
-            sub = ns[i] if ns != NULL else 0
-            drop = False
-            if t > self._last_ms[s] or (t == self._last_ms[s] and sub > self._last_ns[s]):
-                self._last_ms[s] = t
-                self._last_ns[s] = sub
-                self._at_last[s] = 1
-                self._repeat[s] = -1
-            elif t == self._last_ms[s] and sub == self._last_ns[s]:
-                if self._repeat[s] > 0:
-                    self._repeat[s] -= 1
-                    drop = True
-                else:
-                    self._at_last[s] += 1
-            else:  # older than the newest: a repeat if within the window (in ns; no overflow)
-                gap = self._last_ms[s] - t
-                if gap <= self.window_ms + 1 and gap * 1000000 + self._last_ns[s] - sub <= self.window_ms * 1000000:
-                    self._repeat[s] = self._at_last[s]
-                    drop = True
-            if drop:
+            raw = ns[i] if ns != NULL else C_NANOS_CLOCK
+            if raw == C_NANOS_PIECE:
+                keep = self._kept[s]
+            else:
+                sub = raw if raw > 0 else 0
+                keep = True
+                if t > self._last_ms[s] or (t == self._last_ms[s] and sub > self._last_ns[s]):
+                    self._last_ms[s] = t
+                    self._last_ns[s] = sub
+                    self._at_last[s] = 1
+                    self._repeat[s] = -1
+                elif t == self._last_ms[s] and sub == self._last_ns[s]:
+                    if self._repeat[s] > 0:
+                        self._repeat[s] -= 1
+                        keep = False
+                    elif raw >= 0:  # the newest line itself, again
+                        keep = False
+                    else:
+                        self._at_last[s] += 1
+                else:  # older than the newest: a repeat if within the window (in ns; no overflow)
+                    gap = self._last_ms[s] - t
+                    if gap <= self.window_ms + 1 and gap * 1000000 + self._last_ns[s] - sub <= self.window_ms * 1000000:
+                        self._repeat[s] = self._at_last[s]
+                        keep = False
+                self._kept[s] = keep
+            if not keep:
                 if result is None:
                     result = records[:i]
             else:

@@ -112,17 +112,16 @@ def oracle(stream: bytes, *, multiplexed=True, timestamps=True, max_line=65536, 
 
     records = []
     cont: list[int | None] = [None, None]
-    cont_ns = [0, 0]
 
     def emit(s: int, raw: bytes, final: bool) -> None:
         if final and raw.endswith(b"\r"):
             raw = raw[:-1]
         if cont[s] is not None:
-            ts, ns = cont[s], cont_ns[s]
+            ts, ns = cont[s], -1  # a piece after the first
             if final:
                 cont[s] = None
         else:
-            ts, ns = None, 0
+            ts, ns = None, -2  # no timestamp: the clock's
             if timestamps:
                 prefix = raw.split(b" ", 1)[0]
                 if len(prefix) < len(raw) and len(prefix) <= 35:
@@ -133,7 +132,7 @@ def oracle(stream: bytes, *, multiplexed=True, timestamps=True, max_line=65536, 
             if ts is None:
                 ts = NOW
             if not final:
-                cont[s], cont_ns[s] = ts, ns
+                cont[s] = ts
         if nanos is not None:
             nanos.append(ns)
         records.append(
@@ -419,27 +418,38 @@ def test_encode_batch_examples(mod):
     assert mod.encode_batch([codec_record(is_err=1)], 10) is None
 
 
-def oracle_unrepeated(state: dict, records: list[dict], nanos: list[int], window: int) -> list[dict]:
+def oracle_unrepeated(state: dict, records: list[dict], nanos: list[int] | None, window: int) -> list[dict]:
     """The rule of RepeatFilter's docstring, line by line, on (millisecond, nanoseconds) stamps."""
     out = []
-    for record, ns in zip(records, nanos, strict=True):
+    for i, record in enumerate(records):
         s = 1 if record["isStdErr"] else 0
-        key, newest = (record["timestamp"], ns), state["last"][s]
+        ns = nanos[i] if nanos is not None else -2
+        if ns == -1:  # a piece: where its line went
+            if state["kept"][s]:
+                out.append(record)
+            continue
+        key, newest = (record["timestamp"], max(ns, 0)), state["last"][s]
+        keep = True
         if newest is None or key > newest:
             state["last"][s], state["at_last"][s], state["repeat"][s] = key, 1, -1
         elif key == newest:
             if state["repeat"][s] > 0:
                 state["repeat"][s] -= 1
-                continue
-            state["at_last"][s] += 1
+                keep = False
+            elif ns >= 0:
+                keep = False
+            else:
+                state["at_last"][s] += 1
         elif (newest[0] - key[0]) * 10**6 + newest[1] - key[1] <= window * 10**6:
             state["repeat"][s] = state["at_last"][s]
-            continue
-        out.append(record)
+            keep = False
+        state["kept"][s] = keep
+        if keep:
+            out.append(record)
     return out
 
 
-stamp_parts = st.tuples(st.booleans(), st.integers(0, 40), st.sampled_from([0, 1, 500_000, 999_999]))
+stamp_parts = st.tuples(st.booleans(), st.integers(0, 40), st.sampled_from([0, 1, 500_000, 999_999, -1, -2]))
 
 
 @FAST
@@ -449,17 +459,17 @@ def test_repeat_filter_matches_twin_and_oracle(batches, window, ordered, with_na
     """Batches in stream order, often a repeat of an earlier stretch (as the engine sends at a
     rotation): the same records kept (the same objects), the same stamps and state, batch by batch."""
     compiled, python = _compiled().RepeatFilter(window), twin.RepeatFilter(window)
-    state: dict = {"last": [None, None], "at_last": [0, 0], "repeat": [-1, -1]}
+    state: dict = {"last": [None, None], "at_last": [0, 0], "repeat": [-1, -1], "kept": [True, True]}
     base = 0
     for batch in batches:
         if ordered:  # newer than everything before: the twin's fast path
             batch = sorted((err, base + t, ns) for err, t, ns in batch)
             base = max((t for _, t, _ in batch), default=base) + 1
         records = [codec_record(str(i), err, t) for i, (err, t, _) in enumerate(batch)]
-        nanos = array("i", [ns if with_nanos else 0 for _, _, ns in batch])
-        expected = oracle_unrepeated(state, records, list(nanos), window)
+        nanos = array("i", [ns for _, _, ns in batch]) if with_nanos else None
+        expected = oracle_unrepeated(state, records, None if nanos is None else list(nanos), window)
         for module_filter in (compiled, python):
-            kept, stamps = module_filter.filter(records, nanos if with_nanos else None)
+            kept, stamps = module_filter.filter(records, nanos)
             assert [id(r) for r in kept] == [id(r) for r in expected]
             assert stamps.typecode == "q" and list(stamps) == [r["timestamp"] for r in expected]
         assert compiled.last == python.last == state["last"]
@@ -494,6 +504,18 @@ def test_a_repeat_within_one_millisecond_is_told_by_its_nanoseconds(mod):
         assert set(stamps) == {1796097600123}
         lines += [r["message"] for r in kept]
     assert lines == [f"line {n}" for n in range(12)]
+    # The engine's repeat of exactly the newest line (the new file began with it): dropped, and the
+    # pieces of a cut line go where its first piece went.
+    filt = mod.RepeatFilter(1000)
+    demuxer = mod.Demuxer(SERVICE, multiplexed=False, max_line=40)  # the stamp (31) + 9
+    nanos = array("i")
+    kept, _ = filt.filter(demuxer.feed(payload[:payload.index(b"line 1\n") + 7], nanos), nanos)
+    nanos = array("i")
+    last = stamp % 1000 + b"line 1\n"
+    long = stamp % 2000 + b"a long line cut in pieces\n"
+    kept2, _ = filt.filter(demuxer.feed(last + long + last + long, nanos), nanos)
+    assert [r["message"] for r in kept] == ["line 0", "line 1"]
+    assert [r["message"] for r in kept2] == ["a long li", "ne cut in pieces"]
     # Without the nanoseconds the repeat cannot be told from new lines of that millisecond.
     filt = mod.RepeatFilter(1000)
     kept, _ = filt.filter(mod.Demuxer(SERVICE, multiplexed=False).feed(payload + repeat + more))

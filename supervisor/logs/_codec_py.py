@@ -34,15 +34,19 @@ import time
 from array import array
 from collections.abc import Callable, Iterable
 from itertools import compress
-from operator import itemgetter, le, not_
+from operator import itemgetter, lt, not_
 
-__all__ = ["Demuxer", "LogStreamError", "RepeatFilter", "encode", "encode_batch", "encode_many",
-           "parse_timestamp"]
+__all__ = ["NANOS_CLOCK", "NANOS_PIECE", "Demuxer", "LogStreamError", "RepeatFilter", "encode",
+           "encode_batch", "encode_many", "parse_timestamp"]
 
 _MAX_TS_LEN = 35  # "YYYY-MM-DDTHH:MM:SS.nnnnnnnnn+HH:MM"
 _TS_RE = re.compile(rb"(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d\d):(\d\d))")
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _LINE_START = object()  # _cont_ts value: the next piece starts a new line
+#: Demuxer.feed's ``nanos`` for a record that is a piece of a line cut by max_line, after its first.
+NANOS_PIECE = -1
+#: ... and for a line without a (valid) timestamp, stamped with the clock's time.
+NANOS_CLOCK = -2
 _json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -135,7 +139,6 @@ class Demuxer:
         "_stream",
         "_partial",
         "_cont_ts",
-        "_cont_ns",
         "_nanos",
         "_strip",
         "_prefix",
@@ -163,7 +166,6 @@ class Demuxer:
         self._stream = 0  # 0 stdout, 1 stderr
         self._partial = (bytearray(), bytearray())  # unterminated line per stream, <= max_line
         self._cont_ts: list = [_LINE_START, _LINE_START]  # timestamp of a line cut by max_line
-        self._cont_ns = [0, 0]  # and its nanoseconds within the millisecond
         self._nanos: array | None = None  # feed()'s ``nanos`` while it runs
         self._strip = False  # the current frame continues a line: drop its timestamp prefix
         self._prefix = bytearray()  # the start of such a frame, until its prefix is decided
@@ -171,9 +173,10 @@ class Demuxer:
 
     def feed(self, chunk: bytes, nanos: array | None = None) -> list[dict]:
         """Consume one chunk; return a record for every line it completes. ``nanos``, an
-        ``array('i')``: gets the nanoseconds within its millisecond (0-999,999) of each record's
-        timestamp appended, in order (0 where the line had no timestamp: the clock's time), for the
-        :class:`RepeatFilter`."""
+        ``array('i')``: gets one value a record appended, in order, for the :class:`RepeatFilter`:
+        the nanoseconds within its millisecond (0-999,999) of the record's timestamp,
+        :data:`NANOS_PIECE` for a piece of a line cut by ``max_line`` after its first (same stamp),
+        :data:`NANOS_CLOCK` for a line without a timestamp (stamped with the clock's time)."""
         if nanos is not None:
             _check_nanos(nanos)
         self._nanos = nanos
@@ -333,9 +336,9 @@ class Demuxer:
         if final and raw.endswith(b"\r"):
             raw = raw[:-1]
         timestamp = self._cont_ts[stream]
-        nanos = self._cont_ns[stream]
+        nanos = NANOS_PIECE
         if timestamp is _LINE_START:
-            timestamp, nanos = None, 0
+            timestamp, nanos = None, NANOS_CLOCK
             if self._timestamps:
                 space = raw.find(b" ", 0, _MAX_TS_LEN + 1)
                 parsed = _parse_stamp(raw[:space]) if space >= 0 else None
@@ -345,7 +348,7 @@ class Demuxer:
             if timestamp is None:
                 timestamp = self._now_ms()
             if not final:
-                self._cont_ts[stream], self._cont_ns[stream] = timestamp, nanos
+                self._cont_ts[stream] = timestamp
         elif final:
             self._cont_ts[stream] = _LINE_START
         if self._nanos is not None:
@@ -420,30 +423,35 @@ class RepeatFilter:
     the timestamps of what it lets through.
 
     Following a ``json-file`` log across its rotation (``max-size``) while behind the writer, the
-    engine (seen with 20.10) sends again the lines of the new file it had sent already (10-200
-    lines), with the stamps they had. Each stream's stamps never go back (the engine stamps a
-    stream's lines in order, to the nanosecond; a long line's pieces are one record or share their
-    stamp), so a record stamped before the newest of its stream (by at most ``window_ms``: more is a
-    clock set back, taken as new) is a repeat, and so are as many of the following records stamped
-    with exactly that newest stamp as were let through with it.
+    engine (seen with 20.10) sends again the lines of the new file it had sent already (1-200
+    lines), with the stamps they had. Each stream's stamps never go back (the engine stamps each
+    line of a stream as it reads it, to the nanosecond), so a record stamped before the newest of
+    its stream (by at most ``window_ms``: more is a clock set back, taken as new) is a repeat, and
+    so are as many of the following records stamped with exactly that newest stamp as were let
+    through with it.
 
     A stamp is ``(timestamp, nanos)``: the record's millisecond and, given ``nanos`` (what
-    :meth:`Demuxer.feed` collected), the nanoseconds within it, which tell apart the lines of one
-    millisecond (a program writing a burst of lines); without them a repeat that starts within the
-    newest millisecond cannot be told from new lines and is let through again.
+    :meth:`Demuxer.feed` collected), the nanoseconds within it. To the nanosecond no two lines of a
+    stream share a stamp, so a record with exactly the newest stamp is a repeat too (the engine
+    repeated the newest line itself), except a piece of a line cut by ``max_line``
+    (:data:`NANOS_PIECE`), which goes where the line's first piece went, and a line stamped with
+    the clock (:data:`NANOS_CLOCK`, compared as nanosecond 0 and counted like a stamp without
+    nanoseconds). Without ``nanos`` stamps are milliseconds: a repeat that starts within the newest
+    millisecond cannot be told from new lines of it and is let through again.
 
     ``last``, ``at_last``, ``repeat``: per stream (stdout, stderr), the newest stamp let through
     (None before the first), how many records carried it, and how many of those a repeat still has
     to bring (-1: none).
     """
 
-    __slots__ = ("window_ms", "last", "at_last", "repeat")
+    __slots__ = ("window_ms", "last", "at_last", "repeat", "_kept")
 
     def __init__(self, window_ms: int = 1000) -> None:
         self.window_ms = int(window_ms)
         self.last: list[tuple[int, int] | None] = [None, None]
         self.at_last = [0, 0]
         self.repeat = [-1, -1]
+        self._kept = [True, True]  # where the stream's last line went (its next pieces go there too)
 
     def filter(self, records: list[dict], nanos: array | None = None) -> tuple[list[dict], array]:
         """``(kept records, array('q') of their timestamps)``; records are the Demuxer's, ``nanos``
@@ -455,43 +463,54 @@ class RepeatFilter:
         if not records:
             return records, array("q")
         stamps = array("q", map(_stamp, records))
-        keys = list(zip(stamps, nanos, strict=True)) if nanos is not None else [(t, 0) for t in stamps]
-        # A batch newer than everything let through and in order per stream has no repeat: checked
-        # with builtins (C loops), and only each stream's newest stamp is kept.
-        last = self.last
-        errs = list(map(_is_err, records))
-        ordered = all(t is None or min(keys) > t for t in last)
-        newest = []
-        for flags in (map(not_, errs), errs):
-            mine = list(compress(keys, flags)) if ordered else None
-            if mine and not all(map(le, mine, mine[1:])):
-                ordered = False
-            newest.append(mine)
-        if ordered:
-            for s, mine in enumerate(newest):
-                if mine:
-                    top = mine[-1]
-                    last[s], self.at_last[s], self.repeat[s] = top, mine.count(top), -1
-            return records, stamps
-        kept = self._line_by_line(records, keys)
+        # A batch of stamped lines newer than everything let through and strictly in order per stream
+        # has no repeat: checked with builtins (C loops), and only each stream's newest stamp is kept.
+        if nanos is not None and min(nanos) >= 0:
+            keys = list(zip(stamps, nanos, strict=True))
+            last = self.last
+            errs = list(map(_is_err, records))
+            ordered = all(t is None or min(keys) > t for t in last)
+            newest = []
+            for flags in (map(not_, errs), errs):
+                mine = list(compress(keys, flags)) if ordered else None
+                if mine and not all(map(lt, mine, mine[1:])):
+                    ordered = False
+                newest.append(mine)
+            if ordered:
+                for s, mine in enumerate(newest):
+                    if mine:
+                        last[s], self.at_last[s], self.repeat[s], self._kept[s] = mine[-1], 1, -1, True
+                return records, stamps
+        kept = self._line_by_line(records, nanos)
         return kept, array("q", map(_stamp, kept))
 
-    def _line_by_line(self, records: list[dict], keys: list[tuple[int, int]]) -> list[dict]:
+    def _line_by_line(self, records: list[dict], nanos: array | None) -> list[dict]:
         out = []
-        last, at_last, repeat = self.last, self.at_last, self.repeat
+        last, at_last, repeat, kept = self.last, self.at_last, self.repeat, self._kept
         window = self.window_ms * 1_000_000
-        for record, key in zip(records, keys, strict=True):
+        for i, record in enumerate(records):
             s = 1 if record["isStdErr"] else 0
-            newest = last[s]
+            ns = nanos[i] if nanos is not None else NANOS_CLOCK
+            if ns == NANOS_PIECE:
+                if kept[s]:
+                    out.append(record)
+                continue
+            key, newest = (record["timestamp"], max(ns, 0)), last[s]
+            keep = True
             if newest is None or key > newest:
                 last[s], at_last[s], repeat[s] = key, 1, -1
             elif key == newest:
                 if repeat[s] > 0:
                     repeat[s] -= 1
-                    continue
-                at_last[s] += 1
+                    keep = False
+                elif ns >= 0:  # the newest line itself, again
+                    keep = False
+                else:
+                    at_last[s] += 1
             elif (newest[0] - key[0]) * 1_000_000 + newest[1] - key[1] <= window:
                 repeat[s] = at_last[s]
-                continue
-            out.append(record)
-        return out
+                keep = False
+            kept[s] = keep
+            if keep:
+                out.append(record)
+        return records if len(out) == len(records) else out  # as the compiled one: the same list
