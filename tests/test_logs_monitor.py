@@ -280,26 +280,41 @@ def test_positions_on_a_ram_filesystem_are_written_within_milliseconds(tmp_path:
         shutil.rmtree(ram)
 
 
+CID = "c" * 64
+
+
+def source_with_a_stream(store: PositionStore) -> tuple[Any, Any, list[Any]]:
+    """A real engine source (no engine: batches are handed to ``_deliver``) whose publish keeps each
+    batch's acknowledgement, and one stream of container :data:`CID` on ``store``."""
+    from supervisor.logs.docker_source import REPEAT_WINDOW_MS, DockerLogSource, _Stream
+    from supervisor.logs.engine_http import EngineAddress
+
+    acks: list[Any] = []
+    source = DockerLogSource(lambda records, delivered=None: acks.append(delivered),
+                             engine=EngineAddress(unix_path="/nonexistent.sock"), positions=store)
+    st = _Stream(CID, 7, "all", False, 0, 0, False, published=Tracker(0, 0), delivered=store.track(CID, 0, 0),
+                 repeats=codec.RepeatFilter(REPEAT_WINDOW_MS))
+    return source, st, acks
+
+
+def deliver(source: Any, st: Any, stamp: int) -> None:
+    """One line stamped ``stamp`` (ms) through the source's delivery (repeats, positions, publish)."""
+    source._deliver(st, [{"message": "x", "isStdErr": False, "timestamp": stamp, "serviceId": 7}],
+                    array("i", [0]))
+
+
 @pytest.mark.parametrize("interval", [0.0, 60.0])
 def test_an_acknowledged_batch_moves_the_stored_position_at_once(tmp_path: Path, interval: float) -> None:
     """The engine source stores a batch's position when the backend acknowledges it, not at its next
     round: a kill -9 after the acknowledgement repeats nothing. A disk's interval holds it back."""
-    from supervisor.logs.docker_source import REPEAT_WINDOW_MS, DockerLogSource, _Stream
-    from supervisor.logs.engine_http import EngineAddress
-
     path = tmp_path / "log-positions.json"
     store = PositionStore(path, interval_s=interval, margin_ms=0)
-    acks: list[Any] = []
-    source = DockerLogSource(lambda records, delivered=None: acks.append(delivered),
-                             engine=EngineAddress(unix_path="/nonexistent.sock"), positions=store)
-    cid = "c" * 64
-    st = _Stream(cid, 7, "all", False, 0, 0, False, published=Tracker(0, 0), delivered=store.track(cid, 0, 0),
-                 repeats=codec.RepeatFilter(REPEAT_WINDOW_MS))
+    source, st, acks = source_with_a_stream(store)
+    cid = CID
     store.flush(force=True)
     before = path.read_text()
     for stamp in (1000, 2000):
-        record = {"message": "x", "isStdErr": False, "timestamp": stamp, "serviceId": 7}
-        source._deliver(st, [record], array("i", [0]))
+        deliver(source, st, stamp)
     assert path.read_text() == before  # published, not acknowledged
     acks[0]()
     if interval:
@@ -332,23 +347,16 @@ def test_an_acknowledgement_from_another_thread_wakes_the_source_to_write_what_i
     import threading
 
     from supervisor.logs import docker_source
-    from supervisor.logs.docker_source import REPEAT_WINDOW_MS, DockerLogSource, _Stream
-    from supervisor.logs.engine_http import EngineAddress
 
     monkeypatch.setattr(docker_source, "IDLE_WAKE_S", 60.0)
     path = tmp_path / "log-positions.json"
     store = PositionStore(path, interval_s=0.2, margin_ms=0)
-    acks: list[Any] = []
-    source = DockerLogSource(lambda records, delivered=None: acks.append(delivered),
-                             engine=EngineAddress(unix_path="/nonexistent.sock"), positions=store)
-    cid = "c" * 64
-    st = _Stream(cid, 7, "all", False, 0, 0, False, published=Tracker(0, 0), delivered=store.track(cid, 0, 0),
-                 repeats=codec.RepeatFilter(REPEAT_WINDOW_MS))
+    source, st, acks = source_with_a_stream(store)
+    cid = CID
     source.start()
     try:
         for stamp in (1000, 2000):
-            record = {"message": "x", "isStdErr": False, "timestamp": stamp, "serviceId": 7}
-            source._deliver(st, [record], array("i", [0]))
+            deliver(source, st, stamp)
         wait_for(lambda: path.exists(), "the first write (the new stream)")
         acker = threading.Thread(target=lambda: [ack() for ack in acks])  # as the cloud's thread does
         acker.start()
