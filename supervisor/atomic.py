@@ -54,11 +54,11 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
 _CHECKED: set[Path] = set()
 
 
-def remove_orphans(path: str | os.PathLike[str], *, again: bool = False) -> int:
+def remove_orphans(path: str | os.PathLike[str]) -> int:
     """Delete the temp files of writes of ``path`` cut short by a kill (their writer is gone); the
-    number deleted. Looks once per path in a process unless ``again``."""
+    number deleted. Looks once per path in a process."""
     target = Path(path)
-    if target in _CHECKED and not again:
+    if target in _CHECKED:
         return 0
     _CHECKED.add(target)
     prefix = f".{target.name}."
