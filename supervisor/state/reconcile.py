@@ -421,6 +421,10 @@ class Reconciler(Subsystem):
                 log.warning("Removing volume %s of app %s: %s", volume.name, volume.app_id, why)
         started = time.monotonic()
         results = self._execute(engine, steps)
+        failures = [r for r in results if not r.ok]
+        failed = (self._failed(_failure_message(failures), locked=all(_locked(r) for r in failures),
+                               apps={_app_of(r.step) for r in failures}) if failures else None)
+        # After the status: a client that sees a service's error also sees the failed update.
         self.errors.note(results)
         if self.metrics is not None:
             for result in results:
@@ -432,11 +436,9 @@ class Reconciler(Subsystem):
         if any(r.ok and isinstance(r.step, Fetch) for r in results):
             self._update(update_downloaded=True)
         self._reboot_requested = any(r.ok and isinstance(r.step, Reboot) for r in results)
-        failures = [r for r in results if not r.ok]
-        if failures:
+        if failed is not None:
             self._last_batch = []  # its retry doing something is no repeat of a batch without effect
-            return self._failed(_failure_message(failures), locked=all(_locked(r) for r in failures),
-                                apps={_app_of(r.step) for r in failures})
+            return failed
         if all(isinstance(s, Noop) for s in steps):
             return self.noop_delay
         batch = [describe(s) for s in steps]
