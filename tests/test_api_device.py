@@ -276,7 +276,11 @@ def test_patch_tags_stores_and_reports_them(cloud_device: SupervisorProcess, fak
     wait_for(lambda: fake_api.device(UUID)["tags"] == {"room": "attic", "floor": "2", "new": "1"},
              "the tags reported", cloud_device, timeout=20)
     assert fake_api.device("b2" * 16)["tags"] == {"other": "x"}
-    setup_a, setup_b, sent = _tag_requests(fake_api, "PATCH")  # the fixture's two, then the device's one
+    # The fake stores the tags before it logs the request (just before its answer): wait for the log.
+    patches = wait_for(lambda: len(found := _tag_requests(fake_api, "PATCH")) >= 3 and found,
+                       "the device's tags request in the fake's log", cloud_device,
+                       context=lambda: _tag_requests(fake_api, "PATCH"))
+    setup_a, setup_b, sent = patches  # the fixture's two, then the device's one
     assert sent["path"] == "/device/v3/tags" and sent["status"] == 200 and sent["uuid"] == UUID
 
     def device_tags() -> dict[str, str]:  # the binder's list, updated once the cloud has answered

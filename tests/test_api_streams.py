@@ -110,7 +110,9 @@ def test_logs_stream_first_line_then_messages_as_they_come(in_process: Superviso
         sup.logs.publish({"message": "hello", "isStdErr": False, "timestamp": 2, "serviceId": 23})
         started = time.monotonic()
         line = stream.line()
-        assert time.monotonic() - started < 0.5  # not held back in a server buffer
+        # Not held back in a server buffer (that would hold it until more data or the end); the
+        # bound leaves room for a descheduled thread on a loaded machine.
+        assert time.monotonic() - started < 2.0
         assert list(line) == ["serviceName", "message", "isStdErr", "timestamp", "serviceId"]
         assert line == {"serviceName": "main", "message": "hello", "isStdErr": False, "timestamp": 2,
                         "serviceId": 23}
@@ -163,7 +165,8 @@ def test_twenty_streams_do_not_starve_the_api(in_process: Supervisor) -> None:
         for s in streams:
             s.close()
     _until(lambda: sup.logs.subscriber_count == 0 and sup.streams.open == 0, "every stream to end")
-    assert threading.active_count() == threads_before  # no thread per stream left behind
+    # no thread per stream left behind (one that is ending may take a moment to be gone)
+    _until(lambda: threading.active_count() == threads_before, "the threads back to where they were")
 
 
 def test_streams_beyond_the_limit_are_503(device_root: Path) -> None:
@@ -229,7 +232,8 @@ def test_journal_logs_arguments_in_the_reference_order(in_process: Supervisor, f
     assert default.text == "ARGS: -o short\n"
     form = requests.post(in_process.url + "/v2/journal-logs", data={"count": "3", "all": "1"}, timeout=30)
     assert form.text == "ARGS: -a -n 3 -o short\n"
-    assert in_process.streams.open == 0
+    # the slot is freed once the worker has finished, which may be a moment after the client read the end
+    _until(lambda: in_process.streams.open == 0, "the slot to be freed")
 
 
 def test_journal_logs_follow_streams_and_the_process_dies_with_the_client(

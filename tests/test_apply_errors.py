@@ -46,6 +46,14 @@ def _service_error(sup: SupervisorProcess, service: str) -> dict[str, Any] | Non
     return (app.get("services") or {}).get(service, {}).get("error")
 
 
+def _failed_device(sup: SupervisorProcess) -> dict[str, Any]:
+    """``/v1/device`` once it reports the failed update: the loop notes a step's error (what
+    ``/v2/applications/state`` shows) just before it counts the round as failed (``update_failed``)."""
+    return wait_for(lambda: (d := sup.get("/v1/device").json())["update_failed"] is True and d,
+                    "/v1/device to report the failed update", sup,
+                    context=lambda: sup.get("/v1/device").json())
+
+
 @pytest.fixture
 def app_owner(docker_client) -> Iterator[tuple[int, str]]:
     """(app id, image owner token) of this test's app; the app is removed afterwards."""
@@ -82,7 +90,7 @@ def test_a_failed_fetch_says_why_everywhere(start_supervisor, device_root: Path,
     assert image["name"] == missing and image["serviceName"] == "main"
     assert "manifest unknown" in image["error"]["message"]
 
-    device = sup.get("/v1/device").json()
+    device = _failed_device(sup)
     assert device["update_failed"] is True
     assert device["status"] == "Failed to download image"
     assert "manifest unknown" in device["error"]
@@ -105,7 +113,7 @@ def test_a_failed_start_says_why(start_supervisor, device_root: Path, local_imag
     assert status["appState"] == "applying"
     (container,) = status["containers"]
     assert container["status"] != "Running" and "/no/such/binary" in container["error"]["message"]
-    device = sup.get("/v1/device").json()
+    device = _failed_device(sup)
     assert device["update_failed"] is True and device["status"] == "Failed to start service"
     assert "/no/such/binary" in device["error"]
 
@@ -137,7 +145,7 @@ def test_a_refused_update_lock_says_why(start_supervisor, device_root: Path, loc
     assert "Lockfile exists" in error["message"]
     (container,) = sup.get("/v2/state/status").json()["containers"]
     assert container["status"] == "Running" and "Lockfile exists" in container["error"]["message"]
-    device = sup.get("/v1/device").json()
+    device = _failed_device(sup)
     assert device["update_failed"] is True and device["status"] == "Updates locked"
 
     offset = len(sup.output())

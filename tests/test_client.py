@@ -280,7 +280,8 @@ def test_update_lock_is_locked_until_forced(installed: Installed, docker_client)
         assert err.value.body["Data"] == "" and err.value.message == err.value.body["Error"]
         assert _container(docker_client, app_id)["Id"] == before  # nothing was touched
         client.restart_service(app_id, "main", force=True)
-        after = wait_for(lambda: _running_id(docker_client, app_id), "the restarted container")
+        # The new container, not the old one still running before the restart got to it.
+        after = wait_for(lambda: _new_running_id(docker_client, app_id, before), "the restarted container")
         assert after != before
     finally:
         lock.unlink(missing_ok=True)
@@ -291,3 +292,11 @@ def test_update_lock_is_locked_until_forced(installed: Installed, docker_client)
 def _running_id(docker_client, app_id: int) -> str | None:  # type: ignore[no-untyped-def]
     entry = _container(docker_client, app_id)
     return entry["Id"] if entry["State"] == "running" else None
+
+
+def _new_running_id(docker_client, app_id: int, old: str) -> str | None:  # type: ignore[no-untyped-def]
+    """The app's one running container once it is not ``old`` (during a restart there may be none, or
+    two)."""
+    running = docker_client.api.containers(filters={"label": f"io.balena.app-id={app_id}",
+                                                    "status": "running"})
+    return running[0]["Id"] if len(running) == 1 and running[0]["Id"] != old else None

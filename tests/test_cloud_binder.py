@@ -17,6 +17,7 @@ from supervisor.cloud.metrics import with_hysteresis
 from supervisor.cloud.report import StateReporter, shallow_diff
 from supervisor.cloud.timing import Timing
 from tests.fakecloud.client import FakeCloud
+from tests.fixtures.device import wait_for
 
 UUID = "c" * 32
 KEY = "k" * 32
@@ -73,9 +74,9 @@ def test_retry_after_is_seconds(device: FakeCloud, tmp_path: Path) -> None:
     reporter = _reporter(device, tmp_path / "cache", {"status": "Idle"})
     reporter.start()
     try:
-        deadline = time.monotonic() + 20
-        while not device.reports(UUID) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The fake stores the report, then logs the request: wait for the log's 200 itself.
+        wait_for(lambda: any(r["kind"] == "state_patch" and r["status"] == 200 for r in device.requests()),
+                 "the report after the 429", timeout=30)
     finally:
         reporter.stop()
     patches = [r for r in device.requests() if r["kind"] == "state_patch"]

@@ -416,7 +416,8 @@ def test_connectivity_check_fails_health_at_once(
     wait_for(lambda: "Waiting for connectivity..." in sup.output(), "the change logged", sup, timeout=10)
     fake_api.start()
     wait_for(lambda: sup.get("/v1/healthy").status_code == 200, "healthy again", sup, timeout=30)
-    assert "Internet Connectivity: OK" in sup.output()
+    # logged by the connectivity thread just after it flips the state the health check reads
+    wait_for(lambda: "Internet Connectivity: OK" in sup.output(), "the change back logged", sup, timeout=10)
 
 
 def _system_lines(fl: Fleet, prefix: str) -> list[dict[str, Any]]:
@@ -475,11 +476,12 @@ def test_unmanaged_device_has_no_binder(tmp_path: Path) -> None:
 
 
 #: Numbered lines on stdout and stderr while /tmp/go exists; the number carries on across restarts.
+#: Paused (no /tmp/go), it touches /tmp/idle between rounds: no line comes until /tmp/go is back.
 SEQ_SCRIPT = r"""#!/bin/sh
 touch /tmp/go
 n=$(cat /tmp/n 2>/dev/null || echo 0)
 while true; do
-  if [ ! -e /tmp/go ]; then sleep 0.05; continue; fi
+  if [ ! -e /tmp/go ]; then touch /tmp/idle; sleep 0.05; continue; fi
   echo "seq out $n ünï€"
   echo "seq err $n" >&2
   n=$((n + 1))
@@ -534,8 +536,16 @@ def test_service_lines_reach_the_cloud_once_in_order_across_a_kill(
     def exec_in(*cmd: str) -> None:
         fl.client.api.exec_start(fl.client.api.exec_create(cid, list(cmd)))
 
+    def idle() -> bool:
+        probe = fl.client.api.exec_create(cid, ["test", "-e", "/tmp/idle"])
+        fl.client.api.exec_start(probe)
+        return fl.client.api.exec_inspect(probe["Id"])["ExitCode"] == 0
+
     def settle(what: str, proc: SupervisorProcess) -> list[dict[str, Any]]:
-        exec_in("rm", "-f", "/tmp/go")
+        # Paused between two rounds: a round under way when the flag goes still writes its lines,
+        # and the comparison below must not catch it halfway (stdout's line out, stderr's not yet).
+        exec_in("rm", "-f", "/tmp/idle", "/tmp/go")
+        wait_for(idle, f"the service's script to pause {what}", proc, interval=0.3)
         return wait_for(lambda: (ls := cloud_lines()) and per_stream(ls) == engine_lines() and ls,
                         f"every line at the cloud {what}", proc, timeout=90,
                         context=lambda: ({k: len(v) for k, v in per_stream(cloud_lines()).items()},

@@ -31,12 +31,13 @@ LONG = 20000  # over the engine's 16 KiB split
 #: Prints COUNT rounds (forever when 0) while /tmp/go exists (created at start unless PAUSED), each:
 #: a stdout and a stderr line, every 7th round a long line, and a \r\n line; the round number
 #: carries on across container restarts (/tmp/n); then a final line without newline, and exits.
+#: Paused (no /tmp/go), it touches /tmp/idle between rounds: no line comes until /tmp/go is back.
 SCRIPT = r"""#!/bin/sh
 [ -n "$PAUSED" ] || touch /tmp/go
 n=$(cat /tmp/n 2>/dev/null || echo 0)
 end=$((n + COUNT))
 while [ "$COUNT" = 0 ] || [ $n -lt $end ]; do
-  if [ ! -e /tmp/go ]; then sleep 0.05; continue; fi
+  if [ ! -e /tmp/go ]; then touch /tmp/idle; sleep 0.05; continue; fi
   echo "$NAME out $n UNICODE"
   echo "$NAME err $n" >&2
   if [ $((n % 7)) -eq 3 ]; then
@@ -204,10 +205,11 @@ def test_every_line_of_three_services_arrives_once_in_order(start_supervisor, de
             cid = container_of(docker_client, app_id, name)["Id"]
             assert per_stream(engine_lines(docker_client, cid)) == expected
         # the system messages of the install, with the reference's composition (§8.2)
-        system = reader.system()
+        # (published by the apply, possibly after the service's own lines: waited for, each)
         for name in counts:
             for human in ("Installing service", "Installed service", "Starting service", "Started service"):
-                assert f"{human} '{name} {image}'" in system, system
+                wait_for(lambda text=f"{human} '{name} {image}'": text in reader.system(),
+                         f"the system message {human} '{name}'", sup, timeout=30, context=reader.system)
         # the engine's die event, which may trail the exited service's last line
         wait_for(lambda: f"Service exited 'three {image}'" in reader.system(), "three's exit message", sup,
                  context=reader.system)
@@ -281,7 +283,16 @@ def test_a_killed_supervisor_resumes_every_stream_where_it_was(start_supervisor,
     wait_for(lambda: len(sink_lines(sink, 41)) > 30, "lines in the sink", sup)
 
     def pause() -> None:
-        docker_client.api.exec_start(docker_client.api.exec_create(cid, ["rm", "-f", "/tmp/go"]))
+        """Stop the script's rounds and wait until it is between two (a round under way when the
+        flag goes writes its remaining lines: "delivered" must not be judged halfway through it)."""
+        docker_client.api.exec_start(docker_client.api.exec_create(cid, ["rm", "-f", "/tmp/idle", "/tmp/go"]))
+
+        def idle() -> bool:
+            probe = docker_client.api.exec_create(cid, ["test", "-e", "/tmp/idle"])
+            docker_client.api.exec_start(probe)
+            return docker_client.api.exec_inspect(probe["Id"])["ExitCode"] == 0
+
+        wait_for(idle, "the service's script to pause between rounds", sup, interval=0.3)
 
     def resume() -> None:
         docker_client.api.exec_start(docker_client.api.exec_create(cid, ["touch", "/tmp/go"]))

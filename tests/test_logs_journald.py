@@ -73,12 +73,21 @@ class Published:
     def __init__(self) -> None:
         self.batches: list[list[dict[str, Any]]] = []
         self.lock = threading.Lock()
+        #: Batches whose delivery callback has returned (a batch is visible in ``batches`` first).
+        self.acknowledged = 0
 
     def __call__(self, messages: list[dict[str, Any]], delivered: Any = None) -> None:
         with self.lock:
             self.batches.append(messages)
         if delivered is not None:
             delivered()
+        with self.lock:
+            self.acknowledged += 1
+
+    def settled(self) -> bool:
+        """Every batch published so far has been acknowledged to the source."""
+        with self.lock:
+            return self.acknowledged == len(self.batches)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -158,6 +167,7 @@ def test_rows_to_messages_with_unit_filters_priority_and_byte_messages(
     ]
     journal.append([(t0 + 1000 * i, row) for i, row in enumerate(rows)])
     wait_for(lambda: "last" in published.texts(), "the last row", context=published.texts)
+    wait_for(published.settled, "the last batch acknowledged")
     time.sleep(0.3)
     messages = published.messages
     assert [m["message"] for m in messages if m.get("serviceId") == 11] == [
@@ -340,6 +350,7 @@ def test_resume_after_stop_delivers_the_rows_of_the_downtime_once(journal: Journ
     journal.append([(second + 100_000 + i, container_row(A, f"p{i}")) for i in range(3)]
                    + [(instant, container_row(A, f"q{i}")) for i in range(3)])
     wait_for(lambda: len(first.messages) == 6, "the first rows", context=first.texts)
+    wait_for(first.settled, "the first rows acknowledged")  # the stop stores what was acknowledged
     source.stop()
     assert _at(path, instant, 3), _position(path)
     assert first.texts() == ["p0", "p1", "p2", "q0", "q1", "q2"]

@@ -191,10 +191,8 @@ def test_cloud_acks_keep_positions_exact_when_it_holds_drops_or_is_off() -> None
         assert stream.dropped_total > 0
         assert tracker.position() == (1000, 0)  # nothing acknowledged: all is re-read after a restart
         mode[0] = OFF
-        deadline = time.monotonic() + 5
-        while tracker.position() != (1000, 200) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert tracker.position() == (1000, 200)
+        wait_for(lambda: tracker.position() == (1000, 200), "every line discarded and acknowledged",
+                 timeout=30, interval=0.02, context=tracker.position)
     finally:
         stream.stop()
 

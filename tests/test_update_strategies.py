@@ -304,8 +304,15 @@ def start_handover(lab: Lab, new_image: str, timeout_ms: int) -> tuple[str, int,
     old = lab.one("main")["Id"]
     lab.new_release(main=new_image)
     offset = lab.apply(settle=False)
-    wait_for(lambda: len(lab.running("main")) == 2, "both containers to run", lab.sup, interval=0.05)
-    return old, offset, time.monotonic()
+
+    def both_since() -> float | None:
+        # When the look that found both running began: a later clock reading would count the
+        # engine's answer and a descheduled test thread into "together".
+        asked = time.monotonic()
+        return asked if len(lab.running("main")) == 2 else None
+
+    since = wait_for(both_since, "both containers to run", lab.sup, interval=0.05)
+    return old, offset, since
 
 
 def test_handover_kills_the_old_container_when_the_new_one_says_so(lab: Lab, publish_new) -> None:
@@ -333,7 +340,7 @@ def test_handover_kills_the_old_container_after_the_timeout(lab: Lab, publish_ne
     wait_for(lambda: not any(c["Id"] == old for c in lab.running("main")), "the old container to go",
              lab.sup, timeout=30, interval=0.05)
     together = time.monotonic() - both_since
-    assert 4.5 < together < 15, together  # the 6 s timeout, not at once (the reference's quirk)
+    assert 4.0 < together < 15, together  # the 6 s timeout, not at once (the reference's quirk)
     lab.wait_settled(offset)
     assert len(lab.containers()) == 1 and lab.one("main")["Id"] != old
     assert "Handover timeout has passed for main" in lab.sup.output()
