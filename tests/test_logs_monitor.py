@@ -4,7 +4,9 @@ the hub's batches and acknowledgements, the local stream's rendering, system mes
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import tempfile
 from array import array
 from pathlib import Path
@@ -95,6 +97,23 @@ def test_positions_are_written_atomically_and_only_when_changed(tmp_path: Path) 
     again.retain(set())
     again.flush(force=True)
     assert json.loads(path.read_text()) == {}
+
+
+def test_a_write_cut_short_by_a_kill_is_cleared_at_load_though_nothing_is_written(tmp_path: Path) -> None:
+    """A kill between the temp file and the rename leaves ``.log-positions.json.<pid>.<x>.tmp``; the
+    next run's positions may never change (no new line), so the load clears it, not the next write.
+    A live writer's temp file is a write under way and stays (found red in fresh-clone CI run 22)."""
+    path = tmp_path / "log-positions.json"
+    path.write_text('{"' + "a" * 64 + '":[11,2]}')
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    torn = tmp_path / f".log-positions.json.{dead.pid}.abc123.tmp"
+    live = tmp_path / f".log-positions.json.{os.getpid()}.def456.tmp"
+    torn.write_text('{"a":')
+    live.write_text("")
+    store = PositionStore(path)
+    assert not torn.exists() and live.exists()
+    assert store.saved("a" * 64) == (11, 2) and not store.flush()
 
 
 def test_unreadable_positions_start_over(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_atomic
+from ..atomic import remove_orphans, write_atomic
 from ..subsystem import Subsystem
 from .backoff import Retry, spacing
 from .client import ApiClient
@@ -90,6 +90,7 @@ class StateReporter(Subsystem):
 
     # ------------------------------------------------------------------ the thread
     def _load_cache(self) -> None:
+        remove_orphans(self.cache_path)  # at load: an unchanged report is never written again
         try:
             cached = json.loads(self.cache_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

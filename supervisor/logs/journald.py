@@ -67,7 +67,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from ..atomic import write_atomic
+from ..atomic import remove_orphans, write_atomic
 from .positions import default_interval
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,7 @@ class JournaldLogSource:
         path = self._position_path
         if path is None:
             return None
+        remove_orphans(path)  # at load: an unchanged position is never written again
         try:
             data = path.read_bytes()
         except FileNotFoundError:

@@ -36,7 +36,7 @@ from array import array
 from collections.abc import Callable
 from pathlib import Path
 
-from ..atomic import RAM_FILESYSTEMS, filesystem_type, write_atomic
+from ..atomic import RAM_FILESYSTEMS, filesystem_type, remove_orphans, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,8 @@ class PositionStore:
         self.path = path
         self.interval_s = default_interval(path) if interval_s is None else interval_s
         self.margin_ms = margin_ms
+        # At load, not only at the next write: unchanged positions are never written again.
+        remove_orphans(path)
         self.existed = path.exists()
         self._trackers: dict[str, Tracker] = {}
         self._loaded: dict[str, tuple[int, int]] = {}
