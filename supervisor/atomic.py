@@ -69,8 +69,7 @@ def remove_orphans(path: str | os.PathLike[str]) -> int:
     except OSError:  # no directory yet
         return 0
     for name in entries:
-        pid = name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if writer_alive(name):
             continue  # a live writer's (this process or another), or a reused pid: kept
         with contextlib.suppress(OSError):  # gone already, or a read-only partition: left alone
             os.unlink(target.parent / name)
@@ -78,6 +77,14 @@ def remove_orphans(path: str | os.PathLike[str]) -> int:
     if removed:
         log.warning("Removed %d temp file(s) of an interrupted write of %s", removed, target)
     return removed
+
+
+def writer_alive(temp: str | os.PathLike[str]) -> bool:
+    """Whether the process that made a temp file of :func:`write_atomic` still runs (its name is
+    ``.<name>.<pid>.<random>.tmp``; the random part has no dot): then it is a write under way, not
+    an orphan."""
+    pid = Path(temp).name.removesuffix(".tmp").rsplit(".", 2)[-2]
+    return pid.isdigit() and _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -33,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from supervisor.atomic import writer_alive
 from tests.fixtures.device import SupervisorProcess, wait_for, write_config_json
 from tests.fixtures.docker import TEST_LABEL
 from tests.fixtures.engine_proxy import EngineProxy
@@ -196,7 +196,7 @@ def assert_converged(sup: SupervisorProcess, client: Any, root: Path, app_id: in
     assert locks == [], f"lock files left: {locks}"
     # A temp file whose writer still runs is a write under way (the positions are written while the
     # services log), not a torn one: only those of dead writers count (``.<name>.<pid>.<random>.tmp``).
-    torn = [p for p in root.rglob(".*.tmp") if not _alive(int(p.name[:-len(".tmp")].rsplit(".", 2)[1]))]
+    torn = [p for p in root.rglob(".*.tmp") if not writer_alive(p)]
     assert torn == [], f"temp files of an interrupted write left: {torn}"
     with contextlib.closing(sqlite3.connect(root / DB)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -255,11 +255,3 @@ def test_kill_9_in_flight_then_restart_converges(request, start_supervisor, devi
         remove_app(docker_client, app_id, owner)
         for other in owners:
             remove_images(docker_client, other)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
